@@ -1,0 +1,41 @@
+# The README's first two commands: `make demo` and `make test`. Both set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU torch wheel lies on disk on our machines; elsewhere pip finds it on PyPI's CPU index.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
+
+.PHONY: demo test bench bench-materialize check-java install clean lint
+
+install: $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "error: Java 17 or newer is required by Spark and was not found on PATH."; \
+	  echo "       Install a JDK (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) and retry."; \
+	  exit 1; }
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $(STAMP)
+
+demo: check-java $(STAMP)
+	$(BIN)/featurestore demo
+
+test: check-java $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check featurestore streaming monitors feature_repo tests bench
+
+bench: bench-materialize
+
+bench-materialize: check-java $(STAMP)
+	$(BIN)/python bench/materialize.py
+
+clean:
+	rm -rf $(VENV) data build spark-warehouse

@@ -1,0 +1,137 @@
+"""Feature definitions as every engine sees them: read from the Feast registry, never restated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from feast import FeatureStore, FeatureView, FileSource, KafkaSource
+from feast.stream_feature_view import StreamFeatureView
+from feast.types import FeastType
+
+from featurestore.aggregations import WindowedAggregation, resolve_all
+from featurestore.errors import DefinitionError, UnknownFeatureViewError
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Parquet dataset declared as a Feast FileSource (Hive `event_date=` partitions)."""
+
+    name: str
+    path: Path
+    timestamp_field: str
+    created_timestamp_column: str | None
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: FeastType
+
+
+@dataclass(frozen=True)
+class ViewDefinition:
+    """A feature view: its entity columns, features, offline table and (optionally) how it is computed."""
+
+    name: str
+    join_keys: tuple[Feature, ...]
+    features: tuple[Feature, ...]
+    ttl: timedelta
+    offline: Table
+    feast_view: FeatureView
+    # Only for views computed from raw events (stream feature views with aggregations).
+    aggregations: tuple[WindowedAggregation, ...] = ()
+    raw: Table | None = None
+    raw_schema: str | None = None
+
+    @property
+    def is_aggregated(self) -> bool:
+        return bool(self.aggregations)
+
+    @property
+    def max_window(self) -> timedelta:
+        return max(a.window for a in self.aggregations)
+
+
+def _table(source: object, owner: str) -> Table:
+    if not isinstance(source, FileSource):
+        raise DefinitionError(
+            f"{owner}: offline source {getattr(source, 'name', source)!r} must be a FileSource "
+            f"(Parquet), got {type(source).__name__}"
+        )
+    return Table(
+        name=source.name,
+        path=Path(source.path),
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=source.created_timestamp_column or None,
+    )
+
+
+def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
+    entity_columns = {c.name: c for c in view.entity_columns}
+    join_keys = tuple(Feature(name, entity_columns[name].dtype) for name in view.join_keys)
+    features = tuple(Feature(f.name, f.dtype) for f in view.features)
+    offline = _table(view.batch_source, f"feature view {view.name!r}")
+    if not isinstance(view, StreamFeatureView) or not view.aggregations:
+        return ViewDefinition(view.name, join_keys, features, view.ttl, offline, view)
+
+    stream = view.stream_source
+    if not isinstance(stream, KafkaSource):
+        raise DefinitionError(f"feature view {view.name!r}: aggregations need a KafkaSource")
+    raw_name = stream.tags.get("raw_source")
+    if not raw_name:
+        raise DefinitionError(
+            f"feature view {view.name!r}: its KafkaSource {stream.name!r} needs a "
+            "tags={'raw_source': <FileSource name>} naming the raw event archive"
+        )
+    raw = _table(store.get_data_source(raw_name), f"raw source of {view.name!r}")
+    aggregations = tuple(resolve_all(view.aggregations, view.name))
+    declared = {f.name for f in features}
+    missing = [a.name for a in aggregations if a.name not in declared]
+    if missing:
+        raise DefinitionError(
+            f"feature view {view.name!r}: aggregations {missing} are not in its schema"
+        )
+    return ViewDefinition(
+        view.name,
+        join_keys,
+        features,
+        view.ttl,
+        offline,
+        view,
+        aggregations=aggregations,
+        raw=raw,
+        raw_schema=stream.kafka_options.message_format.schema_json,
+    )
+
+
+def load_views(store: FeatureStore) -> dict[str, ViewDefinition]:
+    """Every online-capable feature view in the registry, by name."""
+    views: list[FeatureView] = [
+        *store.list_stream_feature_views(),
+        *(v for v in store.list_feature_views() if not isinstance(v, StreamFeatureView)),
+    ]
+    return {v.name: _definition(store, v) for v in sorted(views, key=lambda v: v.name)}
+
+
+def select_views(
+    store: FeatureStore, names: list[str] | None, *, aggregated_only: bool = False
+) -> list[ViewDefinition]:
+    """The named views (all when `names` is empty); an unknown name is an error naming it."""
+    views = load_views(store)
+    if aggregated_only:
+        views = {n: v for n, v in views.items() if v.is_aggregated}
+    if not names:
+        if not views:
+            raise UnknownFeatureViewError(
+                "the registry has no feature views; run `featurestore apply` first"
+            )
+        return list(views.values())
+    unknown = [n for n in names if n not in views]
+    if unknown:
+        kind = "aggregated feature view" if aggregated_only else "feature view"
+        raise UnknownFeatureViewError(
+            f"unknown {kind}(s) {unknown}; the registry has: {sorted(views) or 'none'}"
+        )
+    return [views[n] for n in names]

@@ -1,0 +1,127 @@
+"""Feast configuration rendered from our settings, and the registry/apply entry points."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from featurestore.settings import Settings
+
+REGISTRY_PASSWORD_REF = "${FEATURESTORE_REGISTRY_PASSWORD}"
+REDIS_PASSWORD_REF = "${FEATURESTORE_REDIS_PASSWORD}"
+
+
+def _registry_path(settings: Settings, password: str | None) -> str:
+    if password is None:
+        return settings.registry_url
+    parts = urlsplit(settings.registry_url)
+    user = parts.username or ""
+    host = parts.netloc.split("@", 1)[-1]
+    return parts._replace(netloc=f"{user}:{password}@{host}").geturl()
+
+
+def redis_connection_string(settings: Settings, password: str | None) -> str:
+    """Feast's `host:port,db=N[,ssl=true][,password=...]` form of `settings.redis_url`."""
+    parts = urlsplit(settings.redis_url)
+    options = [f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"]
+    db = parts.path.lstrip("/") or "0"
+    options.append(f"db={db}")
+    if parts.scheme == "rediss":
+        options.append("ssl=true")
+    if password is not None:
+        options.append(f"password={password}")
+    return ",".join(options)
+
+
+def repo_config_dict(settings: Settings, *, secrets: bool) -> dict[str, Any]:
+    """Feast's feature_store.yaml content. With `secrets=False`, passwords are `${ENV}` references."""
+
+    def secret(value: Any, reference: str) -> str | None:
+        if value is None:
+            return None
+        return value.get_secret_value() if secrets else reference
+
+    online: dict[str, Any]
+    if settings.online_store_kind == "redis":
+        online = {
+            "type": "redis",
+            "connection_string": redis_connection_string(
+                settings, secret(settings.redis_password, REDIS_PASSWORD_REF)
+            ),
+        }
+        if settings.redis_key_ttl_seconds:
+            online["key_ttl_seconds"] = settings.redis_key_ttl_seconds
+    else:
+        online = {"type": "sqlite", "path": str(settings.online_sqlite_path)}
+    return {
+        "project": settings.project,
+        "provider": "local",
+        "registry": {
+            "registry_type": "sql",
+            "path": _registry_path(
+                settings, secret(settings.registry_password, REGISTRY_PASSWORD_REF)
+            ),
+            "cache_ttl_seconds": 60,
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        },
+        "online_store": online,
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return RepoConfig(repo_path=settings.feature_repo, **repo_config_dict(settings, secrets=True))
+
+
+def render_feature_store_yaml(settings: Settings) -> Path:
+    """Write `feature_repo/feature_store.yaml` for the Feast CLI (`feast plan`, `feast apply`)."""
+    path = settings.feature_repo / "feature_store.yaml"
+    header = (
+        "# Rendered by `featurestore apply` from the featurestore settings. Do not edit:\n"
+        "# change FEATURESTORE_* variables or featurestore.yaml and re-render.\n"
+    )
+    body = yaml.safe_dump(repo_config_dict(settings, secrets=False), sort_keys=False)
+    path.write_text(header + body)
+    return path
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings))
+
+
+def _forget_repo_modules(repo: Path) -> None:
+    # Feast imports repo files as modules; drop cached ones so the definitions are re-read with
+    # the current settings (tests and long-lived processes apply more than once).
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(repo):
+            del sys.modules[name]
+
+
+def apply(settings: Settings) -> FeatureStore:
+    """`feast apply` of `feature_repo/` against the configured registry (creates, updates, deletes)."""
+    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+    render_feature_store_yaml(settings)
+    store = feature_store(settings)
+    _forget_repo_modules(settings.feature_repo)
+    # Feast names repo modules relative to the working directory, as its CLI does after a chdir.
+    sys.path.insert(0, str(settings.feature_repo))
+    try:
+        with contextlib.chdir(settings.feature_repo):
+            contents = parse_repo(settings.feature_repo)
+    finally:
+        sys.path.remove(str(settings.feature_repo))
+    apply_total_with_repo_instance(
+        store, settings.project, store.registry, contents, skip_source_validation=True
+    )
+    return store

@@ -1,0 +1,135 @@
+"""The one typed settings object: environment variables over an optional `featurestore.yaml`.
+
+Every engine reads its configuration from here; Feast's `feature_store.yaml` is rendered from it
+(see `featurestore.feast_config`), never edited by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_ENV_VAR = "FEATURESTORE_CONFIG"
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR, "featurestore.yaml"))
+
+
+class Settings(BaseSettings):
+    """Configuration of every engine. Env vars are `FEATURESTORE_<FIELD>` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEATURESTORE_", extra="forbid", validate_default=True
+    )
+
+    profile: Literal["embedded", "services"] = "embedded"
+    project: str = Field("fraud", pattern=r"^[a-z][a-z0-9_]*$")
+    data_dir: Path = PROJECT_ROOT / "data"
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+
+    # Registry: Feast's SQL registry. Empty = SQLite under data_dir (embedded) or the local
+    # PostgreSQL (services).
+    registry_url: str = ""
+    registry_password: SecretStr | None = None
+    # Online store: Redis in `services`, Feast's SQLite online store in `embedded`.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_key_ttl_seconds: int | None = Field(None, gt=0)
+    redis_timeout_seconds: float = Field(5.0, gt=0)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    transactions_topic: str = "transactions"
+
+    spark_master: str = Field(
+        "local[*]", validation_alias=AliasChoices("FEATURESTORE_SPARK_MASTER", "SPARK_MASTER")
+    )
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(8, gt=0)
+
+    materialize_batch_size: int = Field(20_000, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=_config_file()),
+        )
+
+    @field_validator("data_dir", "feature_repo")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
+
+    @field_validator("redis_url", "registry_url")
+    @classmethod
+    def _no_inline_password(cls, url: str) -> str:
+        # Secrets come from the environment only, so they never land in a rendered file or log.
+        if urlsplit(url).password is not None:
+            raise ValueError(
+                "the URL must not contain a password; set FEATURESTORE_REDIS_PASSWORD or "
+                "FEATURESTORE_REGISTRY_PASSWORD instead"
+            )
+        return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("redis", "rediss"):
+            raise ValueError(f"redis_url must start with redis:// or rediss://, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _default_registry(self) -> Settings:
+        if not self.registry_url:
+            if self.profile == "embedded":
+                self.registry_url = f"sqlite:///{self.data_dir / 'registry.db'}"
+            else:
+                self.registry_url = "postgresql+psycopg://postgres@127.0.0.1:5432/featurestore"
+        return self
+
+    # Where things live on disk (the offline store is Parquet under data_dir).
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.data_dir / "offline"
+
+    @property
+    def online_sqlite_path(self) -> Path:
+        return self.data_dir / "online.db"
+
+    @property
+    def online_store_kind(self) -> Literal["redis", "sqlite"]:
+        return "redis" if self.profile == "services" else "sqlite"
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the environment and `featurestore.yaml` (cheap; hold on to the result)."""
+    return Settings()
