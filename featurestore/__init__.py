@@ -1,0 +1,1 @@
+"""featurestore: Feast-based feature store with fast materialization and serving."""

@@ -1,0 +1,1 @@
+"""Drift monitoring and alerting. Delivered by the monitoring issue."""
