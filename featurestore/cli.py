@@ -1,0 +1,217 @@
+"""`featurestore` command line: generate, apply, backfill, materialize, demo."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Annotated, TypeVar
+
+import pydantic
+import redis
+import sqlalchemy.exc
+import typer
+from rich.console import Console
+
+from featurestore.errors import FeatureStoreError
+
+app = typer.Typer(
+    help="Feature store on Feast: Spark backfills, fast Redis materialization, drift monitors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _clear_errors(command: F) -> F:
+    """Errors users can act on become one line naming the problem, and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except FeatureStoreError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+        except pydantic.ValidationError as exc:
+            console.print(f"[red]error:[/red] invalid settings: {exc}", highlight=False)
+        except redis.ConnectionError as exc:
+            console.print(f"[red]error:[/red] cannot reach Redis: {exc}", highlight=False)
+        except sqlalchemy.exc.OperationalError as exc:
+            console.print(
+                f"[red]error:[/red] cannot reach the registry database: {exc.orig}",
+                highlight=False,
+            )
+        raise typer.Exit(code=2)
+
+    return run  # type: ignore[return-value]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+Views = Annotated[
+    list[str] | None,
+    typer.Option("--view", "-v", help="Feature view to process (repeatable; default: all)."),
+]
+
+
+@app.command()
+@_clear_errors
+def generate(
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day.")] = datetime(
+        2026, 1, 1
+    ),
+    days: Annotated[int, typer.Option(help="Number of days.")] = 14,
+    cards: Annotated[int, typer.Option(help="Number of cards.")] = 2_000,
+    merchants: Annotated[int, typer.Option(help="Number of merchants.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 7,
+    drift_start: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Inject the drift options from this day."),
+    ] = None,
+    amount_shift: Annotated[float, typer.Option(help="Multiply amounts by this.")] = 1.0,
+    country_mix: Annotated[
+        str | None, typer.Option(help="New country mix, e.g. 'BR=0.5,NG=0.5'.")
+    ] = None,
+    null_burst_rate: Annotated[
+        float, typer.Option(help="Fraction of rows with null category and country.")
+    ] = 0.0,
+) -> None:
+    """Write seeded synthetic transactions, labels and card profiles (raw Parquet)."""
+    from featurestore.generator import GeneratorConfig
+    from featurestore.generator import generate as run_generator
+    from featurestore.progress import row_progress
+    from featurestore.settings import get_settings
+
+    mix = None
+    if country_mix:
+        try:
+            mix = {k.strip(): float(v) for k, v in (p.split("=") for p in country_mix.split(","))}
+        except ValueError as exc:
+            raise FeatureStoreError(
+                f"--country-mix must look like 'BR=0.5,NG=0.5', got {country_mix!r}"
+            ) from exc
+    try:
+        config = GeneratorConfig(
+            start=start.date(),
+            days=days,
+            cards=cards,
+            merchants=merchants,
+            seed=seed,
+            drift_start=drift_start.date() if drift_start else None,
+            amount_shift=amount_shift,
+            country_mix=mix,
+            null_burst_rate=null_burst_rate,
+        )
+    except ValueError as exc:
+        raise FeatureStoreError(str(exc)) from exc
+    settings = get_settings()
+    with row_progress("generating transactions") as advance:
+        summary = run_generator(config, settings.raw_dir, progress=advance)
+    console.print(f"generated {summary.rows['transactions']:,} transactions into {settings.raw_dir}")
+
+
+@app.command()
+@_clear_errors
+def apply() -> None:
+    """Register feature_repo/ in the registry (feast apply) and render feature_store.yaml."""
+    from featurestore.feast_config import apply as apply_repo
+    from featurestore.settings import get_settings
+
+    settings = get_settings()
+    apply_repo(settings)
+    console.print(f"applied {settings.feature_repo} to project {settings.project!r}")
+
+
+def _parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise FeatureStoreError(f"{option} must be a date YYYY-MM-DD, got {value!r}") from exc
+
+
+@app.command()
+@_clear_errors
+def backfill(
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD), inclusive.")],
+    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD), exclusive.")],
+    view: Views = None,
+) -> None:
+    """Compute offline feature tables from raw events with Spark, for days [start, end)."""
+    from featurestore.batch.backfill import backfill as run_backfill
+    from featurestore.batch.spark import spark_session
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.settings import get_settings
+
+    settings = get_settings()
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    views = select_views(feature_store(settings), view, aggregated_only=True)
+    with console.status(f"backfilling {len(views)} feature view(s) with Spark"):
+        results = run_backfill(spark_session(settings), views, first, last)
+    for result in results:
+        console.print(
+            f"{result.view}: {result.rows:,} rows in {len(result.partitions)} partition(s)"
+        )
+
+
+def _parse_moment(value: str, option: str) -> datetime:
+    try:
+        return _utc(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise FeatureStoreError(
+            f"{option} must be an ISO date or time (2026-01-31 or 2026-01-31T12:00), got {value!r}"
+        ) from exc
+
+
+@app.command()
+@_clear_errors
+def materialize(
+    start: Annotated[str | None, typer.Option(help="Event time from (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Event time to (exclusive); default now.")] = None,
+    incremental: Annotated[
+        bool, typer.Option(help="Start each view where its last materialization ended.")
+    ] = False,
+    view: Views = None,
+) -> None:
+    """Load the latest offline row per entity into the online store."""
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.materialize import incremental_start
+    from featurestore.materialize import materialize as run_materialize
+    from featurestore.progress import row_progress
+    from featurestore.settings import get_settings
+
+    if incremental == (start is not None):
+        raise FeatureStoreError("give either --start or --incremental (exactly one)")
+    settings = get_settings()
+    store = feature_store(settings)
+    until = _parse_moment(end, "--end") if end else datetime.now(UTC)
+    views = select_views(store, view)
+    ranges = [
+        (v, incremental_start(v, until) if incremental else _parse_moment(start, "--start"), until)
+        for v in views
+    ]
+    with row_progress("materializing rows") as advance:
+        results = run_materialize(settings, store, ranges, progress=advance)
+    for r in results:
+        rate = r.rows_read / r.seconds if r.seconds else 0.0
+        console.print(
+            f"{r.view}: read {r.rows_read:,} rows, wrote {r.rows_written:,} entities "
+            f"({rate:,.0f} rows/s)"
+        )
+
+
+@app.command()
+@_clear_errors
+def demo() -> None:
+    """Run the whole pipeline on the embedded profile and show online lookups."""
+    from featurestore.demo import run_demo
+
+    run_demo(console)
+
+
+if __name__ == "__main__":
+    app()

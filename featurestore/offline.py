@@ -1,0 +1,149 @@
+"""The offline store on disk: date-partitioned Parquet datasets, validated before any job reads them.
+
+Every dataset is a directory of Hive partitions `event_date=YYYY-MM-DD/`. Writers stage a run's
+partitions next to the table and swap each one in with a rename, so a reader or a crash never
+sees a half-written partition.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from featurestore.definitions import Table
+from featurestore.errors import DefinitionError, InputDataError
+
+PARTITION = "event_date"
+
+_DDL_TYPES = {
+    "STRING": pa.string(),
+    "BIGINT": pa.int64(),
+    "LONG": pa.int64(),
+    "INT": pa.int32(),
+    "INTEGER": pa.int32(),
+    "DOUBLE": pa.float64(),
+    "FLOAT": pa.float32(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+}
+
+
+def schema_from_ddl(ddl: str) -> pa.Schema:
+    """The Arrow schema of a Spark DDL string such as `id BIGINT, amount DOUBLE`."""
+    fields = []
+    for column in ddl.split(","):
+        parts = column.split()
+        if len(parts) != 2 or parts[1].upper() not in _DDL_TYPES:
+            raise DefinitionError(
+                f"cannot read column {column.strip()!r} of schema {ddl!r}; "
+                f"supported types: {', '.join(sorted(_DDL_TYPES))}"
+            )
+        fields.append(pa.field(parts[0], _DDL_TYPES[parts[1].upper()]))
+    return pa.schema(fields)
+
+
+def _compatible(expected: pa.DataType, found: pa.DataType) -> bool:
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    if pa.types.is_string(expected):
+        return pa.types.is_string(found) or pa.types.is_large_string(found)
+    return expected == found
+
+
+def partition_dir(table: Path, day: date) -> Path:
+    return table / f"{PARTITION}={day.isoformat()}"
+
+
+def days(start: date, end: date) -> Iterator[date]:
+    """Each day of the half-open range [start, end)."""
+    day = start
+    while day < end:
+        yield day
+        day += timedelta(days=1)
+
+
+def data_files(table: Table, start: date, end: date) -> list[Path]:
+    """The Parquet files of `table` in partitions [start, end); errors name what is missing."""
+    if not table.path.is_dir():
+        raise InputDataError(
+            f"offline table {table.name!r}: {table.path} does not exist "
+            "(generate or backfill it first)"
+        )
+    files = [
+        f
+        for day in days(start, end)
+        for f in sorted(partition_dir(table.path, day).glob("*.parquet"))
+    ]
+    if not files:
+        raise InputDataError(
+            f"offline table {table.name!r}: no Parquet files in {table.path} "
+            f"for {start} to {end} (exclusive)"
+        )
+    return files
+
+
+def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> int:
+    """Check each file's footer against `required`; returns the total row count."""
+    rows = 0
+    for path in files:
+        try:
+            metadata = pq.read_metadata(path)
+            schema = metadata.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise InputDataError(
+                f"offline table {table.name!r}: {path} is not a readable Parquet file ({exc})"
+            ) from exc
+        for field in required:
+            index = schema.get_field_index(field.name)
+            if index < 0:
+                raise InputDataError(
+                    f"offline table {table.name!r}: {path} has no column {field.name!r} "
+                    f"(expected {field.type})"
+                )
+            found = schema.field(index).type
+            if not _compatible(field.type, found):
+                raise InputDataError(
+                    f"offline table {table.name!r}: column {field.name!r} in {path} is "
+                    f"{found}, expected {field.type}"
+                )
+        rows += metadata.num_rows
+    return rows
+
+
+@contextmanager
+def staged_partitions(table: Path) -> Iterator[Path]:
+    """A staging directory beside `table` that is removed whatever happens."""
+    table.mkdir(parents=True, exist_ok=True)
+    staging = table / f"_staging-{uuid.uuid4().hex}"
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_in(staging: Path, table: Path, start: date, end: date) -> list[date]:
+    """Replace the partitions [start, end) of `table` with those in `staging`.
+
+    Each partition is swapped by rename, so it is either the old or the new one, never a mix.
+    A day of the range with no staged partition is removed: its source data no longer exists.
+    """
+    written = []
+    for day in days(start, end):
+        target = partition_dir(table, day)
+        staged = partition_dir(staging, day)
+        trash = table / f"_trash-{uuid.uuid4().hex}"
+        if target.exists():
+            os.rename(target, trash)
+        if staged.exists():
+            os.rename(staged, target)
+            written.append(day)
+        shutil.rmtree(trash, ignore_errors=True)
+    return written

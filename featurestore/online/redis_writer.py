@@ -1,0 +1,174 @@
+"""Fast writes of feature rows into Redis in Feast's layout, never moving a key back in event time.
+
+Each command is one EVALSHA of a Lua script over a chunk of rows: for every entity it compares
+the stored `_ts:<view>` with the row's event time and writes the row's fields only when the row
+is not older (an equal event time overwrites, so a corrected row with a newer created timestamp
+wins). The check and the write are atomic, so concurrent writers (materializer and stream
+worker) cannot reorder each other. Commands are encoded with numpy (`resp`) and pipelined on one
+connection; chunks stay small so no script blocks Redis for long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import redis
+
+from featurestore.online import resp
+from featurestore.online.feast_layout import (
+    RedisLayout,
+    event_micros,
+    timestamp_slots,
+    value_slots,
+)
+
+# Rows per EVALSHA. Each script holds Redis for ~2-4 µs per row: 500 rows keep every pause near
+# a millisecond for concurrent readers.
+CHUNK_ROWS = 500
+
+WRITE_IF_NOT_OLDER = """
+local ttl = tonumber(ARGV[1])
+local per_row = tonumber(ARGV[2])
+local function instant(proto)
+  local seconds, nanos, i, n = 0, 0, 1, #proto
+  while i <= n do
+    local tag = string.byte(proto, i)
+    i = i + 1
+    local value, scale = 0, 1
+    while true do
+      local byte = string.byte(proto, i)
+      i = i + 1
+      value = value + (byte % 128) * scale
+      if byte < 128 then break end
+      scale = scale * 128
+    end
+    if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
+  end
+  return seconds, nanos
+end
+local written = 0
+for k = 1, #KEYS do
+  local base = 2 + (k - 1) * per_row
+  local stored = redis.call('HGET', KEYS[k], ARGV[base + 1])
+  local write = true
+  if stored then
+    local old_s, old_n = instant(stored)
+    local new_s, new_n = instant(ARGV[base + 2])
+    write = new_s > old_s or (new_s == old_s and new_n >= old_n)
+  end
+  if write then
+    redis.call('HSET', KEYS[k], unpack(ARGV, base + 1, base + per_row))
+    if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+    written = written + 1
+  end
+end
+return written
+"""
+SCRIPT_SHA = hashlib.sha1(WRITE_IF_NOT_OLDER.encode()).hexdigest().encode()
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class RedisFeatureWriter:
+    """Writes Arrow tables of feature rows (one row per entity) for one feature view."""
+
+    def __init__(
+        self, client: redis.Redis, layout: RedisLayout, key_ttl_seconds: int | None = None
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self.ttl = key_ttl_seconds or 0
+        self._per_row = 2 + 2 * len(layout.feature_fields)
+        self._pending: list[int] = []
+        self._connection = None
+        client.script_load(WRITE_IF_NOT_OLDER)
+
+    def _encode(self, table: pa.Table) -> list[tuple[bytes, int]]:
+        """EVALSHA commands for `table`, with the row count of each."""
+        rows = table.num_rows
+        keys = resp.RespRows(rows)
+        keys.bulk(*self.layout.key_slots(table))
+        key_bytes, key_offsets = keys.build()
+
+        args = resp.RespRows(rows)
+        args.bulk_constant(self.layout.ts_field)
+        timestamp_field = self.layout.view.offline.timestamp_field
+        args.bulk(*timestamp_slots(event_micros(table.column(timestamp_field))))
+        for name, field in self.layout.feature_fields.items():
+            args.bulk_constant(field)
+            args.bulk(*value_slots(table.column(name), self.layout.value_types[name]))
+        arg_bytes, arg_offsets = args.build()
+
+        argv_head = _bulk(b"%d" % self.ttl) + _bulk(b"%d" % self._per_row)
+        commands = []
+        for start in range(0, rows, CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, rows)
+            n = end - start
+            head = b"*%d\r\n" % (3 + n + 2 + n * self._per_row)
+            head += _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA) + _bulk(b"%d" % n)
+            commands.append(
+                (
+                    b"".join(
+                        (
+                            head,
+                            key_bytes[key_offsets[start] : key_offsets[end]].tobytes(),
+                            argv_head,
+                            arg_bytes[arg_offsets[start] : arg_offsets[end]].tobytes(),
+                        )
+                    ),
+                    n,
+                )
+            )
+        return commands
+
+    def write(self, table: pa.Table) -> int:
+        """Send `table`'s rows; returns how many were written by the previous call's commands.
+
+        Replies are read one call later, so Redis executes a batch while the next is encoded.
+        Call `flush()` at the end for the last replies.
+        """
+        commands = self._encode(table) if table.num_rows else []
+        written = self.flush()
+        if commands:
+            connection = self._connect()
+            connection.send_packed_command([c for c, _ in commands], check_health=False)
+            self._pending = [n for _, n in commands]
+        return written
+
+    def flush(self) -> int:
+        """Wait for every reply sent so far; returns rows written (not skipped as older)."""
+        if not self._pending:
+            return 0
+        connection = self._connect()
+        written, errors = 0, []
+        try:
+            for _ in self._pending:
+                try:
+                    written += int(connection.read_response())
+                except redis.ResponseError as exc:
+                    errors.append(exc)
+        except BaseException:
+            # Replies still in flight: this connection can't be reused.
+            connection.disconnect()
+            raise
+        finally:
+            self._pending = []
+        if errors:
+            raise errors[0]
+        return written
+
+    def _connect(self):
+        if self._connection is None:
+            self._connection = self.client.connection_pool.get_connection()
+        return self._connection
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._connection is not None:
+                self.client.connection_pool.release(self._connection)
+                self._connection = None
