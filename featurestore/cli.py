@@ -150,7 +150,7 @@ def backfill(
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     views = select_views(feature_store(settings), view, aggregated_only=True)
     with console.status(f"backfilling {len(views)} feature view(s) with Spark"):
-        results = run_backfill(spark_session(settings), views, first, last)
+        results = run_backfill(lambda: spark_session(settings), views, first, last)
     for result in results:
         console.print(
             f"{result.view}: {result.rows:,} rows in {len(result.partitions)} partition(s)"

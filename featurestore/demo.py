@@ -48,7 +48,7 @@ def run_demo(console: Console) -> None:
     views = select_views(store, None)
     aggregated = [v for v in views if v.is_aggregated]
     with console.status("3/4 Spark backfill of the windowed aggregations"):
-        backfill(spark_session(settings), aggregated, DEMO_START, end)
+        backfill(lambda: spark_session(settings), aggregated, DEMO_START, end)
 
     start_ts = datetime.combine(DEMO_START, time(), UTC)
     end_ts = datetime.combine(end, time(), UTC)

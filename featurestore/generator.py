@@ -155,8 +155,8 @@ _TIER_LOG_SPEND = np.array([t[2] for t in _TIERS])
 _TIER_LIMIT_LOW = np.array([t[3] for t in _TIERS], dtype=np.float64)
 _TIER_LIMIT_HIGH = np.array([t[4] for t in _TIERS], dtype=np.float64)
 _TIER_LIMIT_CAP = np.array([t[5] for t in _TIERS], dtype=np.float64)
-_TIER_STANDARD = 0
-_TIER_GOLD = 1
+_TIER_STANDARD = _TIER_NAMES.index("standard")
+_TIER_GOLD = _TIER_NAMES.index("gold")
 _UPGRADE_AFTER_REVIEWS = 2
 _LIMIT_REVIEW_FACTOR = 1.1
 _REVIEW_PERIOD_DAYS = (60, 720)
@@ -167,7 +167,8 @@ _HOUR_WEIGHTS = np.array([
     5.6, 5.4, 5.0, 4.8, 5.0, 5.6, 6.0, 5.8, 4.8, 3.6, 2.4, 1.2,
 ])
 _WEEKDAY_FACTOR = np.array([0.95, 0.95, 1.0, 1.0, 1.1, 1.15, 0.85])
-# Card-level timestamp resolutions: (whole seconds, whole milliseconds); the rest keep microseconds.
+# Terminals report time at different resolutions: shares truncated to whole seconds and to whole
+# milliseconds; the rest keep microseconds.
 _SECOND_RESOLUTION_RATE = 0.4
 _MILLI_RESOLUTION_RATE = 0.2
 

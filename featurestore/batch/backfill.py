@@ -9,6 +9,7 @@ rerun over the same range replaces exactly those days.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
@@ -134,11 +135,16 @@ def backfill_view(
 
 
 def backfill(
-    spark: SparkSession, views: list[ViewDefinition], start: date, end: date
+    spark: Callable[[], SparkSession], views: list[ViewDefinition], start: date, end: date
 ) -> list[BackfillResult]:
-    """Backfill every view for the days [start, end). All inputs are validated before any write."""
+    """Backfill every view for the days [start, end).
+
+    All inputs are validated before Spark starts (`spark` is called only then) and before any
+    write, so bad input fails fast and leaves the offline store as it was.
+    """
     if end <= start:
         raise RangeError(f"end {end} must be after start {start} (the range is [start, end))")
     inputs = {view.name: raw_inputs(view, start, end) for view in views}
     created = datetime.now(UTC)
-    return [backfill_view(spark, v, inputs[v.name], start, end, created) for v in views]
+    session = spark()
+    return [backfill_view(session, v, inputs[v.name], start, end, created) for v in views]
