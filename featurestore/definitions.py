@@ -71,7 +71,9 @@ def _table(source: object, owner: str) -> Table:
 def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
     entity_columns = {c.name: c for c in view.entity_columns}
     join_keys = tuple(Feature(name, entity_columns[name].dtype) for name in view.join_keys)
-    features = tuple(Feature(f.name, f.dtype) for f in view.features if f.name not in view.join_keys)
+    # Feast's own feature list, join keys included when the schema declares them: Feast's writer
+    # stores those as fields too, and the online layout must match it byte for byte.
+    features = tuple(Feature(f.name, f.dtype) for f in view.features)
     offline = _table(view.batch_source, f"feature view {view.name!r}")
     if not isinstance(view, StreamFeatureView) or not view.aggregations:
         return ViewDefinition(view.name, join_keys, features, view.ttl, offline, view)

@@ -76,12 +76,12 @@ def writer_for(settings: Settings, store: FeatureStore, view: ViewDefinition) ->
 
 
 def required_schema(view: ViewDefinition) -> pa.Schema:
-    fields = [pa.field(view.offline.timestamp_field, pa.timestamp("us", tz="UTC"))]
+    fields = {view.offline.timestamp_field: pa.timestamp("us", tz="UTC")}
     for column in (*view.join_keys, *view.features):
         value_type = column.dtype.to_value_type().name
         if value_type in _ARROW_TYPES:
-            fields.append(pa.field(column.name, _ARROW_TYPES[value_type]))
-    return pa.schema(fields)
+            fields[column.name] = _ARROW_TYPES[value_type]
+    return pa.schema(list(fields.items()))
 
 
 def latest_per_entity(table: pa.Table, view: ViewDefinition) -> pa.Table:
@@ -114,7 +114,7 @@ def offline_batches(
     columns = [k.name for k in view.join_keys] + [view.offline.timestamp_field]
     if view.offline.created_timestamp_column:
         columns.append(view.offline.created_timestamp_column)
-    columns += [f.name for f in view.features]
+    columns += [f.name for f in view.features if f.name not in columns]
     dataset = ds.dataset([str(f) for f in files], format="parquet")
     ts = ds.field(view.offline.timestamp_field)
     for batch in dataset.to_batches(
