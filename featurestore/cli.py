@@ -20,7 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# soft_wrap: an error stays one line, whole, for people and log collectors alike.
+console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., object])
 
 

@@ -1,0 +1,137 @@
+"""Bad input: a clear error naming the problem, exit code 2, and nothing half-written."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from featurestore.cli import app
+
+
+@pytest.fixture
+def repo(configure):
+    from featurestore.feast_config import apply
+
+    settings = configure()
+    apply(settings)
+    return settings
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _assert_untouched(settings) -> None:
+    offline = settings.offline_dir
+    assert not offline.exists() or not any(offline.rglob("*.parquet")), "offline data written"
+    assert not any(settings.data_dir.rglob("_staging-*")), "staging left behind"
+
+
+def _raw_transactions(settings, day: date, table: pa.Table) -> None:
+    path = settings.raw_dir / "transactions" / f"event_date={day}"
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path / "part-00000.parquet")
+
+
+def _good_events(n: int = 3) -> pa.Table:
+    moment = datetime(2026, 2, 1, 12, tzinfo=timezone.utc)
+    return pa.table(
+        {
+            "transaction_id": [f"t{i}" for i in range(n)],
+            "card_id": pa.array(range(n), pa.int64()),
+            "merchant_id": pa.array(range(n), pa.int64()),
+            "amount": [1.0] * n,
+            "currency": ["EUR"] * n,
+            "merchant_category": ["grocery"] * n,
+            "country": ["DE"] * n,
+            "channel": ["pos"] * n,
+            "event_timestamp": pa.array([moment] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def test_missing_raw_data(repo) -> None:
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "transactions_raw" in result.output and "does not exist" in result.output
+    _assert_untouched(repo)
+
+
+def test_empty_parquet_file(repo) -> None:
+    path = repo.raw_dir / "transactions" / "event_date=2026-02-01"
+    path.mkdir(parents=True)
+    (path / "part-00000.parquet").write_bytes(b"")
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "part-00000.parquet is not a readable Parquet file" in result.output
+    _assert_untouched(repo)
+
+
+def test_zero_rows(repo) -> None:
+    _raw_transactions(repo, date(2026, 2, 1), _good_events().slice(0, 0))
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "are empty" in result.output
+    _assert_untouched(repo)
+
+
+def test_schema_mismatch(repo) -> None:
+    events = _good_events()
+    events = events.set_column(3, "amount", pa.array(["1.0"] * 3))
+    _raw_transactions(repo, date(2026, 2, 1), events)
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "column 'amount'" in result.output and "expected double" in result.output
+    _assert_untouched(repo)
+
+
+def test_missing_column(repo) -> None:
+    _raw_transactions(repo, date(2026, 2, 1), _good_events().drop_columns(["merchant_id"]))
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "no column 'merchant_id'" in result.output
+    _assert_untouched(repo)
+
+
+@pytest.mark.parametrize("command", ["backfill", "materialize"])
+def test_unknown_feature_view(repo, command) -> None:
+    result = _run(command, "--start", "2026-02-01", "--end", "2026-02-02", "--view", "nope")
+    assert result.exit_code == 2
+    assert "['nope']" in result.output and "card_transaction_features" in result.output
+
+
+@pytest.mark.parametrize("command", ["backfill", "materialize"])
+def test_end_before_start(repo, command) -> None:
+    _raw_transactions(repo, date(2026, 2, 1), _good_events())
+    result = _run(command, "--start", "2026-02-02", "--end", "2026-02-01")
+    assert result.exit_code == 2
+    assert "must be after start" in result.output
+    _assert_untouched(repo)
+
+
+def test_unparseable_date(repo) -> None:
+    result = _run("backfill", "--start", "yesterday", "--end", "2026-02-01")
+    assert result.exit_code == 2
+    assert "--start must be a date" in result.output
+
+
+def test_materialize_without_offline_table(repo) -> None:
+    result = _run("materialize", "--start", "2026-02-01", "--end", "2026-02-02", "--view", "card_transaction_features")
+    assert result.exit_code == 2
+    assert "card_transaction_features_offline" in result.output and "does not exist" in result.output
+
+
+def test_materialize_needs_a_start(repo) -> None:
+    result = _run("materialize", "--end", "2026-02-02")
+    assert result.exit_code == 2
+    assert "--start or --incremental" in result.output
+
+
+def test_generator_rejects_bad_config(repo) -> None:
+    result = _run("generate", "--days", "0")
+    assert result.exit_code == 2
+    assert "days" in result.output
