@@ -196,7 +196,9 @@ def materialize(
         for v in views
     ]
     with row_progress("materializing rows") as advance:
-        results = run_materialize(settings, store, ranges, progress=advance)
+        results = run_materialize(
+            settings, store, ranges, progress=advance, incremental=incremental
+        )
     for r in results:
         rate = r.rows_read / r.seconds if r.seconds else 0.0
         console.print(

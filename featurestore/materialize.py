@@ -99,10 +99,14 @@ def latest_per_entity(table: pa.Table, view: ViewDefinition) -> pa.Table:
     return table.filter(pa.array(last))
 
 
-def offline_files(view: ViewDefinition, start: datetime, end: datetime) -> list[Path]:
+def offline_files(
+    view: ViewDefinition, start: datetime, end: datetime, *, required: bool = True
+) -> list[Path]:
     """The view's validated offline files that may hold rows with event time in [start, end)."""
     last_day = (end - timedelta(microseconds=1)).date()
-    files = offline.data_files(view.offline, start.date(), last_day + timedelta(days=1))
+    files = offline.data_files(
+        view.offline, start.date(), last_day + timedelta(days=1), required=required
+    )
     offline.validate_files(files, view.offline, required_schema(view))
     return files
 
@@ -159,12 +163,25 @@ def materialize(
     store: FeatureStore,
     ranges: list[tuple[ViewDefinition, datetime, datetime]],
     progress: Callable[[int], None] | None = None,
+    *,
+    incremental: bool = False,
 ) -> list[MaterializeResult]:
-    """Materialize each (view, start, end); every input is validated before anything is written."""
+    """Materialize each (view, start, end); every input is validated before anything is written.
+
+    `incremental` runs are scheduled, so a view with nothing new since its last run is skipped
+    (result with 0 rows) instead of being an error.
+    """
+    if incremental:
+        ranges = [(v, _utc(start), _utc(end)) for v, start, end in ranges if _utc(start) < _utc(end)]
     checked = [(view, *check_range(start, end)) for view, start, end in ranges]
-    inputs = [(view, offline_files(view, start, end), start, end) for view, start, end in checked]
+    inputs = [
+        (view, offline_files(view, start, end, required=not incremental), start, end)
+        for view, start, end in checked
+    ]
     return [
         materialize_view(settings, store, view, files, start, end, progress)
+        if files
+        else MaterializeResult(view.name, 0, 0, 0.0)
         for view, files, start, end in inputs
     ]
 

@@ -70,8 +70,11 @@ def days(start: date, end: date) -> Iterator[date]:
         day += timedelta(days=1)
 
 
-def data_files(table: Table, start: date, end: date) -> list[Path]:
-    """The Parquet files of `table` in partitions [start, end); errors name what is missing."""
+def data_files(table: Table, start: date, end: date, *, required: bool = True) -> list[Path]:
+    """The Parquet files of `table` in partitions [start, end); errors name what is missing.
+
+    With `required=False` an existing table with no files in the range gives an empty list.
+    """
     if not table.path.is_dir():
         raise InputDataError(
             f"offline table {table.name!r}: {table.path} does not exist "
@@ -82,7 +85,7 @@ def data_files(table: Table, start: date, end: date) -> list[Path]:
         for day in days(start, end)
         for f in sorted(partition_dir(table.path, day).glob("*.parquet"))
     ]
-    if not files:
+    if not files and required:
         raise InputDataError(
             f"offline table {table.name!r}: no Parquet files in {table.path} "
             f"for {start} to {end} (exclusive)"

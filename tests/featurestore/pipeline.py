@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +23,7 @@ EDGE_MERCHANT = 100_000
 
 def edge_events() -> pa.Table:
     """Events at identical timestamps and exactly on window edges, for one extra card/merchant."""
-    base = datetime.combine(BACKFILL_START, datetime.min.time(), timezone.utc) + timedelta(hours=12)
+    base = datetime.combine(BACKFILL_START, datetime.min.time(), UTC) + timedelta(hours=12)
     offsets = [
         timedelta(0),
         timedelta(0),  # same instant as the first

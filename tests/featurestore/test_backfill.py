@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 
 import numpy as np
 import pandas as pd
@@ -73,8 +73,8 @@ def test_backfill_equals_oracle(settings, view_name) -> None:
 
     view = select_views(feature_store(settings), [view_name])[0]
     raw = ds.dataset(str(view.raw.path), format="parquet", partitioning="hive").to_table().to_pandas()
-    start = datetime.combine(pipeline.BACKFILL_START, time(), timezone.utc)
-    end = datetime.combine(pipeline.END, time(), timezone.utc)
+    start = datetime.combine(pipeline.BACKFILL_START, time(), UTC)
+    end = datetime.combine(pipeline.END, time(), UTC)
     expected = oracle(raw, view, start, end)
     got = ds.dataset(str(view.offline.path), format="parquet", partitioning="hive").to_table().to_pandas()
 

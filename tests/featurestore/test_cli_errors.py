@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +38,7 @@ def _raw_transactions(settings, day: date, table: pa.Table) -> None:
 
 
 def _good_events(n: int = 3) -> pa.Table:
-    moment = datetime(2026, 2, 1, 12, tzinfo=timezone.utc)
+    moment = datetime(2026, 2, 1, 12, tzinfo=UTC)
     return pa.table(
         {
             "transaction_id": [f"t{i}" for i in range(n)],
@@ -135,3 +135,12 @@ def test_generator_rejects_bad_config(repo) -> None:
     result = _run("generate", "--days", "0")
     assert result.exit_code == 2
     assert "days" in result.output
+
+
+def test_incremental_with_nothing_new_is_not_an_error(repo) -> None:
+    for view in ("card_transaction_features", "merchant_transaction_features"):
+        (repo.offline_dir / view).mkdir(parents=True)
+    (repo.raw_dir / "card_profiles").mkdir(parents=True)
+    result = _run("materialize", "--incremental", "--end", "2026-02-02")
+    assert result.exit_code == 0, result.output
+    assert "read 0 rows" in result.output

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -47,11 +47,11 @@ def test_values_match_feast_protobuf(value_type, arrow_type, values) -> None:
 
 def test_timestamps_match_protobuf() -> None:
     moments = [
-        datetime(2026, 1, 1, tzinfo=timezone.utc),
-        datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc),
-        datetime(1970, 1, 1, tzinfo=timezone.utc),
-        datetime(1970, 1, 1, 0, 0, 0, 500_000, tzinfo=timezone.utc),
-        datetime(2099, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC),
+        datetime(2099, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     ]
     expected = []
     for moment in moments:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -17,7 +17,7 @@ CARDS = 1_200
 
 
 def _moment(day) -> datetime:
-    return datetime.combine(day, time(), timezone.utc)
+    return datetime.combine(day, time(), UTC)
 
 
 @pytest.fixture(scope="module")
