@@ -39,7 +39,7 @@ def _oracle_value(function: str, values: list) -> object:
         return max(present) if present else None
     if function == "min":
         return min(present) if present else None
-    units = sum(int(math.floor(v * 1_000_000 + 0.5)) for v in present)
+    units = sum(math.floor(v * 1_000_000 + 0.5) for v in present)
     if function == "sum":
         return units / 1_000_000 if present else None
     return (units / 1_000_000) / len(present) if present else None
