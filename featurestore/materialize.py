@@ -119,18 +119,25 @@ def offline_batches(
     if view.offline.created_timestamp_column:
         columns.append(view.offline.created_timestamp_column)
     columns += [f.name for f in view.features if f.name not in columns]
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
     ts = ds.field(view.offline.timestamp_field)
-    for batch in dataset.to_batches(
-        columns=columns,
-        filter=(ts >= pa.scalar(start, pa.timestamp("us", tz="UTC")))
-        & (ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))),
-        batch_size=batch_size,
-        batch_readahead=1,
-        fragment_readahead=1,
-    ):
-        if batch.num_rows:
-            yield pa.Table.from_batches([batch])
+    in_range = (ts >= pa.scalar(start, pa.timestamp("us", tz="UTC"))) & (
+        ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+    )
+    dataset = ds.dataset([str(f) for f in files], format="parquet")
+    # One row group at a time, no read-ahead: a whole-file scan lets Arrow buffer most of the
+    # file ahead of a slower consumer, so memory would grow with the file instead of the batch.
+    for fragment in dataset.get_fragments(filter=in_range):
+        for row_group in fragment.split_by_row_group(filter=in_range):
+            for batch in row_group.to_batches(
+                columns=columns,
+                filter=in_range,
+                batch_size=batch_size,
+                batch_readahead=0,
+                fragment_readahead=0,
+                use_threads=False,
+            ):
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
 
 
 def materialize_view(

@@ -27,9 +27,13 @@ from featurestore.online.feast_layout import (
 # a millisecond for concurrent readers.
 CHUNK_ROWS = 500
 
+# ARGV: ttl, number of features F, the `_ts:<view>` field, the F feature fields, then per key
+# its Timestamp proto and F values. Field names travel once per command, not once per row:
+# Redis spends most of a write turning arguments into Lua strings.
 WRITE_IF_NOT_OLDER = """
 local ttl = tonumber(ARGV[1])
-local per_row = tonumber(ARGV[2])
+local features = tonumber(ARGV[2])
+local head = 3 + features
 local function instant(proto)
   local seconds, nanos, i, n = 0, 0, 1, #proto
   while i <= n do
@@ -47,18 +51,23 @@ local function instant(proto)
   end
   return seconds, nanos
 end
+local hset = {ARGV[3]}
+for j = 1, features do hset[2 * j + 1] = ARGV[3 + j] end
 local written = 0
 for k = 1, #KEYS do
-  local base = 2 + (k - 1) * per_row
-  local stored = redis.call('HGET', KEYS[k], ARGV[base + 1])
+  local base = head + (k - 1) * (1 + features)
+  local new = ARGV[base + 1]
+  local stored = redis.call('HGET', KEYS[k], ARGV[3])
   local write = true
   if stored then
     local old_s, old_n = instant(stored)
-    local new_s, new_n = instant(ARGV[base + 2])
+    local new_s, new_n = instant(new)
     write = new_s > old_s or (new_s == old_s and new_n >= old_n)
   end
   if write then
-    redis.call('HSET', KEYS[k], unpack(ARGV, base + 1, base + per_row))
+    hset[2] = new
+    for j = 1, features do hset[2 * j + 2] = ARGV[base + 1 + j] end
+    redis.call('HSET', KEYS[k], unpack(hset))
     if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
     written = written + 1
   end
@@ -81,81 +90,90 @@ class RedisFeatureWriter:
         self.client = client
         self.layout = layout
         self.ttl = key_ttl_seconds or 0
-        self._per_row = 2 + 2 * len(layout.feature_fields)
-        self._pending: list[int] = []
+        self._per_row = 1 + len(layout.feature_fields)
+        self._argv_head = b"".join(
+            [
+                _bulk(b"%d" % self.ttl),
+                _bulk(b"%d" % len(layout.feature_fields)),
+                _bulk(layout.ts_field),
+                *[_bulk(field) for field in layout.feature_fields.values()],
+            ]
+        )
+        self._outstanding = 0  # replies not read yet
         self._connection = None
         client.script_load(WRITE_IF_NOT_OLDER)
 
-    def _encode(self, table: pa.Table) -> list[tuple[bytes, int]]:
-        """EVALSHA commands for `table`, with the row count of each."""
+    def _encode(self, table: pa.Table) -> list[bytes]:
+        """EVALSHA commands for `table`, one per chunk of rows."""
         rows = table.num_rows
         keys = resp.RespRows(rows)
         keys.bulk(*self.layout.key_slots(table))
         key_bytes, key_offsets = keys.build()
 
         args = resp.RespRows(rows)
-        args.bulk_constant(self.layout.ts_field)
         timestamp_field = self.layout.view.offline.timestamp_field
         args.bulk(*timestamp_slots(event_micros(table.column(timestamp_field))))
-        for name, field in self.layout.feature_fields.items():
-            args.bulk_constant(field)
+        for name in self.layout.feature_fields:
             args.bulk(*value_slots(table.column(name), self.layout.value_types[name]))
         arg_bytes, arg_offsets = args.build()
 
-        argv_head = _bulk(b"%d" % self.ttl) + _bulk(b"%d" % self._per_row)
+        head_args = 3 + 3 + len(self.layout.feature_fields)
         commands = []
         for start in range(0, rows, CHUNK_ROWS):
             end = min(start + CHUNK_ROWS, rows)
             n = end - start
-            head = b"*%d\r\n" % (3 + n + 2 + n * self._per_row)
+            head = b"*%d\r\n" % (head_args + n + n * self._per_row)
             head += _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA) + _bulk(b"%d" % n)
             commands.append(
-                (
-                    b"".join(
-                        (
-                            head,
-                            key_bytes[key_offsets[start] : key_offsets[end]].tobytes(),
-                            argv_head,
-                            arg_bytes[arg_offsets[start] : arg_offsets[end]].tobytes(),
-                        )
-                    ),
-                    n,
+                b"".join(
+                    (
+                        head,
+                        key_bytes[key_offsets[start] : key_offsets[end]].tobytes(),
+                        self._argv_head,
+                        arg_bytes[arg_offsets[start] : arg_offsets[end]].tobytes(),
+                    )
                 )
             )
         return commands
 
     def write(self, table: pa.Table) -> int:
-        """Send `table`'s rows; returns how many were written by the previous call's commands.
+        """Send `table`'s rows; returns how many rows earlier calls' commands wrote.
 
-        Replies are read one call later, so Redis executes a batch while the next is encoded.
-        Call `flush()` at the end for the last replies.
+        A batch is sent before the previous batch's replies are read, so Redis always has work
+        queued while this process encodes. Call `flush()` at the end for the last replies.
         """
-        commands = self._encode(table) if table.num_rows else []
-        written = self.flush()
-        if commands:
-            connection = self._connect()
-            connection.send_packed_command([c for c, _ in commands], check_health=False)
-            self._pending = [n for _, n in commands]
-        return written
+        if not table.num_rows:
+            return 0
+        commands = self._encode(table)
+        earlier = self._outstanding
+        self._connect().send_packed_command(commands, check_health=False)
+        self._outstanding += len(commands)
+        # Replies arrive in order: the earlier batches' come first.
+        return self._read(earlier)
 
     def flush(self) -> int:
         """Wait for every reply sent so far; returns rows written (not skipped as older)."""
-        if not self._pending:
+        return self._read(self._outstanding)
+
+    def _read(self, replies: int) -> int:
+        """Read the next `replies` replies; returns the rows they report written."""
+        if not replies:
             return 0
         connection = self._connect()
         written, errors = 0, []
         try:
-            for _ in self._pending:
+            for _ in range(replies):
                 try:
                     written += int(connection.read_response())
                 except redis.ResponseError as exc:
                     errors.append(exc)
+                self._outstanding -= 1
         except BaseException:
             # Replies still in flight: this connection can't be reused.
+            self._outstanding = 0
             connection.disconnect()
+            self._connection = None
             raise
-        finally:
-            self._pending = []
         if errors:
             raise errors[0]
         return written
