@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, time
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from tests.featurestore import pipeline
+from tests.featurestore import oracle, pipeline
 
 pytestmark = pytest.mark.spark
 
@@ -29,39 +28,6 @@ def settings(built, monkeypatch):
     return get_settings()
 
 
-def _oracle_value(function: str, values: list) -> object:
-    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if function == "count":
-        return len(present)
-    if function == "count_distinct":
-        return len(set(present))
-    if function == "max":
-        return max(present) if present else None
-    if function == "min":
-        return min(present) if present else None
-    units = sum(math.floor(v * 1_000_000 + 0.5) for v in present)
-    if function == "sum":
-        return units / 1_000_000 if present else None
-    return (units / 1_000_000) / len(present) if present else None
-
-
-def oracle(raw: pd.DataFrame, view, start: datetime, end: datetime) -> pd.DataFrame:
-    """Row by row: for each event in [start, end), aggregate its key's events in (t - w, t]."""
-    key = view.join_keys[0].name
-    rows = []
-    for _, events in raw.groupby(key):
-        times = events["event_timestamp"].tolist()
-        for t in times:
-            if not (start <= t < end):
-                continue
-            row = {key: events[key].iloc[0], "event_timestamp": t}
-            for agg in view.aggregations:
-                inside = events[(events["event_timestamp"] > t - agg.window) & (events["event_timestamp"] <= t)]
-                row[agg.name] = _oracle_value(agg.function, inside[agg.column].tolist())
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _sorted(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[columns].sort_values(columns).reset_index(drop=True)
 
@@ -75,7 +41,7 @@ def test_backfill_equals_oracle(settings, view_name) -> None:
     raw = ds.dataset(str(view.raw.path), format="parquet", partitioning="hive").to_table().to_pandas()
     start = datetime.combine(pipeline.BACKFILL_START, time(), UTC)
     end = datetime.combine(pipeline.END, time(), UTC)
-    expected = oracle(raw, view, start, end)
+    expected = oracle.feature_rows(raw, view, start, end)
     got = ds.dataset(str(view.offline.path), format="parquet", partitioning="hive").to_table().to_pandas()
 
     columns = [view.join_keys[0].name, "event_timestamp", *[a.name for a in view.aggregations]]
