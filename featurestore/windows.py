@@ -2,10 +2,15 @@
 
 `WindowState` keeps, per entity key, the events still inside the longest window plus the allowed
 lateness. `apply` takes a micro-batch of accepted events and returns every feature row the batch
-changes: a row for each new event, and a corrected row for each buffered event of the same key
+changes: a row for each new event, and a corrected row for each retained event of the same key
 at or after the key's earliest new event (an event at the same instant, or a late one, belongs
 to those rows' windows too). Keeping the newest row per (key, event time) therefore gives exactly
 the rows the Spark backfill computes from the same events, whatever the arrival order.
+
+All keys' events live in one set of arrays sorted by (key, event time, arrival), so a batch is
+a handful of whole-array numpy operations rather than a loop over keys. Events must arrive within
+the allowed lateness of the newest event time seen (the watermark); the caller sends later ones
+to the dead-letter topic, and `apply` refuses them, because their windows may already be evicted.
 """
 
 from __future__ import annotations
@@ -22,15 +27,6 @@ from featurestore.aggregations import (
     to_units,
     units_to_value,
 )
-
-
-@dataclass
-class _Buffer:
-    """One key's retained events, sorted by event time (arrival order among equal times)."""
-
-    ts: np.ndarray
-    values: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -63,112 +59,158 @@ class WindowState:
         self.aggregations = tuple(aggregations)
         self.columns = sorted({a.column for a in self.aggregations})
         longest = max(a.window for a in self.aggregations)
+        self.lateness_us = lateness // timedelta(microseconds=1)
         self.retention_us = (longest + lateness) // timedelta(microseconds=1)
-        self._buffers: dict[Hashable, _Buffer] = {}
+        self.watermark = np.iinfo(np.int64).min  # newest event time applied so far
+        # Keys are stored as int64 codes: int keys as themselves, others through this table.
+        self._codes: dict[Hashable, int] = {}
+        self._key_of: list[Hashable] = []
+        self._code = np.zeros(0, dtype=np.int64)
+        self._ts = np.zeros(0, dtype=np.int64)
+        self._seq = np.zeros(0, dtype=np.int64)
+        self._values: dict[str, np.ndarray] = {}
+        self._arrivals = 0
 
     @property
     def keys(self) -> int:
-        return len(self._buffers)
+        return len(np.unique(self._code))
 
     def events(self, key: Hashable) -> int:
-        buffer = self._buffers.get(key)
-        return 0 if buffer is None else len(buffer.ts)
+        code = self._encode(np.array([key], dtype=object if not isinstance(key, int) else None))
+        return int(np.count_nonzero(self._code == code[0]))
+
+    def too_late_before(self) -> int:
+        """Events with an earlier event time (µs) are too late to apply."""
+        if self.watermark == np.iinfo(np.int64).min:
+            return self.watermark
+        return self.watermark - self.lateness_us
+
+    def _encode(self, keys: np.ndarray) -> np.ndarray:
+        if keys.dtype.kind in "iu":
+            return keys.astype(np.int64)
+        return np.fromiter(
+            (self._codes.setdefault(k, len(self._codes)) for k in keys), np.int64, len(keys)
+        )
+
+    def _decode(self, codes: np.ndarray, like: np.ndarray) -> np.ndarray:
+        if like.dtype.kind in "iu":
+            return codes.astype(like.dtype)
+        if len(self._key_of) < len(self._codes):
+            self._key_of = list(self._codes)
+        out = np.empty(len(codes), dtype=object)
+        out[:] = [self._key_of[c] for c in codes]
+        return out
 
     def apply(
         self, keys: np.ndarray, ts_us: np.ndarray, columns: Mapping[str, np.ndarray]
     ) -> FeatureRows:
         """Add accepted events (in arrival order) and return the feature rows they change."""
-        keys, ts_us = np.asarray(keys), np.asarray(ts_us, dtype=np.int64)
-        if keys.dtype.kind == "O":
-            # Object keys: factorize by first appearance instead of sorting unorderable tuples.
-            labels: dict[Hashable, int] = {}
-            codes = np.fromiter((labels.setdefault(k, len(labels)) for k in keys), np.int64)
-            groups = [np.flatnonzero(codes == c) for c in range(len(labels))]
-        else:
-            order = np.argsort(keys, kind="stable")
-            bounds = np.flatnonzero(np.diff(keys[order])) + 1
-            groups = np.split(order, bounds) if len(order) else []
-        out_keys, out_ts = [], []
-        out_features: dict[str, list[np.ndarray]] = {a.name: [] for a in self.aggregations}
-        for rows in groups:
-            key = keys[rows[0]].item() if keys.dtype.kind != "O" else keys[rows[0]]
-            new = {c: np.asarray(columns[c])[rows] for c in self.columns}
-            buffer = self._merge(key, ts_us[rows], new)
-            changed = np.flatnonzero(buffer.ts >= ts_us[rows].min())
-            features = self._rows(buffer, changed)
-            out_keys.append(np.full(len(changed), key, dtype=keys.dtype))
-            out_ts.append(buffer.ts[changed])
-            for name, values in features.items():
-                out_features[name].append(values)
-            self._evict(key, buffer)
-        if not out_ts:
+        keys = np.asarray(keys)
+        new_ts = np.asarray(ts_us, dtype=np.int64)
+        n = len(new_ts)
+        if n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return FeatureRows(keys[:0], empty, {a.name: empty for a in self.aggregations})
-        return FeatureRows(
-            np.concatenate(out_keys),
-            np.concatenate(out_ts),
-            {name: np.concatenate(parts) for name, parts in out_features.items()},
+        too_late = np.count_nonzero(new_ts < self.too_late_before())
+        if too_late:
+            raise ValueError(
+                f"{too_late} event(s) older than the watermark minus the allowed lateness; "
+                "route them to the dead-letter topic before applying the batch"
+            )
+        new_code = self._encode(keys)
+        new_seq = np.arange(self._arrivals, self._arrivals + n, dtype=np.int64)
+        self._arrivals += n
+
+        code = np.concatenate([self._code, new_code])
+        ts = np.concatenate([self._ts, new_ts])
+        seq = np.concatenate([self._seq, new_seq])
+        values = {
+            c: np.concatenate([self._values[c], np.asarray(columns[c])])
+            if c in self._values
+            else np.asarray(columns[c])
+            for c in self.columns
+        }
+        order = np.lexsort((seq, ts, code))
+        code, ts, seq = code[order], ts[order], seq[order]
+        values = {c: v[order] for c, v in values.items()}
+
+        # Segments: one run of rows per key.
+        starts = np.flatnonzero(np.concatenate(([True], code[1:] != code[:-1])))
+        segment = np.cumsum(np.concatenate(([False], code[1:] != code[:-1])))
+
+        # Rows the batch changes: its keys' rows at or after the key's earliest new event.
+        batch_codes, inverse = np.unique(new_code, return_inverse=True)
+        earliest = np.full(len(batch_codes), np.iinfo(np.int64).max)
+        np.minimum.at(earliest, inverse, new_ts)
+        where = np.searchsorted(batch_codes, code)
+        in_batch = (where < len(batch_codes)) & (
+            batch_codes[np.minimum(where, len(batch_codes) - 1)] == code
+        )
+        changed = np.flatnonzero(
+            in_batch & (ts >= earliest[np.minimum(where, len(batch_codes) - 1)])
         )
 
-    def _merge(self, key: Hashable, ts: np.ndarray, values: dict[str, np.ndarray]) -> _Buffer:
-        old = self._buffers.get(key)
-        if old is not None:
-            ts = np.concatenate([old.ts, ts])
-            values = {c: np.concatenate([old.values[c], values[c]]) for c in self.columns}
-        order = np.argsort(ts, kind="stable")
-        values = {c: v[order] for c, v in values.items()}
-        buffer = _Buffer(ts[order], values, {c: _valid(v) for c, v in values.items()})
-        self._buffers[key] = buffer
-        return buffer
+        features = self._features(ts, values, segment, starts, changed)
+        rows = FeatureRows(self._decode(code[changed], keys), ts[changed], features)
 
-    def _evict(self, key: Hashable, buffer: _Buffer) -> None:
-        keep = buffer.ts > buffer.ts[-1] - self.retention_us
-        if not keep.all():
-            self._buffers[key] = _Buffer(
-                buffer.ts[keep],
-                {c: v[keep] for c, v in buffer.values.items()},
-                {c: v[keep] for c, v in buffer.valid.items()},
-            )
+        # No accepted event can be older than watermark - lateness, so no future window reaches
+        # back past watermark - lateness - longest window: older events can go.
+        self.watermark = max(self.watermark, int(new_ts.max()))
+        keep = ts > self.watermark - self.retention_us
+        self._code, self._ts, self._seq = code[keep], ts[keep], seq[keep]
+        self._values = {c: v[keep] for c, v in values.items()}
+        return rows
 
-    def _rows(self, buffer: _Buffer, changed: np.ndarray) -> dict[str, np.ndarray]:
-        ts = buffer.ts
-        hi = np.searchsorted(ts, ts[changed], side="right")
+    def _features(
+        self,
+        ts: np.ndarray,
+        values: dict[str, np.ndarray],
+        segment: np.ndarray,
+        starts: np.ndarray,
+        changed: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        # Window bounds within each key's run: positions in one increasing "key-major" time axis.
+        origin = ts.min() if len(ts) else 0
+        span = int(ts.max() - origin) + max(a.window_us for a in self.aggregations) + 1
+        axis = segment.astype(np.int64) * span + (ts - origin)
+        at = axis[changed]
+        hi = np.searchsorted(axis, at, side="right")
+        valid = {c: _valid(v) for c, v in values.items()}
         features = {}
         for agg in self.aggregations:
-            lo = np.searchsorted(ts, ts[changed] - agg.window_us, side="right")
-            valid = buffer.valid[agg.column]
-            counts = np.concatenate(([0], np.cumsum(valid)))
+            lo = np.maximum(
+                np.searchsorted(axis, at - agg.window_us, side="right"),
+                starts[segment[changed]],
+            )
+            ok = valid[agg.column]
+            counts = np.concatenate(([0], np.cumsum(ok)))
             count = counts[hi] - counts[lo]
             if agg.function == "count":
                 features[agg.name] = count
             elif agg.function in ("sum", "mean"):
-                values = buffer.values[agg.column]
-                units = np.where(valid, to_units(np.where(valid, values, 0)), 0)
-                sums = np.concatenate(([0], np.cumsum(units)))[hi] - np.concatenate(
-                    ([0], np.cumsum(units))
-                )[lo]
-                value = units_to_value(sums) if agg.function == "sum" else mean_from_units(
-                    sums, np.maximum(count, 1)
+                units = np.where(ok, to_units(np.where(ok, values[agg.column], 0)), 0)
+                prefix = np.concatenate(([0], np.cumsum(units)))
+                total = prefix[hi] - prefix[lo]
+                value = (
+                    units_to_value(total)
+                    if agg.function == "sum"
+                    else mean_from_units(total, np.maximum(count, 1))
                 )
                 features[agg.name] = np.where(count > 0, value, np.nan)
+            elif agg.function in ("max", "min"):
+                numbers = np.where(ok, values[agg.column], np.nan).astype(np.float64)
+                reduce = np.fmax if agg.function == "max" else np.fmin
+                # reduceat over interleaved [lo, hi) bounds; every window holds its own row.
+                bounds = np.column_stack([lo, hi]).ravel()
+                padded = np.concatenate([numbers, [np.nan]])
+                features[agg.name] = reduce.reduceat(padded, bounds)[::2] if len(bounds) else (
+                    np.zeros(0)
+                )
             else:
-                features[agg.name] = self._slice_agg(agg, buffer, lo, hi)
+                column, present = values[agg.column], ok
+                features[agg.name] = np.fromiter(
+                    (len(set(column[a:b][present[a:b]].tolist())) for a, b in zip(lo, hi)),
+                    np.int64,
+                    len(lo),
+                )
         return features
-
-    @staticmethod
-    def _slice_agg(
-        agg: WindowedAggregation, buffer: _Buffer, lo: np.ndarray, hi: np.ndarray
-    ) -> np.ndarray:
-        values, valid = buffer.values[agg.column], buffer.valid[agg.column]
-        if agg.function == "count_distinct":
-            return np.array(
-                [len(set(values[a:b][valid[a:b]].tolist())) for a, b in zip(lo, hi)],
-                dtype=np.int64,
-            )
-        reduce = np.max if agg.function == "max" else np.min
-        out = np.full(len(lo), np.nan)
-        for i, (a, b) in enumerate(zip(lo, hi)):
-            window = values[a:b][valid[a:b]]
-            if len(window):
-                out[i] = float(reduce(window))
-        return out

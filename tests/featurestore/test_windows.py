@@ -112,3 +112,24 @@ def test_state_keeps_only_the_window_and_lateness(views) -> None:
     state.apply(np.zeros(n, dtype=np.int64), ts, {"amount": np.ones(n), "merchant_id": np.arange(n)})
     retained = (24 * hour + LATENESS // timedelta(microseconds=1)) // (hour // 4) + 1
     assert state.events(0) <= retained < n
+
+
+def test_events_later_than_the_allowed_lateness_are_refused(views) -> None:
+    view = next(v for v in views if v.name == "card_transaction_features")
+    state = WindowState(view.aggregations, LATENESS)
+    late_us = LATENESS // timedelta(microseconds=1)
+    state.apply(np.array([1]), np.array([10 * late_us]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
+    assert state.too_late_before() == 9 * late_us
+    # Another key, just inside the lateness: accepted.
+    state.apply(np.array([2]), np.array([9 * late_us]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
+    with pytest.raises(ValueError, match="1 event"):
+        state.apply(np.array([3]), np.array([9 * late_us - 1]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
+
+
+def test_idle_keys_do_not_keep_old_events(views) -> None:
+    view = next(v for v in views if v.name == "card_transaction_features")
+    state = WindowState(view.aggregations, LATENESS)
+    day = 86_400_000_000
+    state.apply(np.array([1]), np.array([0]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
+    state.apply(np.array([2]), np.array([3 * day]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
+    assert state.events(1) == 0 and state.events(2) == 1
