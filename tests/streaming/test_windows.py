@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from featurestore.windows import WindowState
+from streaming.windows import WindowState
 from tests.featurestore import oracle, pipeline
 
 LATENESS = timedelta(minutes=5)
