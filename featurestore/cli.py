@@ -48,10 +48,6 @@ def _clear_errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 Views = Annotated[
     list[str] | None,
     typer.Option("--view", "-v", help="Feature view to process (repeatable; default: all)."),
@@ -159,8 +155,9 @@ def backfill(
 
 
 def _parse_moment(value: str, option: str) -> datetime:
+    """An ISO date or time; without an offset it is UTC (materialization normalizes it)."""
     try:
-        return _utc(datetime.fromisoformat(value))
+        return datetime.fromisoformat(value)
     except ValueError as exc:
         raise FeatureStoreError(
             f"{option} must be an ISO date or time (2026-01-31 or 2026-01-31T12:00), got {value!r}"

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import redis
 from feast import FeatureStore
+from feast.types import from_feast_to_pyarrow_type
 
 from featurestore import offline
 from featurestore.definitions import ViewDefinition
@@ -30,15 +31,6 @@ from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.feast_writer import FeastFeatureWriter
 from featurestore.online.redis_writer import RedisFeatureWriter
 from featurestore.settings import Settings
-
-_ARROW_TYPES = {
-    "INT64": pa.int64(),
-    "INT32": pa.int32(),
-    "DOUBLE": pa.float64(),
-    "FLOAT": pa.float32(),
-    "STRING": pa.string(),
-    "BOOL": pa.bool_(),
-}
 
 
 class FeatureWriter(Protocol):
@@ -78,9 +70,7 @@ def writer_for(settings: Settings, store: FeatureStore, view: ViewDefinition) ->
 def required_schema(view: ViewDefinition) -> pa.Schema:
     fields = {view.offline.timestamp_field: pa.timestamp("us", tz="UTC")}
     for column in (*view.join_keys, *view.features):
-        value_type = column.dtype.to_value_type().name
-        if value_type in _ARROW_TYPES:
-            fields[column.name] = _ARROW_TYPES[value_type]
+        fields[column.name] = from_feast_to_pyarrow_type(column.dtype)
     return pa.schema(list(fields.items()))
 
 
@@ -179,7 +169,7 @@ def materialize(
     (result with 0 rows) instead of being an error.
     """
     if incremental:
-        ranges = [(v, _utc(start), _utc(end)) for v, start, end in ranges if _utc(start) < _utc(end)]
+        ranges = [(v, start, end) for v, start, end in ranges if _utc(start) < _utc(end)]
     checked = [(view, *check_range(start, end)) for view, start, end in ranges]
     inputs = [
         (view, offline_files(view, start, end, required=not incremental), start, end)

@@ -71,10 +71,6 @@ class WindowState:
         self._values: dict[str, np.ndarray] = {}
         self._arrivals = 0
 
-    @property
-    def keys(self) -> int:
-        return len(np.unique(self._code))
-
     def events(self, key: Hashable) -> int:
         code = self._encode(np.array([key], dtype=object if not isinstance(key, int) else None))
         return int(np.count_nonzero(self._code == code[0]))

@@ -20,7 +20,6 @@ class FeastFeatureWriter:
         self.view = view
         self.provider = store._get_provider()
         self.join_keys = {k.name: k.dtype.to_value_type() for k in view.join_keys}
-        self._written = 0
 
     def write(self, table: pa.Table) -> int:
         if not table.num_rows:

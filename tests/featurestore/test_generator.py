@@ -386,3 +386,14 @@ def test_peak_memory_follows_rows_per_day_not_days(tmp_path):
 
     short, long = peak(2), peak(8)
     assert long < 1.3 * short, (short, long)
+
+
+def test_transactions_match_the_declared_stream_schema(configure) -> None:
+    """The generator writes exactly the raw event schema feature_repo/ declares."""
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import apply
+    from featurestore.generator import SCHEMAS, TRANSACTIONS
+    from featurestore.offline import schema_from_ddl
+
+    for view in select_views(apply(configure()), None, aggregated_only=True):
+        assert SCHEMAS[TRANSACTIONS].equals(schema_from_ddl(view.raw_schema))
