@@ -35,9 +35,12 @@ merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueTy
 # The raw transaction event, as it arrives on Kafka (JSON) and as it is archived (Parquet).
 # The fraud label is not part of the event: it arrives later, in `transaction_labels`.
 TRANSACTION_SCHEMA = (
-    "transaction_id STRING, card_id BIGINT, merchant_id BIGINT, amount DOUBLE, currency STRING, "
-    "merchant_category STRING, country STRING, channel STRING, event_timestamp TIMESTAMP"
+    "transaction_id STRING NOT NULL, card_id BIGINT NOT NULL, merchant_id BIGINT NOT NULL, "
+    "amount DOUBLE NOT NULL, currency STRING NOT NULL, merchant_category STRING, country STRING, "
+    "channel STRING NOT NULL, event_timestamp TIMESTAMP NOT NULL"
 )
+# Inclusive bounds of numeric event fields; events outside go to the dead-letter topic.
+EVENT_RANGES = {"amount": "0..1000000"}
 
 transactions_raw = FileSource(
     name="transactions_raw",
@@ -69,7 +72,9 @@ def _transactions_stream(view_name: str) -> KafkaSource:
             timestamp_field="event_timestamp",
             created_timestamp_column="created",
         ),
-        tags={"raw_source": transactions_raw.name},
+        # Producers key messages by card, so each card's events stay in order in one partition.
+        tags={"raw_source": transactions_raw.name, "message_key": "card_id",
+              **{f"valid_range.{name}": bounds for name, bounds in EVENT_RANGES.items()}},
     )
 
 

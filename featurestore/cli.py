@@ -204,7 +204,7 @@ def materialize(
         )
 
 
-stream_app = typer.Typer(help="Kafka streaming: replay events into the transactions topic.")
+stream_app = typer.Typer(help="Kafka streaming: send events, run the worker that applies them.")
 app.add_typer(stream_app, name="stream")
 
 
@@ -214,24 +214,43 @@ def stream_produce(
     rate: Annotated[
         float | None, typer.Option(help="Events per second (default: as fast as possible).")
     ] = None,
-    start: Annotated[str, typer.Option(help="First day of raw events (YYYY-MM-DD).")] = "2026-01-01",
-    end: Annotated[str, typer.Option(help="Day after the last (YYYY-MM-DD), exclusive.")] = "2026-01-15",
+    start: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the generated history.")
+    ] = datetime(2026, 1, 1),
+    days: Annotated[int, typer.Option(help="Days of the generated history.")] = 15,
+    from_day: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Send only days from this one (default: all)."),
+    ] = None,
+    cards: Annotated[int, typer.Option(help="Number of cards.")] = 2_000,
+    merchants: Annotated[int, typer.Option(help="Number of merchants.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed (same as `generate` to continue it).")] = 7,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
 ) -> None:
-    """Replay generated transactions from the raw archive into Kafka, in event-time order."""
+    """Send generated transactions into Kafka as live traffic, in event-time order.
+
+    The days are drawn exactly as `generate` draws them, so with the same options and a
+    `--from-day` after the generated history the stream continues that history.
+    """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
+    from featurestore.generator import GeneratorConfig, transactions
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
-    from streaming.producer import replay
+    from streaming.producer import send_events
 
     settings = get_settings()
-    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     if rate is not None and rate <= 0:
         raise FeatureStoreError(f"--rate must be positive, got {rate}")
+    try:
+        config = GeneratorConfig(
+            start=start.date(), days=days, cards=cards, merchants=merchants, seed=seed
+        )
+    except ValueError as exc:
+        raise FeatureStoreError(str(exc)) from exc
     view = select_views(feature_store(settings), None, aggregated_only=True)[0]
     try:
         producer = KafkaProducer(
@@ -245,20 +264,69 @@ def stream_produce(
         raise FeatureStoreError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
         ) from exc
-    with row_progress(f"producing to {settings.transactions_topic}") as advance:
-        sent = replay(
+    with row_progress(f"producing to {view.topic}") as advance:
+        sent = send_events(
             producer,
-            settings.transactions_topic,
-            view.raw,
-            view.join_keys[0].name,
-            first,
-            last,
+            view.topic,
+            transactions(config, from_day.date() if from_day else None),
+            view.message_key,
             rate=rate,
             limit=limit,
             progress=advance,
         )
     producer.close()
-    console.print(f"sent {sent:,} events to {settings.transactions_topic}")
+    console.print(f"sent {sent:,} events to {view.topic}")
+
+
+@stream_app.command("run")
+@_clear_errors
+def stream_run(
+    idle_seconds: Annotated[
+        float | None,
+        typer.Option(help="Exit after this long without a new event (default: run until stopped)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Run a stream worker: consume the transactions topic, keep online and offline features fresh.
+
+    Start more workers with the same settings to share the partitions. SIGTERM or Ctrl-C
+    checkpoints and leaves the group.
+    """
+    import logging
+    import signal
+    import threading
+
+    from rich.logging import RichHandler
+
+    from featurestore.feast_config import feature_store
+    from featurestore.settings import get_settings
+    from streaming.worker import StreamWorker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    settings = get_settings()
+    worker = StreamWorker(settings, feature_store(settings))
+    if metrics_port is not None:
+        worker.metrics.serve(metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.run(stop, idle_seconds=idle_seconds)
+    counts = worker.metrics
+    applied = sum(
+        counts.registry.get_sample_value(
+            "featurestore_stream_events_applied_total", {"topic": t}
+        ) or 0
+        for t in worker.topology.topics
+    )
+    console.print(
+        f"stopped: applied {applied:,.0f} events across {len(worker.topology.topics)} topic(s); "
+        f"dead letters {sum(counts.dead_letter_counts().values()):,}"
+    )
 
 
 @app.command()

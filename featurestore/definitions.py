@@ -44,6 +44,13 @@ class ViewDefinition:
     aggregations: tuple[WindowedAggregation, ...] = ()
     raw: Table | None = None
     raw_schema: str | None = None
+    # The Kafka topic of the raw events, the event field messages are keyed by, how late an event may arrive (the source's
+    # watermark_delay_threshold), and inclusive bounds of numeric event fields (the source's
+    # `valid_range.<field>` tags, "low..high").
+    topic: str | None = None
+    message_key: str | None = None
+    lateness: timedelta = timedelta(0)
+    event_ranges: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def is_aggregated(self) -> bool:
@@ -105,7 +112,29 @@ def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
         aggregations=aggregations,
         raw=raw,
         raw_schema=stream.kafka_options.message_format.schema_json,
+        topic=stream.kafka_options.topic,
+        message_key=stream.tags.get("message_key"),
+        lateness=stream.kafka_options.watermark_delay_threshold or timedelta(0),
+        event_ranges=_event_ranges(stream),
     )
+
+
+def _event_ranges(stream: KafkaSource) -> tuple[tuple[str, float, float], ...]:
+    ranges = []
+    for tag, text in sorted(stream.tags.items()):
+        if not tag.startswith("valid_range."):
+            continue
+        low, sep, high = text.partition("..")
+        try:
+            bounds = (float(low), float(high))
+        except ValueError:
+            bounds = ()
+        if not sep or len(bounds) != 2 or not bounds[0] <= bounds[1]:
+            raise DefinitionError(
+                f"KafkaSource {stream.name!r}: tag {tag}={text!r} must read 'low..high'"
+            )
+        ranges.append((tag.removeprefix("valid_range."), *bounds))
+    return tuple(ranges)
 
 
 def load_views(store: FeatureStore) -> dict[str, ViewDefinition]:

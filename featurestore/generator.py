@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -31,7 +30,8 @@ from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from featurestore import offline
 
 TRANSACTIONS = "transactions"
 LABELS = "labels"
@@ -42,15 +42,15 @@ PART_FILE = "part-00000.parquet"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 SCHEMAS: Mapping[str, pa.Schema] = MappingProxyType({
     TRANSACTIONS: pa.schema([
-        ("transaction_id", pa.string()),
-        ("card_id", pa.int64()),
-        ("merchant_id", pa.int64()),
-        ("amount", pa.float64()),
-        ("currency", pa.string()),
-        ("merchant_category", pa.string()),
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.int64(), nullable=False),
+        pa.field("merchant_id", pa.int64(), nullable=False),
+        pa.field("amount", pa.float64(), nullable=False),
+        pa.field("currency", pa.string(), nullable=False),
+        ("merchant_category", pa.string()),  # null in drift scenarios (--null-burst-rate)
         ("country", pa.string()),
-        ("channel", pa.string()),
-        ("event_timestamp", _TIMESTAMP),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("event_timestamp", _TIMESTAMP, nullable=False),
     ]),
     LABELS: pa.schema([
         ("transaction_id", pa.string()),
@@ -304,7 +304,9 @@ def generate(
     def write_day(day: date, tables: dict[str, pa.Table]) -> None:
         for dataset in DATASETS:
             path = partition_file(raw_dir, dataset, day)
-            _write_atomically(tables[dataset], path, dataset)
+            offline.write_atomically(
+                tables[dataset], path, use_dictionary=_DICTIONARY_COLUMNS[dataset]
+            )
             summary.rows[dataset] += tables[dataset].num_rows
             summary.files.append(path)
 
@@ -322,6 +324,18 @@ def generate(
         if pending is not None:
             _finish(pending, progress)
     return summary
+
+
+def transactions(config: GeneratorConfig, first_day: date | None = None) -> Iterator[pa.Table]:
+    """The transactions of each day of `config` from `first_day` on, in event-time order.
+
+    Nothing is written: this is the live traffic `featurestore stream produce` sends. Each day
+    is drawn exactly as `generate` draws it, so the stream continues a generated history.
+    """
+    population = _Population.draw(config)
+    for day_index, day in enumerate(config.dates):
+        if first_day is None or day >= first_day:
+            yield _day_tables(config, population, day_index, day)[TRANSACTIONS]
 
 
 def _finish(pending: tuple[Future[None], int], progress: Callable[[int], None] | None) -> None:
@@ -665,25 +679,6 @@ def _transaction_ids(day: date, n: int) -> pa.Array:
         text[:, start: start + 3] = _DIGIT_TRIPLETS[(counter // place) % 1000]
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
-
-
-def _write_atomically(table: pa.Table, path: Path, dataset: str) -> None:
-    """Replace `path` with `table` in one rename; a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A leading dot hides a crash's leftover from Parquet readers (Spark, pyarrow datasets).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd",
-                       use_dictionary=_DICTIONARY_COLUMNS[dataset])
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_date(name: str, value: object) -> None:

@@ -16,6 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurestore.definitions import Table
@@ -37,16 +38,19 @@ _DDL_TYPES = {
 
 
 def schema_from_ddl(ddl: str) -> pa.Schema:
-    """The Arrow schema of a Spark DDL string such as `id BIGINT, amount DOUBLE`."""
+    """The Arrow schema of a Spark DDL string such as `id BIGINT NOT NULL, amount DOUBLE`."""
     fields = []
     for column in ddl.split(","):
         parts = column.split()
-        if len(parts) != 2 or parts[1].upper() not in _DDL_TYPES:
+        required = [p.upper() for p in parts[2:]] == ["NOT", "NULL"]
+        if len(parts) not in (2, 4) or (len(parts) == 4 and not required) or (
+            parts[1].upper() not in _DDL_TYPES
+        ):
             raise DefinitionError(
-                f"cannot read column {column.strip()!r} of schema {ddl!r}; "
-                f"supported types: {', '.join(sorted(_DDL_TYPES))}"
+                f"cannot read column {column.strip()!r} of schema {ddl!r}; expected "
+                f"'name TYPE [NOT NULL]' with TYPE one of {', '.join(sorted(_DDL_TYPES))}"
             )
-        fields.append(pa.field(parts[0], _DDL_TYPES[parts[1].upper()]))
+        fields.append(pa.field(parts[0], _DDL_TYPES[parts[1].upper()], nullable=not required))
     return pa.schema(fields)
 
 
@@ -119,6 +123,35 @@ def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> 
                 )
         rows += metadata.num_rows
     return rows
+
+
+def write_atomically(table: pa.Table, path: Path, **parquet_options: object) -> None:
+    """Replace `path` with `table` in one rename; a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A leading dot hides a crash's leftover from Parquet readers (Spark, pyarrow datasets).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as sink:
+            pq.write_table(table, sink, compression="zstd", **parquet_options)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_days(table: Path, rows: pa.Table, timestamp_field: str, file_name: str) -> list[Path]:
+    """Write `rows` into the day partitions of their event times, one file `file_name` each."""
+    if not rows.num_rows:
+        return []
+    day = pc.strftime(rows.column(timestamp_field), "%Y-%m-%d")
+    written = []
+    for value in pc.unique(day).to_pylist():
+        path = table / f"{PARTITION}={value}" / file_name
+        write_atomically(rows.filter(pc.equal(day, value)), path)
+        written.append(path)
+    return written
 
 
 @contextmanager

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
         ),
     )
     transactions_topic: str = "transactions"
+    # The stream worker: its consumer group, where rejected events go, how long events wait to
+    # be applied together (freshness) and how often its state is checkpointed (files per hour).
+    stream_group: str = "featurestore-stream"
+    dead_letter_topic: str = "transactions-dead-letter"
+    stream_partitions: int = Field(6, gt=0)
+    stream_batch_ms: int = Field(100, gt=0)
+    stream_batch_events: int = Field(20_000, gt=0)
+    stream_checkpoint_seconds: float = Field(5.0, gt=0)
+    stream_max_message_bytes: int = Field(16_384, gt=0)
+    stream_session_timeout_ms: int = Field(10_000, ge=6_000)
 
     spark_master: str = Field(
         "local[*]", validation_alias=AliasChoices("FEATURESTORE_SPARK_MASTER", "SPARK_MASTER")
@@ -120,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def offline_dir(self) -> Path:
         return self.data_dir / "offline"
+
+    @property
+    def stream_log_dir(self) -> Path:
+        return self.data_dir / "stream" / self.stream_group
 
     @property
     def online_sqlite_path(self) -> Path:

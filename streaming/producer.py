@@ -1,24 +1,19 @@
-"""Replays raw transactions from the archive into Kafka, at a given rate or as fast as possible.
+"""Sends generated transactions into Kafka, at a given rate or as fast as possible.
 
-Events are sent in event-time order as JSON in the stream source's declared schema (timestamps
-as ISO-8601 UTC), keyed by the first join key of the stream's views so all events of an entity
-land in one partition, in order.
+Events are sent in the tables' order (the generator's is event time) as JSON in the stream
+source's declared schema (timestamps as ISO-8601 UTC), keyed by the source's message key so all
+events of an entity land in one partition, in order.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from datetime import date
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from kafka import KafkaProducer
-
-from featurestore import offline
-from featurestore.definitions import Table
 
 SEND_CHUNK = 1_000
 
@@ -29,8 +24,9 @@ def event_messages(table: pa.Table, key: str) -> Iterator[tuple[bytes, bytes]]:
     for name in table.column_names:
         column = table.column(name)
         if pa.types.is_timestamp(column.type):
+            # Arrow's %S of a microsecond timestamp already prints the fraction (SS.ffffff).
             column = pc.strftime(
-                column.cast(pa.timestamp("us", tz="UTC")), "%Y-%m-%dT%H:%M:%S.%f+00:00"
+                column.cast(pa.timestamp("us", tz="UTC")), "%Y-%m-%dT%H:%M:%S+00:00"
             )
         columns[name] = column.to_pylist()
     keys = columns[key]
@@ -55,25 +51,21 @@ class RateLimiter:
                 time.sleep(ahead)
 
 
-def replay(
+def send_events(
     producer: KafkaProducer,
     topic: str,
-    raw: Table,
+    tables: Iterable[pa.Table],
     key: str,
-    start: date,
-    end: date,
     rate: float | None = None,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Send the raw events of days [start, end) to `topic`; returns how many were sent."""
+    """Send the rows of `tables` to `topic`, keyed by column `key`; returns how many were sent."""
     limiter = RateLimiter(rate)
     # With a rate, send in bursts of at most 10 ms worth of events.
     burst = SEND_CHUNK if not rate else max(1, min(SEND_CHUNK, int(rate // 100)))
     sent = 0
-    for path in offline.data_files(raw, start, end):
-        table = pq.read_table(path)
-        table = table.take(pc.sort_indices(table, [(raw.timestamp_field, "ascending")]))
+    for table in tables:
         if limit is not None:
             table = table.slice(0, limit - sent)
         messages = event_messages(table, key)

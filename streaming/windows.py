@@ -28,6 +28,8 @@ from featurestore.aggregations import (
     units_to_value,
 )
 
+NO_WATERMARK = int(np.iinfo(np.int64).min)
+
 
 @dataclass(frozen=True)
 class FeatureRows:
@@ -61,7 +63,7 @@ class WindowState:
         longest = max(a.window for a in self.aggregations)
         self.lateness_us = lateness // timedelta(microseconds=1)
         self.retention_us = (longest + lateness) // timedelta(microseconds=1)
-        self.watermark = np.iinfo(np.int64).min  # newest event time applied so far
+        self.watermark = NO_WATERMARK  # newest event time applied so far
         # Keys are stored as int64 codes: int keys as themselves, others through this table.
         self._codes: dict[Hashable, int] = {}
         self._key_of: list[Hashable] = []
@@ -77,7 +79,7 @@ class WindowState:
 
     def too_late_before(self) -> int:
         """Events with an earlier event time (µs) are too late to apply."""
-        if self.watermark == np.iinfo(np.int64).min:
+        if self.watermark == NO_WATERMARK:
             return self.watermark
         return self.watermark - self.lateness_us
 
@@ -97,10 +99,34 @@ class WindowState:
         out[:] = [self._key_of[c] for c in codes]
         return out
 
+    def load(
+        self,
+        keys: np.ndarray,
+        ts_us: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+        watermark: int | None = None,
+    ) -> None:
+        """Restore events applied before (in their arrival order) without computing rows.
+
+        Loading a log of applied events in order gives the state an uninterrupted run has.
+        """
+        self.apply(keys, ts_us, columns, watermark=watermark, rows=False)
+
     def apply(
-        self, keys: np.ndarray, ts_us: np.ndarray, columns: Mapping[str, np.ndarray]
+        self,
+        keys: np.ndarray,
+        ts_us: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+        *,
+        watermark: int | None = None,
+        rows: bool = True,
     ) -> FeatureRows:
-        """Add accepted events (in arrival order) and return the feature rows they change."""
+        """Add accepted events (in arrival order) and return the feature rows they change.
+
+        The watermark then advances to `watermark` if given, else to the newest event time. A
+        caller merging several ordered inputs passes the oldest of their watermarks (or
+        `NO_WATERMARK` while an input has not been seen), so no input's on-time event is refused.
+        """
         keys = np.asarray(keys)
         new_ts = np.asarray(ts_us, dtype=np.int64)
         n = len(new_ts)
@@ -146,16 +172,22 @@ class WindowState:
             in_batch & (ts >= earliest[np.minimum(where, len(batch_codes) - 1)])
         )
 
+        if not rows:
+            changed = changed[:0]
         features = self._features(ts, values, segment, starts, changed)
-        rows = FeatureRows(self._decode(code[changed], keys), ts[changed], features)
+        result = FeatureRows(self._decode(code[changed], keys), ts[changed], features)
 
         # No accepted event can be older than watermark - lateness, so no future window reaches
         # back past watermark - lateness - longest window: older events can go.
-        self.watermark = max(self.watermark, int(new_ts.max()))
-        keep = ts > self.watermark - self.retention_us
+        self.watermark = max(self.watermark, int(new_ts.max()) if watermark is None else watermark)
+        keep = (
+            ts > self.watermark - self.retention_us
+            if self.watermark != NO_WATERMARK
+            else np.ones(len(ts), dtype=bool)
+        )
         self._code, self._ts, self._seq = code[keep], ts[keep], seq[keep]
         self._values = {c: v[keep] for c, v in values.items()}
-        return rows
+        return result
 
     def _features(
         self,

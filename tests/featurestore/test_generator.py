@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore import generator
+from featurestore import generator, offline
 from featurestore.generator import (
     CARD_PROFILES,
     DATASETS,
@@ -350,11 +350,11 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temp_file(tmp_path, monk
     generate(config, tmp_path)
     reference = read(tmp_path, TRANSACTIONS, START)
 
-    def crash_midway(table, where, **kwargs):
-        Path(where).write_bytes(b"PAR1 half a file")
+    def crash_midway(table, sink, **kwargs):
+        sink.write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(generator.pq, "write_table", crash_midway)
+    monkeypatch.setattr(offline.pq, "write_table", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         generate(dataclasses.replace(config, seed=99), tmp_path)
     monkeypatch.undo()

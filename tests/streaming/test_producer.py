@@ -1,10 +1,11 @@
-"""The producer replays the raw archive into a real Kafka-protocol broker, valid and in order."""
+"""The producer sends generated transactions into a real Kafka-protocol broker, valid and in order."""
 
 from __future__ import annotations
 
 import time
 import uuid
 
+import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -45,25 +46,34 @@ def _consume(bootstrap: str, topic: str, expected: int) -> list:
     return messages
 
 
-def test_produce_replays_valid_events_keyed_by_card(configure, kafka_bootstrap, topic) -> None:
+def test_produce_sends_valid_generated_events_keyed_by_card(
+    configure, kafka_bootstrap, topic
+) -> None:
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
     from featurestore.generator import GeneratorConfig, generate
 
     settings = configure(kafka_bootstrap_servers=kafka_bootstrap, transactions_topic=topic)
+    options = ["--start", str(pipeline.START), "--cards", "40", "--merchants", "10", "--seed", "5"]
     summary = generate(
-        GeneratorConfig(start=pipeline.START, days=1, cards=40, merchants=10, seed=5),
+        GeneratorConfig(start=pipeline.START, days=2, cards=40, merchants=10, seed=5),
         settings.raw_dir,
     )
     store = apply(settings)
-    end = str(pipeline.START.replace(day=pipeline.START.day + 1))
+    second_day = str(pipeline.START.replace(day=pipeline.START.day + 1))
     started = time.perf_counter()
     result = CliRunner().invoke(
-        app, ["stream", "produce", "--start", str(pipeline.START), "--end", end, "--rate", "2000"]
+        app,
+        ["stream", "produce", *options, "--days", "2", "--from-day", second_day, "--rate", "2000"],
     )
     elapsed = time.perf_counter() - started
     assert result.exit_code == 0, result.output
-    sent = summary.rows["transactions"]
+    # The stream continues the generated history: the second day, exactly as generated.
+    archived = pq.read_table(
+        settings.raw_dir / "transactions" / f"event_date={second_day}" / "part-00000.parquet"
+    )
+    sent = archived.num_rows
+    assert sent < summary.rows["transactions"]
     assert f"sent {sent:,} events" in result.output
     assert elapsed >= sent / 2000 * 0.9  # the rate holds
 
@@ -72,13 +82,16 @@ def test_produce_replays_valid_events_keyed_by_card(configure, kafka_bootstrap, 
     messages = _consume(kafka_bootstrap, topic, sent)
     assert len(messages) == sent
     by_partition: dict[int, list[int]] = {}
+    ids = set()
     for message in messages:
         event = validator.parse(message.value)
         assert not isinstance(event, Rejected), event
+        ids.add(event["transaction_id"])
         assert message.key == str(event["card_id"]).encode()
         by_partition.setdefault(message.partition, []).append(event["event_timestamp"])
     # Within a partition, events arrive in event-time order.
     assert all(times == sorted(times) for times in by_partition.values())
+    assert ids == set(archived.column("transaction_id").to_pylist())
 
 
 def test_produce_reports_an_unreachable_broker(configure) -> None:

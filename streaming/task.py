@@ -1,0 +1,333 @@
+"""One topic partition's share of the stream work: validate, window, and checkpoint its effects.
+
+`process` turns a micro-batch of records into what they change: the newest feature row per
+entity for the online store, dead letters, and events to forward to repartition topics. It
+keeps, until the next checkpoint, the applied events and the feature rows for the offline store.
+`checkpoint` writes those offline (raw archive and feature tables), then appends the partition
+log, the commit point. A replay after a crash restores the window state from the log and
+recomputes exactly the rows the lost run computed (windows depend only on the events, and
+lateness is decided per event in offset order), so every effect past the commit point is either
+removed (offline files) or rewritten with the same values (the online store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+from feast.types import from_feast_to_pyarrow_type
+
+from featurestore import offline
+from featurestore.definitions import ViewDefinition
+from featurestore.materialize import latest_per_entity
+from streaming.log import OFFSET, PartitionLog
+from streaming.topology import Stage, Topology
+from streaming.validation import LATE, EventValidator, Rejected
+from streaming.windows import NO_WATERMARK, FeatureRows, WindowState
+
+# Headers a forwarded event carries: where it was consumed, so the next stage drops the copies
+# a crashed source stage forwards twice.
+SOURCE_PARTITION = "featurestore-source-partition"
+SOURCE_OFFSET = "featurestore-source-offset"
+
+
+class Record(Protocol):
+    """The part of a Kafka consumer record the task reads."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Record
+    rejected: Rejected
+
+
+@dataclass(frozen=True)
+class Forward:
+    topic: str
+    key: bytes
+    record: Record
+
+
+@dataclass
+class Step:
+    """What one micro-batch changed."""
+
+    online: list[tuple[ViewDefinition, pa.Table]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    applied_timestamps_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    duplicates: int = 0
+
+
+def stream_file_name(topic: str, partition: int, first: int, last: int) -> str:
+    return f"stream-{topic}-{partition}-{first:020d}-{last:020d}.parquet"
+
+
+class PartitionTask:
+    def __init__(
+        self,
+        topology: Topology,
+        stage: Stage,
+        partition: int,
+        log_root: Path,
+        validator: EventValidator,
+        sources: int = 1,
+    ) -> None:
+        """`sources`: how many source partitions feed this partition (repartition stages)."""
+        self.topology = topology
+        self.stage = stage
+        self.partition = partition
+        self.log = PartitionLog(log_root, stage.topic, partition)
+        self.validator = validator
+        self.lateness_us = topology.lateness // timedelta(microseconds=1)
+        self.states = {v.name: WindowState(v.aggregations, topology.lateness) for v in stage.views}
+        self.retention_us = max(
+            (s.retention_us for s in self.states.values()), default=self.lateness_us
+        )
+        self.sources = 1 if stage.is_source else sources
+        # Newest event time per source partition ("" for the source stage's own partition):
+        # each input is in order on its own, so lateness is judged per input.
+        self.watermarks: dict[str, int] = {}
+        self.source_offsets: dict[str, int] = {}
+        self._reset()
+
+    @property
+    def watermark(self) -> int:
+        """Newest event time applied."""
+        return max(self.watermarks.values(), default=NO_WATERMARK)
+
+    def _state_watermark(self) -> int:
+        """Where the window state may evict up to: the oldest input's watermark.
+
+        Until every input has been seen, nothing is evicted: an unseen input may still bring
+        events as old as the oldest seen.
+        """
+        if len(self.watermarks) < self.sources:
+            return NO_WATERMARK
+        return min(self.watermarks.values())
+
+    def _reset(self) -> None:
+        self.first: int | None = None
+        self.last: int | None = None
+        self._events: list[pa.Table] = []
+        self._rows: dict[str, list[pa.Table]] = {v.name: [] for v in self.stage.views}
+
+    @property
+    def pending(self) -> bool:
+        """Whether records were processed since the last checkpoint."""
+        return self.first is not None
+
+    # --- restore -------------------------------------------------------------------------
+
+    def restore(self) -> int | None:
+        """Rebuild the state from the log; returns the offset to resume at (None: no log yet)."""
+        high = self.log.high_water()
+        self._remove_unlogged_files(high)
+        metadata = self.log.metadata()
+        self.source_offsets = metadata.get("source_offsets", {})
+        self.watermarks = metadata.get("watermarks", {})
+        events = [t for t in self.log.events() if t.num_rows]
+        if events:
+            events = pa.concat_tables(events)
+            ts = _micros(events, self.topology.timestamp_field)
+            for view in self.stage.views:
+                state = self.states[view.name]
+                keys, columns = self._window_inputs(events, view, state)
+                state.load(keys, ts, columns, watermark=self._state_watermark())
+        return None if high is None else high + 1
+
+    def _derived_tables(self) -> list[Path]:
+        tables = [v.offline.path for v in self.stage.views]
+        return [self.topology.raw.path, *tables] if self.stage.is_source else tables
+
+    def _remove_unlogged_files(self, high: int | None) -> None:
+        """Offline files written after the last checkpoint by a worker that then died."""
+        prefix = f"stream-{self.stage.topic}-{self.partition}-"
+        for table in self._derived_tables():
+            for path in table.glob(f"{offline.PARTITION}=*/*{prefix}*"):
+                if path.name.startswith("."):
+                    path.unlink(missing_ok=True)  # a write cut short
+                    continue
+                first = int(path.name.removesuffix(".parquet").rsplit("-", 2)[1])
+                if high is None or first > high:
+                    path.unlink(missing_ok=True)
+
+    # --- process -------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record]) -> Step:
+        step = Step()
+        if not records:
+            return step
+        self.first = records[0].offset if self.first is None else self.first
+        self.last = records[-1].offset
+        if not self.stage.is_source:
+            records, step.duplicates = self._new_records(records)
+        parsed = self.validator.parse_batch([r.value for r in records])
+        events, index = parsed.events, parsed.accepted
+        step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
+
+        ts = _micros(events, self.topology.timestamp_field)
+        sources = self._sources(records, index)
+        late, newest = self._late(ts, sources)
+        for i in np.flatnonzero(late):
+            rejected = Rejected(
+                LATE,
+                f"event time {_iso(ts[i])} is more than {self.topology.lateness} behind the "
+                f"newest event time seen before it, {_iso(newest[i])}",
+            )
+            step.dead_letters.append(DeadLetter(records[index[i]], rejected))
+        if late.any():
+            events, index, ts = events.filter(pa.array(~late)), index[~late], ts[~late]
+            sources = sources[~late]
+        for source in np.unique(sources):
+            newest_here = int(ts[sources == source].max())
+            self.watermarks[source] = max(self.watermarks.get(source, NO_WATERMARK), newest_here)
+
+        created = datetime.now(UTC)
+        for view in self.stage.views:
+            state = self.states[view.name]
+            keys, columns = self._window_inputs(events, view, state)
+            rows = state.apply(keys, ts, columns, watermark=self._state_watermark())
+            table = _feature_table(view, rows, created)
+            self._rows[view.name].append(table)
+            step.online.append((view, latest_per_entity(table, view)))
+
+        offsets = np.fromiter((records[i].offset for i in index), np.int64, len(index))
+        self._events.append(events.append_column(OFFSET, pa.array(offsets, pa.int64())))
+        step.applied_timestamps_ms = np.fromiter(
+            (records[i].timestamp for i in index), np.int64, len(index)
+        )
+        for stage in self.stage.forwards:
+            keys = events.column(stage.key).to_pylist()
+            step.forwards.extend(
+                Forward(stage.topic, str(key).encode(), records[i]) for key, i in zip(keys, index)
+            )
+        return step
+
+    def _new_records(self, records: Sequence[Record]) -> tuple[list[Record], int]:
+        """Records not yet applied: a source stage that crashed may have forwarded some twice."""
+        fresh = []
+        for record in records:
+            headers = dict(record.headers or ())
+            source = headers.get(SOURCE_PARTITION)
+            if source is None or SOURCE_OFFSET not in headers:
+                fresh.append(record)
+                continue
+            source, offset = source.decode(), int(headers[SOURCE_OFFSET])
+            if offset > self.source_offsets.get(source, -1):
+                self.source_offsets[source] = offset
+                fresh.append(record)
+        return fresh, len(records) - len(fresh)
+
+    def _sources(self, records: Sequence[Record], index: np.ndarray) -> np.ndarray:
+        """The input each accepted event came from: its source partition, or "" at the source."""
+        if self.stage.is_source:
+            return np.full(len(index), "", dtype=object)
+        return np.array(
+            [dict(records[i].headers or ()).get(SOURCE_PARTITION, b"").decode() for i in index],
+            dtype=object,
+        )
+
+    def _late(self, ts: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which events trail the newest earlier event of their input by more than the lateness.
+
+        Decided per event in offset order, so it does not depend on how records are batched.
+        Returns the mask and, per event, the newest event time before it.
+        """
+        newest = np.empty(len(ts), dtype=np.int64)
+        for source in np.unique(sources):
+            at = np.flatnonzero(sources == source)
+            start = self.watermarks.get(source, NO_WATERMARK)
+            newest[at] = np.maximum.accumulate(np.concatenate(([start], ts[at][:-1])))
+        late = np.zeros(len(ts), dtype=bool)
+        known = newest != NO_WATERMARK
+        late[known] = ts[known] < newest[known] - self.lateness_us
+        return late, newest
+
+    def _window_inputs(
+        self, events: pa.Table, view: ViewDefinition, state: WindowState
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        keys = events.column(view.join_keys[0].name).to_numpy(zero_copy_only=False)
+        columns = {
+            c: events.column(c).to_numpy(zero_copy_only=False) for c in state.columns
+        }
+        return keys, columns
+
+    # --- checkpoint ----------------------------------------------------------------------
+
+    def checkpoint(self) -> int | None:
+        """Make everything processed durable; returns the next offset to consume (None: idle).
+
+        The caller must have made the online writes and the Kafka sends durable first.
+        """
+        if self.first is None or self.last is None:
+            return None
+        name = stream_file_name(self.stage.topic, self.partition, self.first, self.last)
+        events = pa.concat_tables(self._events)
+        if self.stage.is_source:
+            archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
+            offline.write_days(self.topology.raw.path, archive, self.topology.timestamp_field, name)
+        for view in self.stage.views:
+            rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
+            offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
+        self.log.append(
+            self.first,
+            self.last,
+            events,
+            self.topology.timestamp_field,
+            {"source_offsets": self.source_offsets, "watermarks": self.watermarks},
+        )
+        if self._state_watermark() != NO_WATERMARK:
+            self.log.prune(self._state_watermark() - self.retention_us)
+        resume = self.last + 1
+        self._reset()
+        return resume
+
+
+def _iso(micros: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))).isoformat()
+
+
+def _micros(events: pa.Table, column: str) -> np.ndarray:
+    return events.column(column).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _feature_table(view: ViewDefinition, rows: FeatureRows, created: datetime) -> pa.Table:
+    """Feature rows in the offline table's layout: keys, event time, features, created."""
+    key = view.join_keys[0]
+    n = len(rows)
+    columns = {
+        key.name: pa.array(rows.keys, from_feast_to_pyarrow_type(key.dtype)),
+        view.offline.timestamp_field: pa.array(rows.ts, pa.timestamp("us", tz="UTC")),
+    }
+    types = {f.name: from_feast_to_pyarrow_type(f.dtype) for f in view.features}
+    for aggregation in view.aggregations:
+        values = rows.features[aggregation.name]
+        columns[aggregation.name] = pa.array(values, types[aggregation.name], from_pandas=True)
+    if view.offline.created_timestamp_column:
+        columns[view.offline.created_timestamp_column] = pa.array(
+            [created] * n, pa.timestamp("us", tz="UTC")
+        )
+    return pa.table(columns)
+
+
+def _newest_per_key_and_time(rows: pa.Table, view: ViewDefinition) -> pa.Table:
+    """The last row of each (entity, event time): a corrected row replaces the rows before it."""
+    keys = rows.column(view.join_keys[0].name).to_numpy(zero_copy_only=False)
+    ts = _micros(rows, view.offline.timestamp_field)
+    order = np.lexsort((np.arange(len(ts)), ts, keys))
+    keys, ts = keys[order], ts[order]
+    last = np.ones(len(ts), dtype=bool)
+    last[:-1] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])
+    return rows.take(pa.array(order[last]))

@@ -1,0 +1,106 @@
+"""What a stream worker consumes and computes, derived from the registry's stream feature views.
+
+Raw events arrive on one topic keyed by the source's `message_key` (the card). A view keyed by
+that field is computed straight from the topic. A view keyed by another field (the merchant)
+needs all of an entity's events in one place, so the source stage forwards each accepted event
+to an internal repartition topic keyed by that field (as Kafka Streams does), and a second stage
+computes the view from there. Both stages are partitions of one consumer group, so adding
+workers spreads both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pyarrow as pa
+
+from featurestore.definitions import Table, ViewDefinition
+from featurestore.errors import DefinitionError
+from featurestore.offline import schema_from_ddl
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One consumed topic, keyed by `key`, and the views computed from it."""
+
+    topic: str
+    key: str
+    views: tuple[ViewDefinition, ...]
+    # The source stage validates and archives raw events and forwards them to these stages.
+    forwards: tuple[Stage, ...] = ()
+    is_source: bool = False
+
+
+@dataclass(frozen=True)
+class Topology:
+    source_topic: str
+    schema: pa.Schema
+    raw: Table
+    timestamp_field: str
+    lateness: timedelta
+    ranges: dict[str, tuple[float, float]]
+    stages: dict[str, Stage]
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self.stages)
+
+
+def repartition_topic(group: str, source_topic: str, key: str) -> str:
+    return f"{group}-{source_topic}-by-{key}"
+
+
+def build(views: list[ViewDefinition], group: str) -> Topology:
+    """The worker topology of the aggregated `views`; inconsistent declarations are errors."""
+    if not views:
+        raise DefinitionError("the registry has no stream feature views with aggregations")
+    first = views[0]
+    for view in views[1:]:
+        for attribute in ("topic", "raw_schema", "raw", "message_key", "lateness", "event_ranges"):
+            if getattr(view, attribute) != getattr(first, attribute):
+                raise DefinitionError(
+                    f"stream feature views {first.name!r} and {view.name!r} read one topic but "
+                    f"declare different {attribute}: {getattr(first, attribute)!r} vs "
+                    f"{getattr(view, attribute)!r}"
+                )
+    if not first.topic or not first.message_key or first.raw is None or not first.raw_schema:
+        raise DefinitionError(
+            f"stream feature view {first.name!r}: its KafkaSource needs a topic, a message_key "
+            "tag and a raw_source tag"
+        )
+    schema = schema_from_ddl(first.raw_schema)
+    for view in views:
+        for key in view.join_keys:
+            if schema.get_field_index(key.name) < 0:
+                raise DefinitionError(
+                    f"feature view {view.name!r}: join key {key.name!r} is not an event field"
+                )
+    several = [v.name for v in views if len(v.join_keys) != 1]
+    if several:
+        raise DefinitionError(f"stream feature views {several} need exactly one join key each")
+
+    by_key: dict[str, list[ViewDefinition]] = {}
+    for view in views:
+        by_key.setdefault(view.join_keys[0].name, []).append(view)
+    forwards = tuple(
+        Stage(repartition_topic(group, first.topic, key), key, tuple(group_views))
+        for key, group_views in sorted(by_key.items())
+        if key != first.message_key
+    )
+    source = Stage(
+        first.topic,
+        first.message_key,
+        tuple(by_key.get(first.message_key, ())),
+        forwards=forwards,
+        is_source=True,
+    )
+    return Topology(
+        source_topic=first.topic,
+        schema=schema,
+        raw=first.raw,
+        timestamp_field=first.raw.timestamp_field,
+        lateness=first.lateness,
+        ranges={name: (low, high) for name, low, high in first.event_ranges},
+        stages={stage.topic: stage for stage in (source, *forwards)},
+    )

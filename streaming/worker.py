@@ -1,0 +1,432 @@
+"""`featurestore stream run`: the consumer-group worker that keeps online features fresh.
+
+One loop per worker: poll the topology's topics, gather a micro-batch (up to
+`stream_batch_events` records or `stream_batch_ms`), let each partition's task compute what it
+changes, write the newest rows to the online store, send dead letters and repartitioned events,
+and every `stream_checkpoint_seconds` checkpoint each partition (offline files, then the
+partition log, then the Kafka offset commit).
+
+Faults:
+- The online store down: consumption pauses (the group membership is kept by polling paused
+  partitions), the same rows are retried with backoff, nothing is checkpointed until they land.
+- Kafka down: connecting retries with backoff and a log line; a failed send rewinds every
+  partition to its last checkpoint, so what the failed send carried is produced again.
+- A rebalance checkpoints the revoked partitions whose online writes have landed and drops the
+  others (their new owner replays them from the log), so a partition is handed over cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis
+from feast import FeatureStore
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from featurestore.definitions import select_views
+from featurestore.materialize import FeatureWriter, writer_for
+from featurestore.settings import Settings
+from streaming import topology as topologies
+from streaming.metrics import StreamMetrics
+from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
+from streaming.validation import EventValidator
+
+log = logging.getLogger("featurestore.stream")
+T = TypeVar("T")
+
+_ONLINE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)
+_MAX_BACKOFF_SECONDS = 10.0
+_STATUS_SECONDS = 10.0
+
+
+class Stopped(Exception):
+    """The worker was asked to stop while waiting for a dependency."""
+
+
+@dataclass
+class _Pending:
+    """Online rows of one partition not yet acknowledged by the store."""
+
+    tp: TopicPartition
+    step: Step
+
+
+@dataclass
+class _Buffer:
+    records: dict[TopicPartition, list] = field(default_factory=dict)
+    count: int = 0
+    since: float | None = None
+
+    def add(self, tp: TopicPartition, records: list) -> None:
+        self.records.setdefault(tp, []).extend(records)
+        self.count += len(records)
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def drop(self, tp: TopicPartition) -> None:
+        self.count -= len(self.records.pop(tp, []))
+
+    def take(self) -> dict[TopicPartition, list]:
+        records, self.records, self.count, self.since = self.records, {}, 0, None
+        return records
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker.revoke(revoked)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.worker.assign(assigned)
+
+
+class StreamWorker:
+    def __init__(
+        self, settings: Settings, store: FeatureStore, metrics: StreamMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        views = select_views(store, None, aggregated_only=True)
+        self.topology = topologies.build(views, settings.stream_group)
+        self.validator = EventValidator(
+            self.topology.schema, settings.stream_max_message_bytes, self.topology.ranges
+        )
+        self.metrics = metrics or StreamMetrics()
+        self.tasks: dict[TopicPartition, PartitionTask] = {}
+        self.buffer = _Buffer()
+        self.writers: dict[str, FeatureWriter] = {}
+        self.unwritten: list[_Pending] = []
+        self.last_record_at = time.monotonic()
+        self._send_failed: Exception | None = None
+        self._stop = threading.Event()
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, idle_seconds: float | None = None) -> None:
+        """Consume until `stop` is set (or, with `idle_seconds`, until no record came for that
+        long after partitions were assigned); then checkpoint everything and leave the group."""
+        self._stop = stop or threading.Event()
+        try:
+            self.producer = self._retrying("producer", self._new_producer)
+            self._retrying("topics", self._ensure_topics)
+            self.consumer = self._retrying("consumer", self._new_consumer)
+        except Stopped:
+            return
+        self.consumer.subscribe(self.topology.topics, listener=_Rebalance(self))
+        checkpoint_at = status_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._poll()
+                now = time.monotonic()
+                if self.buffer.count >= self.settings.stream_batch_events or (
+                    self.buffer.since is not None
+                    and now - self.buffer.since >= self.settings.stream_batch_ms / 1000
+                ):
+                    self._process(self.buffer.take())
+                if now - checkpoint_at >= self.settings.stream_checkpoint_seconds:
+                    self._checkpoint(list(self.tasks))
+                    checkpoint_at = now
+                if now - status_at >= _STATUS_SECONDS:
+                    self._log_status()
+                    status_at = now
+                if (
+                    idle_seconds is not None
+                    and self.tasks
+                    and not self.buffer.count
+                    and now - self.last_record_at >= idle_seconds
+                ):
+                    break
+            self._process(self.buffer.take())
+            self._checkpoint(list(self.tasks), final=True)
+        except Stopped:
+            pass
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
+        if self.producer is not None:
+            self.producer.close(timeout=5)
+        for writer in self.writers.values():
+            with contextlib.suppress(*_ONLINE_ERRORS):
+                writer.close()
+        self.writers.clear()
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt()` until Kafka answers, backing off, with one log line per failure."""
+        delay = 0.5
+        while True:
+            try:
+                return attempt()
+            except KafkaError as exc:
+                self.metrics.outages.labels("kafka").inc()
+                log.warning(
+                    "Kafka at %s unavailable for the %s (%s); retrying in %.1f s",
+                    self.settings.kafka_bootstrap_servers, what, exc, delay,
+                )
+                if self._stop.wait(delay):
+                    raise Stopped from exc
+                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+
+    def _new_consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.settings.stream_group,
+            client_id=f"{self.settings.stream_group}-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.settings.stream_session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, self.settings.stream_session_timeout_ms // 6),
+            max_poll_records=self.settings.stream_batch_events,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            bootstrap_timeout_ms=10_000,
+        )
+
+    def _new_producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.stream_group}-worker",
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            # Sends to a partition stay in order, so the next stage can drop replays by offset.
+            max_in_flight_requests_per_connection=1,
+            retries=5,
+            bootstrap_timeout_ms=10_000,
+        )
+
+    def _ensure_topics(self) -> None:
+        """Create the source, repartition and dead-letter topics that do not exist yet."""
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, bootstrap_timeout_ms=10_000
+        )
+        try:
+            existing = set(admin.list_topics())
+            wanted = [self.topology.source_topic, *self.topology.topics[1:],
+                      self.settings.dead_letter_topic]
+            missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+            if missing:
+                partitions = self.settings.stream_partitions
+                if self.topology.source_topic in existing:
+                    described = admin.describe_topics([self.topology.source_topic])
+                    partitions = len(described[0]["partitions"])
+                try:
+                    admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                except TopicAlreadyExistsError:
+                    pass  # another worker created it first
+                log.info("created topics %s with %d partitions", missing, partitions)
+        finally:
+            admin.close()
+
+    # --- rebalance -----------------------------------------------------------------------
+
+    def assign(self, assigned: list[TopicPartition]) -> None:
+        sources = len(self.consumer.partitions_for_topic(self.topology.source_topic) or ())
+        for tp in assigned:
+            stage = self.topology.stages[tp.topic]
+            task = PartitionTask(
+                self.topology,
+                stage,
+                tp.partition,
+                self.settings.stream_log_dir,
+                self.validator,
+                sources=sources,
+            )
+            resume = task.restore()
+            if resume is not None:
+                self.consumer.seek(tp, resume)
+            self.tasks[tp] = task
+            log.info("assigned %s-%d, resuming at %s", tp.topic, tp.partition,
+                     resume if resume is not None else "the committed offset")
+        self.last_record_at = time.monotonic()
+
+    def revoke(self, revoked: list[TopicPartition]) -> None:
+        """Checkpoint what can be, then forget the partitions; the buffer's records go too."""
+        mine = [tp for tp in revoked if tp in self.tasks]
+        for tp in mine:
+            self.buffer.drop(tp)
+        try:
+            self._checkpoint(mine, final=True)
+        except (KafkaError, *_ONLINE_ERRORS) as exc:
+            log.warning("could not checkpoint revoked partitions (%s); their next owner "
+                        "replays them from the last checkpoint", exc)
+        for tp in mine:
+            del self.tasks[tp]
+        self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _poll(self, timeout_ms: int | None = None) -> None:
+        if timeout_ms is None:
+            timeout_ms = self.settings.stream_batch_ms
+        polled = self.consumer.poll(
+            timeout_ms=timeout_ms,
+            max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
+        )
+        for tp, records in polled.items():
+            if tp in self.tasks and records:
+                self.buffer.add(tp, records)
+                self.metrics.consumed.labels(tp.topic).inc(len(records))
+                self.last_record_at = time.monotonic()
+
+    def _process(self, batch: dict[TopicPartition, list]) -> None:
+        for tp, records in batch.items():
+            task = self.tasks.get(tp)
+            if task is None:
+                continue
+            step = task.process(records)
+            self.metrics.duplicates.inc(step.duplicates)
+            self.metrics.applied.labels(tp.topic).inc(len(step.applied_timestamps_ms))
+            self.metrics.watermark.labels(tp.topic).set(max(task.watermark, 0) / 1e6)
+            self._send(tp, step)
+            self.unwritten.append(_Pending(tp, step))
+        self._write_online()
+
+    def _send(self, tp: TopicPartition, step: Step) -> None:
+        for letter in step.dead_letters:
+            record = letter.record
+            self.metrics.dead_letters.labels(letter.rejected.reason).inc()
+            headers = [
+                ("reason", letter.rejected.reason.encode()),
+                ("detail", letter.rejected.detail.encode()),
+                ("source-topic", tp.topic.encode()),
+                ("source-partition", b"%d" % tp.partition),
+                ("source-offset", b"%d" % record.offset),
+            ]
+            self.producer.send(
+                self.settings.dead_letter_topic, value=record.value, key=record.key,
+                headers=headers,
+            ).add_errback(self._on_send_error)
+        for forward in step.forwards:
+            record = forward.record
+            self.producer.send(
+                forward.topic,
+                value=record.value,
+                key=forward.key,
+                headers=[
+                    (SOURCE_PARTITION, b"%d" % tp.partition),
+                    (SOURCE_OFFSET, b"%d" % record.offset),
+                ],
+                timestamp_ms=record.timestamp,
+            ).add_errback(self._on_send_error)
+
+    def _on_send_error(self, exc: Exception) -> None:
+        self._send_failed = exc
+
+    def _writer(self, view) -> FeatureWriter:
+        if view.name not in self.writers:
+            self.writers[view.name] = writer_for(self.settings, self.store, view)
+        return self.writers[view.name]
+
+    def _write_online(self) -> None:
+        """Write every unwritten row; while the store is down, pause and keep retrying."""
+        delay = 0.5
+        paused = False
+        while self.unwritten:
+            try:
+                for pending in self.unwritten:
+                    for view, rows in pending.step.online:
+                        self._writer(view).write(rows)
+                for writer in self.writers.values():
+                    writer.flush()
+            except _ONLINE_ERRORS as exc:
+                self.metrics.outages.labels("online_store").inc()
+                log.warning("online store unavailable (%s); consumption paused, retrying in "
+                            "%.1f s", exc, delay)
+                self._drop_writers()
+                if not paused:
+                    self.consumer.pause(*self.consumer.assignment())
+                    paused = True
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    if self._stop.is_set():
+                        raise Stopped from exc
+                    # Keeps the group membership; a rebalance may drop or add partitions.
+                    self._poll(timeout_ms=100)
+                    self.consumer.pause(*self.consumer.assignment())
+                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+                continue
+            now_ms = time.time() * 1000
+            for pending in self.unwritten:
+                for view, rows in pending.step.online:
+                    self.metrics.online_rows.labels(view.name).inc(rows.num_rows)
+                if len(pending.step.applied_timestamps_ms):
+                    self.metrics.observe_freshness(now_ms - pending.step.applied_timestamps_ms)
+            self.unwritten = []
+        if paused:
+            log.info("online store back; consumption resumed")
+            self.consumer.resume(*self.consumer.assignment())
+
+    def _drop_writers(self) -> None:
+        for writer in self.writers.values():
+            with contextlib.suppress(Exception):  # the store is down; the connection goes anyway
+                writer.close()
+        self.writers.clear()
+
+    def _checkpoint(self, tps: list[TopicPartition], final: bool = False) -> None:
+        """Checkpoint the partitions `tps` whose online rows have landed; commit their offsets."""
+        ready = [
+            tp for tp in tps
+            if tp in self.tasks and self.tasks[tp].pending
+            and not any(p.tp == tp for p in self.unwritten)
+        ]
+        if not ready:
+            return
+        try:
+            self.producer.flush(timeout=30)
+        except KafkaError as exc:
+            log.warning("Kafka did not acknowledge sends (%s); checkpoint postponed", exc)
+            return
+        if self._send_failed is not None:
+            log.warning("a send to Kafka failed (%s); rewinding every partition to its last "
+                        "checkpoint", self._send_failed)
+            self._send_failed = None
+            self._rewind()
+            return
+        offsets = {}
+        for tp in ready:
+            resume = self.tasks[tp].checkpoint()
+            offsets[tp] = OffsetAndMetadata(resume, "", -1)
+            self.metrics.checkpoints.inc()
+        try:
+            if final:
+                self.consumer.commit(offsets)
+            else:
+                self.consumer.commit_async(offsets)
+        except KafkaError as exc:
+            # The partition log is the commit point; committed offsets serve lag monitoring
+            # and a new worker with no log.
+            log.warning("offset commit failed (%s); the partition log still holds them", exc)
+
+    def _rewind(self) -> None:
+        self.unwritten = []
+        for tp in list(self.tasks):
+            self.buffer.drop(tp)
+        self.assign(list(self.tasks))
+
+    def _log_status(self) -> None:
+        p50, p99 = self.metrics.freshness_percentiles([50, 99])
+        dead = {r: n for r, n in self.metrics.dead_letter_counts().items() if n}
+        log.info(
+            "partitions %d, freshness p50 %.0f ms p99 %.0f ms, dead letters %s",
+            len(self.tasks), p50, p99, dead or "none",
+        )

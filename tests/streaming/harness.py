@@ -1,0 +1,209 @@
+"""Stream worker runs against the real broker and Redis, and what they leave behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from featurestore.generator import GeneratorConfig, transactions
+from streaming.producer import event_messages
+
+FAST_WORKER = {
+    "FEATURESTORE_STREAM_SESSION_TIMEOUT_MS": "6000",
+    "FEATURESTORE_STREAM_BATCH_MS": "50",
+    "FEATURESTORE_STREAM_BATCH_EVENTS": "400",
+    "FEATURESTORE_STREAM_CHECKPOINT_SECONDS": "0.3",
+}
+
+
+def generated_messages(config: GeneratorConfig) -> list[tuple[bytes, bytes]]:
+    return [m for table in transactions(config) for m in event_messages(table, "card_id")]
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+
+
+def send(
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float | None = None
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    started = time.perf_counter()
+    for i, (key, value) in enumerate(messages):
+        producer.send(topic, key=key, value=value)
+        if rate and i % 100 == 0:
+            ahead = i / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush()
+    producer.close()
+
+
+@dataclass
+class StreamRun:
+    """One worker deployment: its own topics, group, data dir and Redis project."""
+
+    root: Path
+    bootstrap: str
+    redis_url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, root: Path, bootstrap: str, redis_url: str, partitions: int = 3, **settings: str
+    ) -> StreamRun:
+        uid = uuid.uuid4().hex[:8]
+        run = cls(root, bootstrap, redis_url)
+        run.env = {
+            "FEATURESTORE_DATA_DIR": str(root / "data"),
+            "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
+            "FEATURESTORE_PROFILE": "services",
+            "FEATURESTORE_PROJECT": f"p{uid}",
+            "FEATURESTORE_REDIS_URL": redis_url,
+            "FEATURESTORE_REGISTRY_URL": f"sqlite:///{root}/registry.db",
+            "FEATURESTORE_TRANSACTIONS_TOPIC": f"tx-{uid}",
+            "FEATURESTORE_STREAM_GROUP": f"g-{uid}",
+            "FEATURESTORE_DEAD_LETTER_TOPIC": f"dlq-{uid}",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            **FAST_WORKER,
+            **{f"FEATURESTORE_{k.upper()}": v for k, v in settings.items()},
+        }
+        create_topic(bootstrap, run.topic, partitions)
+        with run.settings() as s:
+            from featurestore.feast_config import apply
+
+            apply(s)
+        return run
+
+    @property
+    def topic(self) -> str:
+        return self.env["FEATURESTORE_TRANSACTIONS_TOPIC"]
+
+    @property
+    def project(self) -> str:
+        return self.env["FEATURESTORE_PROJECT"]
+
+    @contextmanager
+    def settings(self) -> Iterator[object]:
+        from featurestore.settings import get_settings
+
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in self.env.items():
+                patch.setenv(key, value)
+            yield get_settings()
+
+    def send(self, messages: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
+        send(self.bootstrap, self.topic, messages, rate)
+
+    def worker(self):
+        from featurestore.feast_config import feature_store
+        from streaming.worker import StreamWorker
+
+        with self.settings() as s:
+            return StreamWorker(s, feature_store(s))
+
+    def run_until_idle(self, idle_seconds: float = 3.0):
+        worker = self.worker()
+        worker.run(idle_seconds=idle_seconds)
+        return worker
+
+    def start(self, idle_seconds: float | None = None) -> tuple[object, threading.Thread]:
+        """A worker on a thread; stop it with `worker.stop()` and join the thread."""
+        worker = self.worker()
+        thread = threading.Thread(
+            target=worker.run, kwargs={"idle_seconds": idle_seconds}, daemon=True
+        )
+        thread.start()
+        return worker, thread
+
+    def spawn(self, idle_seconds: float | None = None) -> subprocess.Popen:
+        """`featurestore stream run` as a process of its own (for SIGKILL)."""
+        command = [sys.executable, "-m", "featurestore.cli", "stream", "run"]
+        if idle_seconds is not None:
+            command += ["--idle-seconds", str(idle_seconds)]
+        return subprocess.Popen(
+            command,
+            env={**os.environ, **self.env, "COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    # --- what the run left behind --------------------------------------------------------
+
+    def online(self) -> dict[bytes, dict[bytes, bytes]]:
+        """Every online hash of this project, keyed by entity (the project suffix removed)."""
+        client = redis.Redis.from_url(self.redis_url)
+        suffix = self.project.encode()
+        hashes = {
+            key[: -len(suffix)]: client.hgetall(key)
+            for key in client.scan_iter(match=b"*" + suffix, count=1000)
+        }
+        client.close()
+        return hashes
+
+    def table(self, name: str) -> pd.DataFrame:
+        with self.settings() as s:
+            path = s.raw_dir / "transactions" if name == "raw" else s.offline_dir / name
+        files = sorted(str(p) for p in path.glob("event_date=*/*.parquet"))
+        if not files:
+            return pd.DataFrame()
+        return ds.dataset(files, format="parquet").to_table().to_pandas()
+
+    def raw(self) -> pd.DataFrame:
+        raw = self.table("raw")
+        return raw.sort_values("transaction_id").reset_index(drop=True)
+
+    def features(self, view: str) -> pd.DataFrame:
+        """The view's offline rows as training reads them: the newest row per (entity, time)."""
+        rows = self.table(view)
+        key = next(c for c in rows.columns if c.endswith("_id"))
+        rows = rows.sort_values([key, "event_timestamp", "created"], kind="stable")
+        rows = rows.drop_duplicates([key, "event_timestamp"], keep="last")
+        return rows.drop(columns=["created"]).sort_values([key, "event_timestamp"]).reset_index(
+            drop=True
+        )
+
+    def dead_letters(self, expected: int, timeout: float = 30) -> list:
+        consumer = KafkaConsumer(
+            self.env["FEATURESTORE_DEAD_LETTER_TOPIC"],
+            bootstrap_servers=self.bootstrap,
+            group_id=f"dlq-reader-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        records, deadline = [], time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        # Anything beyond the expected count would show up within a short extra wait.
+        for batch in consumer.poll(timeout_ms=1000).values():
+            records.extend(batch)
+        consumer.close()
+        return records
+
+
+def assert_same_results(run: StreamRun, baseline: StreamRun) -> None:
+    """Online hashes, raw archive and offline feature rows equal those of `baseline`."""
+    assert run.online() == baseline.online()
+    pd.testing.assert_frame_equal(run.raw(), baseline.raw())
+    for view in ("card_transaction_features", "merchant_transaction_features"):
+        pd.testing.assert_frame_equal(run.features(view), baseline.features(view))

@@ -1,0 +1,281 @@
+"""The stream worker against a real Kafka-protocol broker, Redis and Spark.
+
+One baseline run applies a fixed sequence of events without interruption; the crash, rebalance
+and Redis-outage runs apply the same sequence on their own topics and must end identical to it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featurestore.generator import GeneratorConfig
+from tests.conftest import REDIS_URL
+from tests.streaming.harness import StreamRun, assert_same_results, generated_messages
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+START = date(2026, 3, 1)
+LATENESS = timedelta(minutes=5)  # the transactions source's watermark_delay_threshold
+VIEWS = ("card_transaction_features", "merchant_transaction_features")
+
+
+def _with_late_events(
+    messages: list[tuple[bytes, bytes]], within: int, beyond: int, seed: int = 3
+) -> tuple[list[tuple[bytes, bytes]], set[str], set[str]]:
+    """Move some events later in the sequence: `within` to just before the first event more
+    than 2 minutes newer (still on time), `beyond` to just before the first more than 2 hours
+    newer (too late). Returns the sequence and both sets of ids."""
+    rng = np.random.default_rng(seed)
+    times = [json.loads(v)["event_timestamp"] for _, v in messages]
+    moved: dict[int, list[tuple[bytes, bytes]]] = {}
+    on_time, too_late = set(), set()
+    picks = rng.choice(np.arange(len(messages) // 4, len(messages) * 3 // 4), within + beyond,
+                       replace=False)
+    for n, i in enumerate(picks):
+        shift = timedelta(minutes=2) if n < within else timedelta(hours=2)
+        t = pd.Timestamp(times[i]) + shift
+        target = next(j for j in range(i, len(messages)) if pd.Timestamp(times[j]) > t)
+        moved.setdefault(target, []).append(messages[i])
+        (on_time if n < within else too_late).add(json.loads(messages[i][1])["transaction_id"])
+    picked = set(picks.tolist())
+    sequence = []
+    for j, message in enumerate(messages):
+        sequence.extend(moved.get(j, []))
+        if j not in picked:
+            sequence.append(message)
+    return sequence, on_time, too_late
+
+
+@pytest.fixture(scope="module")
+def events() -> list[tuple[bytes, bytes]]:
+    config = GeneratorConfig(start=START, days=3, cards=400, merchants=25, seed=3)
+    sequence, _, _ = _with_late_events(generated_messages(config), within=20, beyond=0)
+    return sequence
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
+    run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
+    run.send(events)
+    run.run_until_idle()
+    return run
+
+
+def test_stream_rows_equal_the_spark_backfill(tmp_path, kafka_bootstrap, spark) -> None:
+    """Parity: the same events through the worker and through Spark give the same rows,
+    including same-instant, late-but-allowed events; too-late events are dead letters."""
+    from featurestore.batch.backfill import backfill
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+
+    config = GeneratorConfig(start=START, days=2, cards=300, merchants=20, seed=5,
+                             split_payment_rate=0.05)
+    messages, on_time, too_late = _with_late_events(
+        generated_messages(config), within=30, beyond=8
+    )
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    run.send(messages)
+    worker = run.run_until_idle()
+
+    assert worker.metrics.dead_letter_counts()["late"] == len(too_late)
+    letters = run.dead_letters(len(too_late))
+    assert {json.loads(r.value)["transaction_id"] for r in letters} == too_late
+    assert all(dict(r.headers)["reason"] == b"late" for r in letters)
+    raw = run.raw()
+    archived = set(raw["transaction_id"])
+    assert len(raw) == len(messages) - len(too_late) and not archived & too_late
+    assert on_time <= archived
+    assert raw.duplicated(["card_id", "event_timestamp"]).any()  # same-instant events
+    stream = {view: run.features(view) for view in VIEWS}
+
+    with run.settings() as settings:
+        store = feature_store(settings)
+        views = select_views(store, list(VIEWS))
+        backfill(lambda: spark, views, START, START + timedelta(days=config.days))
+    for view in views:
+        key = view.join_keys[0].name
+        batch = run.features(view.name)
+        ours = stream[view.name]
+        assert len(ours) == len(batch) > 0
+        for aggregation in view.aggregations:
+            if aggregation.function in ("count", "count_distinct", "sum", "max"):
+                np.testing.assert_array_equal(ours[aggregation.name], batch[aggregation.name])
+            else:
+                np.testing.assert_allclose(ours[aggregation.name], batch[aggregation.name],
+                                           rtol=0, atol=1e-9)
+        pd.testing.assert_series_equal(ours[key], batch[key])
+
+        # Online: Feast reads each entity's newest row, as the batch computed it.
+        latest = batch.groupby(key).tail(1).set_index(key)
+        names = [a.name for a in view.aggregations]
+        online = store.get_online_features(
+            features=[f"{view.name}:{n}" for n in names],
+            entity_rows=[{key: int(k)} for k in latest.index],
+        ).to_df().set_index(key)
+        pd.testing.assert_frame_equal(
+            online[names].sort_index(), latest[names].sort_index(), check_dtype=False
+        )
+
+
+def _archive_files(run: StreamRun) -> int:
+    with run.settings() as s:
+        return len(list((s.raw_dir / "transactions").glob("event_date=*/*.parquet")))
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_sigkill_and_restart_equal_an_uninterrupted_run(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    sender = threading.Thread(target=run.send, args=(events, 300))
+    sender.start()
+    # Killed right after a checkpoint, and at two points between checkpoints.
+    for delay in (0.0, 0.15, 0.4):
+        worker = run.spawn()
+        before = _archive_files(run)
+        _wait_for(lambda before=before: _archive_files(run) > before, 120, "a checkpoint")
+        time.sleep(delay)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    sender.join()
+    final = run.spawn(idle_seconds=3)
+    output = final.communicate(timeout=240)[0].decode()
+    assert final.returncode == 0, output
+    assert_same_results(run, baseline)
+
+
+def test_two_workers_share_partitions_and_one_leaves(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    first, first_thread = run.start(idle_seconds=4)
+    second, second_thread = run.start()
+    _wait_for(lambda: first.tasks and second.tasks, 60, "both workers to get partitions")
+    sender = threading.Thread(target=run.send, args=(events, 2000))
+    sender.start()
+    _wait_for(lambda: _archive_files(run) >= 6, 60, "both workers to checkpoint")
+    assert first.tasks and second.tasks
+    second.stop()  # leaves the group mid-stream; the first takes its partitions over
+    second_thread.join(timeout=60)
+    sender.join()
+    first_thread.join(timeout=240)
+    assert not first_thread.is_alive()
+    assert_same_results(run, baseline)
+
+
+def test_bad_events_become_dead_letters_and_good_ones_apply(tmp_path, kafka_bootstrap) -> None:
+    good = generated_messages(GeneratorConfig(start=START, days=1, cards=50, merchants=5, seed=9))
+    template = json.loads(good[0][1])
+
+    def variant(**changes) -> bytes:
+        event = {**template, **changes}
+        return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()
+
+    bad = {
+        "oversized": variant(country="X" * 20_000),
+        "malformed_json": b'{"card_id": 1,',
+        "missing_field": variant(amount=...),
+        "unexpected_field": variant(coupon="FREE"),
+        "wrong_type": variant(card_id="seven"),
+        "not_finite": variant(amount=float("nan")),
+        "out_of_range": variant(amount=-5.0),
+        "bad_timestamp": variant(event_timestamp="yesterday"),
+    }
+    bad["out_of_range_huge"] = variant(amount=1e12)
+    messages = list(good)
+    for i, value in enumerate(bad.values()):
+        messages.insert(5 + 7 * i, (b"1", value))
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    run.send(messages)
+    worker = run.run_until_idle()
+
+    counts = worker.metrics.dead_letter_counts()
+    expected = {reason: 0 for reason in counts}
+    for name in bad:
+        expected[name.removesuffix("_huge")] += 1
+    assert counts == expected
+    letters = run.dead_letters(len(bad))
+    assert sorted(r.value for r in letters) == sorted(bad.values())
+    for record in letters:
+        headers = dict(record.headers)
+        assert headers["reason"].decode() in counts and headers["detail"]
+        assert headers["source-topic"].decode() == run.topic
+    assert len(run.raw()) == len(good)
+
+
+def _sample(worker, name: str, labels: dict | None = None) -> float:
+    return worker.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _redis_server(port: int, directory) -> subprocess.Popen:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    _wait_for(lambda: _pings(client), 10, "redis-server")
+    return server
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_redis_outage_pauses_and_resumes_without_loss(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    port = _free_port()
+    server = _redis_server(port, tmp_path)
+    try:
+        run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
+        worker, thread = run.start(idle_seconds=4)
+        sender = threading.Thread(target=run.send, args=(events, 2000))
+        sender.start()
+        _wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
+        server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
+        server.wait(timeout=10)
+        time.sleep(3)
+        checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
+        time.sleep(1)
+        assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
+        server = _redis_server(port, tmp_path)
+        sender.join()
+        thread.join(timeout=240)
+        assert not thread.is_alive()
+        outages = {"dependency": "online_store"}
+        assert _sample(worker, "featurestore_stream_outages_total", outages) >= 1
+        assert_same_results(run, baseline)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
