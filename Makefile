@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench bench-materialize check-java install clean lint
+.PHONY: demo test bench bench-materialize bench-stream check-java install clean lint
 
 install: $(STAMP)
 
@@ -32,10 +32,13 @@ test: check-java $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check featurestore streaming monitors feature_repo tests bench
 
-bench: bench-materialize
+bench: bench-materialize bench-stream
 
 bench-materialize: check-java $(STAMP)
 	$(BIN)/python bench/materialize.py
+
+bench-stream: $(STAMP)
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) data build spark-warehouse

@@ -316,16 +316,10 @@ def stream_run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.run(stop, idle_seconds=idle_seconds)
-    counts = worker.metrics
-    applied = sum(
-        counts.registry.get_sample_value(
-            "featurestore_stream_events_applied_total", {"topic": t}
-        ) or 0
-        for t in worker.topology.topics
-    )
+    metrics, topics = worker.metrics, worker.topology.topics
     console.print(
-        f"stopped: applied {applied:,.0f} events across {len(worker.topology.topics)} topic(s); "
-        f"dead letters {sum(counts.dead_letter_counts().values()):,}"
+        f"stopped: applied {metrics.applied_events(topics):,} events across {len(topics)} "
+        f"topic(s); dead letters {sum(metrics.dead_letter_counts().values()):,}"
     )
 
 

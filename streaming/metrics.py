@@ -105,6 +105,18 @@ class StreamMetrics:
         with self._lock:
             self._filled = self._next = 0
 
+    def applied_events(self, topics: Iterable[str]) -> int:
+        """Events applied so far from `topics`."""
+        return int(
+            sum(
+                self.registry.get_sample_value(
+                    "featurestore_stream_events_applied_total", {"topic": topic}
+                )
+                or 0
+                for topic in topics
+            )
+        )
+
     def dead_letter_counts(self) -> dict[str, int]:
         return {
             reason: int(

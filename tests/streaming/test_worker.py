@@ -279,3 +279,18 @@ def test_redis_outage_pauses_and_resumes_without_loss(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
+    tmp_path, kafka_bootstrap, caplog
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    run.env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    worker, thread = run.start()
+    _wait_for(lambda: _sample(worker, "featurestore_stream_outages_total",
+                              {"dependency": "kafka"}) >= 2, 60, "two retries")
+    assert thread.is_alive()  # retrying, not crashed
+    worker.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert "Kafka at 127.0.0.1:1 unavailable" in caplog.text
