@@ -76,20 +76,19 @@ def configure(root: Path, bootstrap: str, batch_events: int) -> None:
     })
 
 
-def produce(bootstrap: str, topic: str, events: int, cards: int, rate: float | None,
-            first_day: date = START) -> int:
+def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
+    """Send `events` generated transactions as fast as possible (the backlog)."""
     from kafka import KafkaProducer
 
     from featurestore.generator import GeneratorConfig, transactions
     from streaming.producer import send_events
 
     days = max(1, -(-events // (cards * 2)))
-    config = GeneratorConfig(start=START, days=(first_day - START).days + days + 1, cards=cards,
+    config = GeneratorConfig(start=START, days=days + 1, cards=cards,
                              merchants=max(1, cards // 10), seed=17)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
                              batch_size=512 * 1024)
-    sent = send_events(producer, topic, transactions(config, first_day), "card_id", rate=rate,
-                       limit=events)
+    sent = send_events(producer, topic, transactions(config), "card_id", limit=events)
     producer.close()
     return sent
 
@@ -119,7 +118,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     admin.create_topics([NewTopic(settings.transactions_topic, 6, 1)])
     admin.close()
     console.print(f"producing {events:,} events (backlog)...")
-    sent = produce(bootstrap, settings.transactions_topic, events, cards, None)
+    sent = produce(bootstrap, settings.transactions_topic, events, cards)
 
     worker = StreamWorker(settings, store)
     stop = threading.Event()
@@ -139,8 +138,17 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     worker.metrics.reset_freshness()
     live = int(fresh_rate * fresh_seconds)
     console.print(f"producing {live:,} events at {fresh_rate:,.0f}/s for freshness...")
-    produce(bootstrap, settings.transactions_topic, live, cards, fresh_rate,
-            first_day=START + timedelta(days=max(1, -(-events // (cards * 2))) + 1))
+    # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
+    # compete with the worker for this interpreter's lock.
+    history_days = max(1, -(-events // (cards * 2)))
+    subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "stream", "produce",
+         "--rate", str(fresh_rate), "--limit", str(live), "--start", str(START),
+         "--days", str(history_days + 1 + -(-live // (cards * 2))),
+         "--from-day", str(START + timedelta(days=history_days + 1)),
+         "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
+        check=True, capture_output=True,
+    )
     wait_applied(worker, worker.topology.topics, sent + live, timeout=300)
     p50, p99 = worker.metrics.freshness_percentiles([50, 99])
     stop.set()

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from featurestore.generator import SCHEMAS, TRANSACTIONS
 from tests.conftest import REDIS_URL
 
 START = date(2026, 3, 1)
@@ -46,7 +47,7 @@ def edge_events() -> pa.Table:
             "channel": ["pos"] * n,
             "event_timestamp": pa.array([base + o for o in offsets], pa.timestamp("us", tz="UTC")),
         }
-    )
+    ).cast(SCHEMAS[TRANSACTIONS])
 
 
 @dataclass(frozen=True)
