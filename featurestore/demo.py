@@ -115,7 +115,7 @@ def _stream_live_day(
     )
     day = next(transactions(live, live.dates[-1]))
     busiest = pc.value_counts(day.column("card_id"))
-    order = pc.sort_indices(busiest.field("counts"), sort_keys="descending")
+    order = pc.array_sort_indices(busiest.field("counts"), order="descending")
     cards = busiest.field("values").take(order[:3]).to_pylist()
     before = _card_features(store, cards)
 
