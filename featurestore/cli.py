@@ -257,6 +257,8 @@ def stream_produce(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             acks="all",
             linger_ms=5,
+            # Events of a card stay in event-time order: a retried batch cannot overtake the next.
+            max_in_flight_requests_per_connection=1,
             # An unreachable broker is reported within 10 s, not after the 30 s default.
             bootstrap_timeout_ms=10_000,
         )

@@ -133,7 +133,11 @@ def _stream_live_day(
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
         thread.start()
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        # One request in flight: a retried batch cannot overtake the next, so order holds.
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+            max_in_flight_requests_per_connection=1,
+        )
         sent = send_events(producer, worker.topology.source_topic, [day], "card_id")
         producer.close()
         deadline = clock.monotonic() + 180

@@ -44,7 +44,11 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 def send(
     bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float | None = None
 ) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    # One request in flight: a retried batch cannot overtake the next, so order holds.
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+        max_in_flight_requests_per_connection=1,
+    )
     started = time.perf_counter()
     for i, (key, value) in enumerate(messages):
         producer.send(topic, key=key, value=value)
