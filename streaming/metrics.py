@@ -74,6 +74,10 @@ class StreamMetrics:
             ["topic"],
             registry=self.registry,
         )
+        # Feast switches prometheus_client to multiprocess mode on import, where metrics of the
+        # same name share one value per process; what this worker reports comes from its own.
+        self._applied: dict[str, int] = {}
+        self._dead: dict[str, int] = dict.fromkeys(REASONS, 0)
         # The last `samples` freshness values (ms), for exact percentiles in status lines.
         self._ring = np.zeros(samples, dtype=np.int64)
         self._filled = 0
@@ -105,25 +109,17 @@ class StreamMetrics:
         with self._lock:
             self._filled = self._next = 0
 
+    def record_applied(self, topic: str, events: int) -> None:
+        self.applied.labels(topic).inc(events)
+        self._applied[topic] = self._applied.get(topic, 0) + events
+
+    def record_dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason).inc()
+        self._dead[reason] += 1
+
     def applied_events(self, topics: Iterable[str]) -> int:
-        """Events applied so far from `topics`."""
-        return int(
-            sum(
-                self.registry.get_sample_value(
-                    "featurestore_stream_events_applied_total", {"topic": topic}
-                )
-                or 0
-                for topic in topics
-            )
-        )
+        """Events this worker applied from `topics`."""
+        return sum(self._applied.get(topic, 0) for topic in topics)
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return {
-            reason: int(
-                self.registry.get_sample_value(
-                    "featurestore_stream_dead_letters_total", {"reason": reason}
-                )
-                or 0
-            )
-            for reason in REASONS
-        }
+        return dict(self._dead)

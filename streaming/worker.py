@@ -295,7 +295,7 @@ class StreamWorker:
                 continue
             step = task.process(records)
             self.metrics.duplicates.inc(step.duplicates)
-            self.metrics.applied.labels(tp.topic).inc(len(step.applied_timestamps_ms))
+            self.metrics.record_applied(tp.topic, len(step.applied_timestamps_ms))
             self.metrics.watermark.labels(tp.topic).set(max(task.watermark, 0) / 1e6)
             self._send(tp, step)
             self.unwritten.append(_Pending(tp, step))
@@ -304,7 +304,7 @@ class StreamWorker:
     def _send(self, tp: TopicPartition, step: Step) -> None:
         for letter in step.dead_letters:
             record = letter.record
-            self.metrics.dead_letters.labels(letter.rejected.reason).inc()
+            self.metrics.record_dead_letter(letter.rejected.reason)
             headers = [
                 ("reason", letter.rejected.reason.encode()),
                 ("detail", letter.rejected.detail.encode()),
