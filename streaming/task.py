@@ -25,6 +25,7 @@ from feast.types import from_feast_to_pyarrow_type
 from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.materialize import latest_per_entity
+from featurestore.online.feast_layout import event_micros
 from streaming.log import OFFSET, PartitionLog
 from streaming.topology import Stage, Topology
 from streaming.validation import LATE, EventValidator, Rejected
@@ -140,7 +141,7 @@ class PartitionTask:
         events = [t for t in self.log.events() if t.num_rows]
         if events:
             events = pa.concat_tables(events)
-            ts = _micros(events, self.topology.timestamp_field)
+            ts = event_micros(events.column(self.topology.timestamp_field))
             for view in self.stage.views:
                 state = self.states[view.name]
                 keys, columns = self._window_inputs(events, view, state)
@@ -177,7 +178,7 @@ class PartitionTask:
         events, index = parsed.events, parsed.accepted
         step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
 
-        ts = _micros(events, self.topology.timestamp_field)
+        ts = event_micros(events.column(self.topology.timestamp_field))
         sources = self._sources(records, index)
         late, newest = self._late(ts, sources)
         for i in np.flatnonzero(late):
@@ -299,10 +300,6 @@ def _iso(micros: int) -> str:
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))).isoformat()
 
 
-def _micros(events: pa.Table, column: str) -> np.ndarray:
-    return events.column(column).cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
 def _feature_table(view: ViewDefinition, rows: FeatureRows, created: datetime) -> pa.Table:
     """Feature rows in the offline table's layout: keys, event time, features, created."""
     key = view.join_keys[0]
@@ -325,7 +322,7 @@ def _feature_table(view: ViewDefinition, rows: FeatureRows, created: datetime) -
 def _newest_per_key_and_time(rows: pa.Table, view: ViewDefinition) -> pa.Table:
     """The last row of each (entity, event time): a corrected row replaces the rows before it."""
     keys = rows.column(view.join_keys[0].name).to_numpy(zero_copy_only=False)
-    ts = _micros(rows, view.offline.timestamp_field)
+    ts = event_micros(rows.column(view.offline.timestamp_field))
     order = np.lexsort((np.arange(len(ts)), ts, keys))
     keys, ts = keys[order], ts[order]
     last = np.ones(len(ts), dtype=bool)
