@@ -110,6 +110,7 @@ class StreamWorker:
         self.unwritten: list[_Pending] = []
         self.last_record_at = time.monotonic()
         self._send_failed: Exception | None = None
+        self.source_partitions = settings.stream_partitions
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -224,23 +225,24 @@ class StreamWorker:
             wanted = [self.topology.source_topic, *self.topology.topics[1:],
                       self.settings.dead_letter_topic]
             missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+            partitions = self.settings.stream_partitions
+            if self.topology.source_topic in existing:
+                described = admin.describe_topics([self.topology.source_topic])
+                partitions = len(described[0]["partitions"])
             if missing:
-                partitions = self.settings.stream_partitions
-                if self.topology.source_topic in existing:
-                    described = admin.describe_topics([self.topology.source_topic])
-                    partitions = len(described[0]["partitions"])
                 try:
                     admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
                 except TopicAlreadyExistsError:
                     pass  # another worker created it first
                 log.info("created topics %s with %d partitions", missing, partitions)
+            # Read here, not in the rebalance listener, which must not block on the network.
+            self.source_partitions = partitions
         finally:
             admin.close()
 
     # --- rebalance -----------------------------------------------------------------------
 
     def assign(self, assigned: list[TopicPartition]) -> None:
-        sources = len(self.consumer.partitions_for_topic(self.topology.source_topic) or ())
         for tp in assigned:
             stage = self.topology.stages[tp.topic]
             task = PartitionTask(
@@ -249,7 +251,7 @@ class StreamWorker:
                 tp.partition,
                 self.settings.stream_log_dir,
                 self.validator,
-                sources=sources,
+                sources=self.source_partitions,
             )
             resume = task.restore()
             if resume is not None:
@@ -260,18 +262,23 @@ class StreamWorker:
         self.last_record_at = time.monotonic()
 
     def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Checkpoint what can be, then forget the partitions; the buffer's records go too."""
+        """Checkpoint what can be, then forget the partitions; the buffer's records go too.
+
+        kafka-python may call this on its network thread, where a blocking consumer call
+        fails: the offsets are committed asynchronously (the partition log is the truth).
+        """
         mine = [tp for tp in revoked if tp in self.tasks]
         for tp in mine:
             self.buffer.drop(tp)
         try:
-            self._checkpoint(mine, final=True)
+            self._checkpoint(mine)
         except (KafkaError, *_ONLINE_ERRORS) as exc:
             log.warning("could not checkpoint revoked partitions (%s); their next owner "
                         "replays them from the last checkpoint", exc)
-        for tp in mine:
-            del self.tasks[tp]
-        self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
+        finally:
+            for tp in mine:
+                del self.tasks[tp]
+            self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
 
     # --- the loop ------------------------------------------------------------------------
 
