@@ -19,3 +19,15 @@ class InputDataError(FeatureStoreError):
 
 class RangeError(FeatureStoreError):
     """A time range that is empty or reversed."""
+
+
+class UnknownNameError(FeatureStoreError):
+    """A feature service, feature view or feature that the registry does not have."""
+
+
+class EntityKeyError(FeatureStoreError):
+    """Entity keys or request fields of a lookup are missing, unknown or of the wrong type."""
+
+
+class TooManyEntitiesError(FeatureStoreError):
+    """A lookup asks for more entities than the server allows in one request."""

@@ -75,6 +75,22 @@ class Settings(BaseSettings):
 
     materialize_batch_size: int = Field(20_000, gt=0)
 
+    # Our own SQL tables (API keys, dataset jobs, monitors). Empty = SQLite under data_dir
+    # (embedded) or the local PostgreSQL (services).
+    database_url: str = ""
+    database_password: SecretStr | None = None
+
+    # The API server (`featurestore serve`). `api_auth: off` serves without API keys: only for a
+    # demo on one's own machine, never where the port is reachable by others.
+    api_auth: Literal["keys", "off"] = "keys"
+    serve_max_entities: int = Field(1_000, gt=0)
+    serve_redis_timeout_seconds: float = Field(1.0, gt=0)
+    serve_retry_after_seconds: int = Field(1, gt=0)
+    serve_registry_refresh_seconds: float = Field(10.0, gt=0)
+    serve_max_dataset_rows: int = Field(1_000_000, gt=0)
+    # The model `POST /v1/score` serves (written by `featurestore train`). Empty = under data_dir.
+    model_path: Path | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -95,7 +111,7 @@ class Settings(BaseSettings):
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()
 
-    @field_validator("redis_url", "registry_url")
+    @field_validator("redis_url", "registry_url", "database_url")
     @classmethod
     def _no_inline_password(cls, url: str) -> str:
         # Secrets come from the environment only, so they never land in a rendered file or log.
@@ -114,12 +130,19 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
-    def _default_registry(self) -> Settings:
+    def _defaults(self) -> Settings:
         if not self.registry_url:
             if self.profile == "embedded":
                 self.registry_url = f"sqlite:///{self.data_dir / 'registry.db'}"
             else:
                 self.registry_url = "postgresql+psycopg://postgres@127.0.0.1:5432/featurestore"
+        if not self.database_url:
+            if self.profile == "embedded":
+                self.database_url = f"sqlite:///{self.data_dir / 'featurestore.db'}"
+            else:
+                self.database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/featurestore"
+        if self.model_path is None:
+            self.model_path = self.data_dir / "models" / "fraud_mlp.pt"
         return self
 
     # Where things live on disk (the offline store is Parquet under data_dir).
@@ -134,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def stream_log_dir(self) -> Path:
         return self.data_dir / "stream" / self.stream_group
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
 
     @property
     def online_sqlite_path(self) -> Path:

@@ -137,6 +137,14 @@ class RedisLayout:
             return [resp.constant(prefix, rows), resp.fixed(raw), resp.constant(suffix, rows)]
         return [resp.from_bytes(self.keys_slow(table))]
 
+    def keys_for(self, columns: dict[str, list]) -> list[bytes]:
+        """The Redis keys of entities given as Python values per join key (a lookup's keys)."""
+        if self._int64_key is not None:
+            prefix, suffix = self._int64_key
+            pack_id = struct.Struct("<q").pack
+            return [prefix + pack_id(i) + suffix for i in columns[self.view.join_keys[0].name]]
+        return self.keys_slow(pa.table({k.name: columns[k.name] for k in self.view.join_keys}))
+
     def keys_slow(self, table: pa.Table) -> list[bytes]:
         names = [k.name for k in self.view.join_keys]
         columns = [

@@ -77,10 +77,6 @@ return written
 SCRIPT_SHA = hashlib.sha1(WRITE_IF_NOT_OLDER.encode()).hexdigest().encode()
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 class RedisFeatureWriter:
     """Writes Arrow tables of feature rows (one row per entity) for one feature view."""
 
@@ -93,10 +89,10 @@ class RedisFeatureWriter:
         self._per_row = 1 + len(layout.feature_fields)
         self._argv_head = b"".join(
             [
-                _bulk(b"%d" % self.ttl),
-                _bulk(b"%d" % len(layout.feature_fields)),
-                _bulk(layout.ts_field),
-                *[_bulk(field) for field in layout.feature_fields.values()],
+                resp.bulk(b"%d" % self.ttl),
+                resp.bulk(b"%d" % len(layout.feature_fields)),
+                resp.bulk(layout.ts_field),
+                *[resp.bulk(field) for field in layout.feature_fields.values()],
             ]
         )
         self._outstanding = 0  # replies not read yet
@@ -123,7 +119,7 @@ class RedisFeatureWriter:
             end = min(start + CHUNK_ROWS, rows)
             n = end - start
             head = b"*%d\r\n" % (head_args + n + n * self._per_row)
-            head += _bulk(b"EVALSHA") + _bulk(SCRIPT_SHA) + _bulk(b"%d" % n)
+            head += resp.bulk(b"EVALSHA") + resp.bulk(SCRIPT_SHA) + resp.bulk(b"%d" % n)
             commands.append(
                 b"".join(
                     (

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def bulk(part: bytes) -> bytes:
+    """One argument of a command, as a RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(part), part)
+
+
+def pack(*parts: bytes) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(parts) + b"".join(bulk(p) for p in parts)
+
+
 @dataclass(frozen=True)
 class Slot:
     """Per-row byte strings: row i is `data[i, :lengths[i]]`."""

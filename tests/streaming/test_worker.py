@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import subprocess
 import threading
 import time
 from datetime import date, timedelta
@@ -20,6 +18,7 @@ import pytest
 
 from featurestore.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
+from tests.servers import free_port, redis_server, wait_for
 from tests.streaming.harness import StreamRun, assert_same_results, generated_messages
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -132,14 +131,6 @@ def _archive_files(run: StreamRun) -> int:
         return len(list((s.raw_dir / "transactions").glob("event_date=*/*.parquet")))
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_sigkill_and_restart_equal_an_uninterrupted_run(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
@@ -151,7 +142,7 @@ def test_sigkill_and_restart_equal_an_uninterrupted_run(
     for delay in (0.0, 0.15, 0.4):
         worker = run.spawn()
         before = _archive_files(run)
-        _wait_for(
+        wait_for(
             lambda before=before: _archive_files(run) > before or not sender.is_alive(),
             120,
             "a checkpoint",
@@ -172,10 +163,10 @@ def test_two_workers_share_partitions_and_one_leaves(
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     first, first_thread = run.start(idle_seconds=4)
     second, second_thread = run.start()
-    _wait_for(lambda: first.tasks and second.tasks, 60, "both workers to get partitions")
+    wait_for(lambda: first.tasks and second.tasks, 60, "both workers to get partitions")
     sender = threading.Thread(target=run.send, args=(events, 2000))
     sender.start()
-    _wait_for(lambda: _archive_files(run) >= 6, 60, "the workers to checkpoint")
+    wait_for(lambda: _archive_files(run) >= 6, 60, "the workers to checkpoint")
     # (Partitions may be mid-rebalance here, so which worker holds what is not asserted.)
     second.stop()  # leaves the group mid-stream; the first takes its partitions over
     second_thread.join(timeout=60)
@@ -229,52 +220,24 @@ def _sample(worker, name: str, labels: dict | None = None) -> float:
     return worker.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _redis_server(port: int, directory) -> subprocess.Popen:
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "yes", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    _wait_for(lambda: _pings(client), 10, "redis-server")
-    return server
-
-
-def _pings(client) -> bool:
-    import redis
-
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
 def test_redis_outage_pauses_and_resumes_without_loss(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
-    port = _free_port()
-    server = _redis_server(port, tmp_path)
+    port = free_port()
+    server = redis_server(port, tmp_path)
     try:
         run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
         worker, thread = run.start(idle_seconds=4)
         sender = threading.Thread(target=run.send, args=(events, 2000))
         sender.start()
-        _wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
+        wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
         server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
         server.wait(timeout=10)
         time.sleep(3)
         checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
         time.sleep(1)
         assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
-        server = _redis_server(port, tmp_path)
+        server = redis_server(port, tmp_path)
         sender.join()
         thread.join(timeout=240)
         assert not thread.is_alive()
@@ -292,7 +255,7 @@ def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
     worker, thread = run.start()
-    _wait_for(lambda: _sample(worker, "featurestore_stream_outages_total",
+    wait_for(lambda: _sample(worker, "featurestore_stream_outages_total",
                               {"dependency": "kafka"}) >= 2, 60, "two retries")
     assert thread.is_alive()  # retrying, not crashed
     worker.stop()

@@ -1,0 +1,211 @@
+"""Online feature lookups: entity keys in, values + statuses + event times out (Feast's response shape).
+
+The Redis fast path sends one pipelined round trip (one HMGET per entity and entity type, every
+requested view's fields at once) and decodes the replies column by column. Other online stores go
+through Feast's own reader. Both check the request against the same `ReadPlan`, so errors read
+the same whatever the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+from feast.type_map import feast_value_type_to_python_type
+from feast.value_type import ValueType
+
+from featurestore.errors import EntityKeyError, TooManyEntitiesError
+from featurestore.online.catalog import ReadPlan
+from featurestore.online.redis_pool import RedisPool
+from featurestore.online.resp import bulk
+from featurestore.online.values import decode_column, decode_timestamp_micros
+
+PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = (
+    "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE",
+)
+
+
+@dataclass
+class LookupResult:
+    """Per output column (join keys first): values, statuses and event times, one per entity."""
+
+    feature_names: list[str]
+    values: list[list[object]]
+    statuses: list[list[str]]
+    event_timestamps: list[list[str | None]]
+
+    def to_response(self) -> dict[str, object]:
+        """Feast's `get-online-features` JSON shape."""
+        return {
+            "metadata": {"feature_names": self.feature_names},
+            "results": [
+                {"values": v, "statuses": s, "event_timestamps": t}
+                for v, s, t in zip(self.values, self.statuses, self.event_timestamps)
+            ],
+        }
+
+    def column(self, name: str) -> list[object]:
+        return self.values[self.feature_names.index(name)]
+
+
+_EXPECTED = {
+    ValueType.INT64: ("integers", (int,)),
+    ValueType.INT32: ("integers", (int,)),
+    ValueType.DOUBLE: ("numbers", (int, float)),
+    ValueType.FLOAT: ("numbers", (int, float)),
+    ValueType.STRING: ("strings", (str,)),
+}
+
+
+def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
+    expected, types = _EXPECTED.get(value_type, ("", ()))
+    for value in values if types else ():
+        if type(value) not in types:  # exact types: True is not an entity id
+            raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
+
+
+def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int) -> int:
+    """The number of entities, once the columns fit the plan; else an error naming the problem."""
+    key_types = {k: t for read in plan.entities for k, t in zip(read.join_keys, read.key_types)}
+    unknown = sorted(set(entities) - set(key_types) - set(plan.request_fields))
+    if unknown:
+        raise EntityKeyError(
+            f"unknown entity key(s) or request field(s) {unknown}; these features take join "
+            f"keys {list(plan.join_keys)} and request fields {sorted(plan.request_fields)}"
+        )
+    missing = [k for k in (*plan.join_keys, *plan.request_fields) if k not in entities]
+    if missing:
+        raise EntityKeyError(f"missing entity key(s) or request field(s) {missing}")
+    lengths = {name: len(values) for name, values in entities.items()}
+    count = next(iter(lengths.values()))
+    if len(set(lengths.values())) > 1:
+        raise EntityKeyError(f"entity columns differ in length: {lengths}")
+    if count == 0:
+        raise EntityKeyError("no entities given")
+    if count > max_entities:
+        raise TooManyEntitiesError(
+            f"{count} entities in one request; the limit is {max_entities} (split the batch)"
+        )
+    for name, values in entities.items():
+        _check_type(name, values, key_types.get(name) or plan.request_fields[name])
+    return count
+
+
+def _iso(micros: list[int | None]) -> list[str | None]:
+    stamps = np.array([m or 0 for m in micros], dtype="datetime64[us]")
+    text = np.datetime_as_string(stamps, timezone="UTC").tolist()
+    return [t if m is not None else None for t, m in zip(text, micros)]
+
+
+def _output_name(view: str, feature: str, full_feature_names: bool) -> str:
+    return f"{view}__{feature}" if full_feature_names else feature
+
+
+def _without_nan(values: pd.Series) -> list[object]:
+    return values.astype(object).where(values.notna(), None).tolist()
+
+
+async def read_redis(
+    plan: ReadPlan,
+    entities: dict[str, list],
+    pool: RedisPool,
+    *,
+    full_feature_names: bool = False,
+    now: float | None = None,
+) -> LookupResult:
+    """The fast path: one pipelined read of every requested field, decoded column by column."""
+    commands: list[bytes] = []
+    for read in plan.entities:
+        head, tail = read.command_head, read.command_tail
+        commands.extend([head + bulk(key) + tail for key in read.layout.keys_for(entities)])
+    replies = await pool.execute(commands)
+    now_micros = int((time.time() if now is None else now) * 1_000_000)
+
+    columns: dict[tuple[str, str], tuple[list[object], list[str], list[str | None]]] = {}
+    start = 0
+    count = len(next(iter(entities.values())))
+    for read in plan.entities:
+        rows = replies[start : start + count]
+        start += count
+        fields = list(zip(*rows))  # one tuple per requested field, across entities
+        feature_at = 0
+        ts_at = sum(len(v.features) for v in read.views)
+        for view in read.views:
+            micros = [decode_timestamp_micros(raw) for raw in fields[ts_at]]
+            ts_at += 1
+            oldest = now_micros - int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
+            statuses = [
+                NOT_FOUND if m is None
+                else OUTSIDE_MAX_AGE if oldest is not None and m < oldest
+                else PRESENT
+                for m in micros
+            ]
+            stamps = _iso(micros)
+            for feature, value_type in zip(view.features, view.value_types):
+                values = decode_column(fields[feature_at], value_type)
+                feature_at += 1
+                feature_statuses = [
+                    NULL_VALUE if v is None and s is PRESENT else s
+                    for v, s in zip(values, statuses)
+                ]
+                columns[(view.view.name, feature)] = (values, feature_statuses, stamps)
+
+    for odfv_read in plan.on_demand:
+        odfv = odfv_read.odfv
+        inputs = {
+            feature.name: columns[(projection.name, feature.name)][0]
+            for projection in odfv.source_feature_view_projections.values()
+            for feature in projection.features
+        }
+        inputs.update({name: entities[name] for name in odfv_read.request_fields})
+        output = odfv.feature_transformation.transform(pd.DataFrame(inputs))
+        for feature in odfv_read.features:
+            values = _without_nan(output[feature])
+            statuses = [NULL_VALUE if v is None else PRESENT for v in values]
+            columns[(odfv.name, feature)] = (values, statuses, [None] * count)
+
+    names = list(plan.join_keys)
+    result = LookupResult(
+        feature_names=names,
+        values=[entities[k] for k in plan.join_keys],
+        statuses=[[PRESENT] * count for _ in plan.join_keys],
+        event_timestamps=[[None] * count for _ in plan.join_keys],
+    )
+    for view, feature in plan.outputs:
+        values, statuses, stamps = columns[(view, feature)]
+        names.append(_output_name(view, feature, full_feature_names))
+        result.values.append(values)
+        result.statuses.append(statuses)
+        result.event_timestamps.append(stamps)
+    return result
+
+
+def _feast_read(
+    store: FeatureStore, plan: ReadPlan, entities: dict[str, list], full_feature_names: bool
+) -> LookupResult:
+    response = store.get_online_features(
+        features=plan.feature_refs, entity_rows=entities, full_feature_names=full_feature_names
+    ).proto
+    result = LookupResult(list(response.metadata.feature_names.val), [], [], [])
+    for column in response.results:
+        result.values.append([feast_value_type_to_python_type(v) for v in column.values])
+        result.statuses.append([FieldStatus.Name(s) for s in column.statuses])
+        result.event_timestamps.append([
+            datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
+            if ts.seconds or ts.nanos else None
+            for ts in column.event_timestamps
+        ])
+    return result
+
+
+async def read_feast(
+    store: FeatureStore, plan: ReadPlan, entities: dict[str, list], *, full_feature_names: bool
+) -> LookupResult:
+    """Any other online store, through Feast's reader (in a thread: it blocks)."""
+    return await asyncio.to_thread(_feast_read, store, plan, entities, full_feature_names)
