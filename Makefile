@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench bench-materialize bench-stream check-java install clean lint
+.PHONY: demo test bench bench-materialize bench-stream bench-export bench-serving check-java install clean lint
 
 install: $(STAMP)
 
@@ -32,13 +32,23 @@ test: check-java $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check featurestore streaming monitors feature_repo tests bench
 
-bench: bench-materialize bench-stream
+bench: bench-materialize bench-stream bench-export bench-serving
 
 bench-materialize: check-java $(STAMP)
 	$(BIN)/python bench/materialize.py
 
 bench-stream: $(STAMP)
 	$(BIN)/python bench/stream.py
+
+bench-export: check-java $(STAMP)
+	$(BIN)/python bench/export.py
+
+bench-serving: check-java $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "error: the serving benchmark's load generator wrk was not found on PATH."; \
+	  echo "       Install it (Debian/Ubuntu: apt-get install wrk) and retry."; \
+	  exit 1; }
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) data build spark-warehouse

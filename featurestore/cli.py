@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import pydantic
@@ -327,11 +328,209 @@ def stream_run(
 
 @app.command()
 @_clear_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (0: one per CPU core).", min=0)
+    ] = 0,
+) -> None:
+    """Serve the HTTP API: online features, scores, dataset exports (see /docs)."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from featurestore.settings import get_settings
+
+    settings = get_settings()
+    if settings.api_auth == "off":
+        console.print("[yellow]warning:[/yellow] api_auth is off: anyone who reaches the port "
+                      "can read features and export datasets")
+    # Every worker writes its metrics here; /metrics sums them (prometheus_client multiprocess).
+    # Set before anything imports prometheus_client, and fresh per server run.
+    metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = metrics_dir
+    count = workers or os.cpu_count() or 1
+    console.print(f"serving on http://{host}:{port} with {count} worker(s); docs at /docs")
+    uvicorn.run(
+        "featurestore.api.app:create_app", factory=True, host=host, port=port, workers=count,
+        loop="uvloop", http="httptools", access_log=False, log_level="warning",
+    )
+
+
+keys_app = typer.Typer(help="API keys of the HTTP API (stored hashed in the SQL database).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@_clear_errors
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scope: Annotated[
+        list[str], typer.Option(help="Scope (repeatable): features:read, datasets:export, "
+                                     "monitors:read, admin.")
+    ],
+) -> None:
+    """Create a key and print its token to stdout (shown once: it is stored hashed)."""
+    from featurestore.apikeys import create_key
+    from featurestore.db import engine
+    from featurestore.settings import get_settings
+
+    token, key = create_key(engine(get_settings()), name, scope)
+    console.print(f"created API key {key.key_id} ({name}) with scopes {sorted(key.scopes)}")
+    print(token)
+
+
+@keys_app.command("revoke")
+@_clear_errors
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `keys list`).")]) -> None:
+    """Revoke a key (servers stop accepting it within 5 seconds)."""
+    from featurestore.apikeys import revoke_key
+    from featurestore.db import engine
+    from featurestore.settings import get_settings
+
+    key = revoke_key(engine(get_settings()), key_id)
+    console.print(f"revoked API key {key.key_id} ({key.name})")
+
+
+@keys_app.command("list")
+@_clear_errors
+def keys_list() -> None:
+    """List keys: id, name, scopes, created, revoked (never the tokens)."""
+    from rich.table import Table
+
+    from featurestore.apikeys import list_keys
+    from featurestore.db import engine
+    from featurestore.settings import get_settings
+
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for key in list_keys(engine(get_settings())):
+        table.add_row(key.key_id, key.name, " ".join(sorted(key.scopes)),
+                      f"{key.created_at:%Y-%m-%d %H:%M}",
+                      f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "")
+    Console().print(table)
+
+
+@app.command()
+@_clear_errors
 def demo() -> None:
     """Run the whole pipeline on the embedded profile and show online lookups."""
     from featurestore.demo import run_demo
 
     run_demo(console)
+
+
+@app.command()
+@_clear_errors
+def train(
+    export: Annotated[Path, typer.Option(help="Training export (Parquet) to learn from.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the model file (default: model_path, which "
+                          "POST /v1/score serves)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per gradient step.")] = 512,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same model).")] = 0,
+) -> None:
+    """Train the fraud model on an export; report ROC AUC on its latest fifth of rows."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from featurestore.settings import get_settings
+    from featurestore.training.model import train as run_training
+
+    out = out or get_settings().model_path
+    columns = [
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs, loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=epochs, loss="-")
+        result = run_training(
+            export,
+            out,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            on_epoch=lambda epoch, loss: progress.update(task, completed=epoch, loss=f"{loss:.4f}"),
+        )
+    unlabelled = result.unlabelled_rows
+    console.print(
+        f"ROC AUC {result.roc_auc:.4f} on the latest {result.holdout_rows:,} rows "
+        f"(trained on {result.train_rows:,}) of export {result.export_id}; "
+        f"model written to {result.model_path}"
+        + (f"; left out {unlabelled:,} rows without a label yet" if unlabelled else ""),
+        highlight=False,
+    )
+
+
+@app.command("export")
+@_clear_errors
+def export_command(
+    entities: Annotated[
+        str, typer.Option(help="Entity table (Parquet): join keys, event_timestamp, labels...")
+    ],
+    out: Annotated[str, typer.Option(help="Where to write the export (Parquet).")],
+    feature_service: Annotated[
+        str | None, typer.Option(help="Feature service to export, e.g. fraud_detection_v1.")
+    ] = None,
+    feature: Annotated[
+        list[str] | None,
+        typer.Option(help="Feature reference view:feature (repeatable), instead of a service."),
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Join engine: local or spark.")] = "local",
+) -> None:
+    """Point-in-time export: each entity row with its feature values as of its event time."""
+    from pathlib import Path
+
+    from featurestore.export import export
+    from featurestore.settings import get_settings
+
+    if (feature_service is None) == (not feature):
+        raise FeatureStoreError("give either --feature-service or --feature (exactly one)")
+    with console.status("exporting") as status:
+        result = export(
+            get_settings(),
+            Path(entities),
+            Path(out),
+            feature_service=feature_service,
+            features=feature,
+            engine=engine,  # type: ignore[arg-type]  # export names a wrong one
+            progress=lambda stage: status.update(stage),
+        )
+    console.print(
+        f"exported {result.rows:,} rows x {len(result.features)} features to {result.path} "
+        f"(export id {result.export_id}) in {result.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+@app.command("entities")
+@_clear_errors
+def entities_command(
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD), inclusive.")],
+    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD), exclusive.")],
+    out: Annotated[str, typer.Option(help="Where to write the entity table (Parquet).")],
+) -> None:
+    """Write the training entity table: transactions of [start, end) with their fraud label."""
+    from pathlib import Path
+
+    from featurestore.export import LABEL_COLUMN, labeled_transactions
+    from featurestore.offline import write_atomically
+    from featurestore.settings import get_settings
+
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    table = labeled_transactions(get_settings(), first, last)
+    write_atomically(table, Path(out))
+    unlabeled = table.column(LABEL_COLUMN).null_count
+    console.print(
+        f"wrote {table.num_rows:,} transactions ({unlabeled:,} without a label yet) to {out}",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

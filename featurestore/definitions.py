@@ -5,13 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from feast import FeatureStore, FeatureView, FileSource, KafkaSource
+from feast import (
+    FeatureService,
+    FeatureStore,
+    FeatureView,
+    FileSource,
+    KafkaSource,
+    OnDemandFeatureView,
+)
 from feast.stream_feature_view import StreamFeatureView
 from feast.types import FeastType
 
 from featurestore.aggregations import WindowedAggregation, resolve_all
-from featurestore.errors import DefinitionError, UnknownFeatureViewError
+from featurestore.errors import (
+    DefinitionError,
+    FeatureStoreError,
+    UnknownFeatureViewError,
+    UnknownNameError,
+)
 
 
 @dataclass(frozen=True)
@@ -166,3 +179,54 @@ def select_views(
             f"unknown {kind}(s) {unknown}; the registry has: {sorted(views) or 'none'}"
         )
     return [views[n] for n in names]
+
+
+# Feature references, `view:feature` as Feast writes them: shared by the lookup and the export.
+
+
+def service_references(service: FeatureService) -> list[str]:
+    """The `view:feature` references a feature service selects, in its order."""
+    references = []
+    for projection in service.feature_view_projections:
+        check_plain_projection(projection, f"feature service {service.name!r}")
+        references += [f"{projection.name}:{f.name}" for f in projection.features]
+    return references
+
+
+def check_plain_projection(projection: Any, owner: str) -> None:
+    # Aliased views and renamed join keys change output and key names; nothing here uses them.
+    if projection.name_alias or projection.join_key_map:
+        raise DefinitionError(
+            f"{owner}: projection of {projection.name!r} renames the view or its join keys, "
+            "which featurestore does not support"
+        )
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    view, sep, feature = reference.partition(":")
+    if not sep or not view or not feature or ":" in feature:
+        raise FeatureStoreError(
+            f"feature reference {reference!r} must look like 'view:feature', "
+            "e.g. card_profile:credit_limit"
+        )
+    return view, feature
+
+
+def view_feature(view: ViewDefinition, name: str) -> Feature:
+    keys = {k.name for k in view.join_keys}
+    features = {f.name: f for f in view.features if f.name not in keys}
+    if name not in features:
+        raise UnknownNameError(
+            f"feature view {view.name!r} has no feature {name!r}; it has: {sorted(features)}"
+        )
+    return features[name]
+
+
+def on_demand_feature(view: OnDemandFeatureView, name: str) -> Feature:
+    features = {f.name: Feature(f.name, f.dtype) for f in view.features}
+    if name not in features:
+        raise UnknownNameError(
+            f"on-demand feature view {view.name!r} has no feature {name!r}; "
+            f"it has: {sorted(features)}"
+        )
+    return features[name]

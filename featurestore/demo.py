@@ -1,16 +1,22 @@
 """`featurestore demo`: the main job end to end on the configured profile (embedded by default).
 
 generate -> apply -> Spark backfill -> materialize -> online lookups through Feast's own reader
--> a day of live events through Kafka and the stream worker, and the online values it changed.
+-> a day of live events through Kafka and the stream worker, and the online values it changed
+-> a point-in-time training export -> a trained fraud model -> lookups and scores through the API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time as clock
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -33,6 +39,7 @@ DEMO_DAYS = 14
 DEMO_CARDS = 2_000
 DEMO_MERCHANTS = 300
 LOOKUP_CARDS = (1, 2, 3)
+SERVICE = "fraud_detection_v1"
 
 
 def _rows(path) -> int:
@@ -47,20 +54,20 @@ def run_demo(console: Console) -> None:
     config = GeneratorConfig(
         start=DEMO_START, days=DEMO_DAYS, cards=DEMO_CARDS, merchants=DEMO_MERCHANTS
     )
-    with row_progress("1/5 generating transactions") as advance:
+    with row_progress("1/7 generating transactions") as advance:
         generate(config, settings.raw_dir, progress=advance)
 
-    with console.status("2/5 applying feature_repo/ to the registry"):
+    with console.status("2/7 applying feature_repo/ to the registry"):
         store = apply(settings)
 
     views = select_views(store, None)
     aggregated = [v for v in views if v.is_aggregated]
-    with console.status("3/5 Spark backfill of the windowed aggregations"):
+    with console.status("3/7 Spark backfill of the windowed aggregations"):
         backfill(lambda: spark_session(settings), aggregated, DEMO_START, end)
 
     start_ts = datetime.combine(DEMO_START, time(), UTC)
     end_ts = datetime.combine(end, time(), UTC)
-    with row_progress("4/5 materializing to the online store") as advance:
+    with row_progress("4/7 materializing to the online store") as advance:
         results = materialize(
             settings, store, [(v, start_ts, end_ts) for v in views], progress=advance
         )
@@ -76,7 +83,7 @@ def run_demo(console: Console) -> None:
         counts.add_row(f"online/{result.view} (entities written)", f"{result.rows_written:,}")
     console.print(counts)
 
-    service = store.get_feature_service("fraud_detection_v1")
+    service = store.get_feature_service(SERVICE)
     online = store.get_online_features(
         features=service,
         entity_rows=[
@@ -91,7 +98,9 @@ def run_demo(console: Console) -> None:
         lookups.add_row(name, *[_fmt(v) for v in values])
     console.print(lookups)
 
-    _stream_live_day(console, settings, store, config)
+    cards = _stream_live_day(console, settings, store, config)
+    _export_and_train(console, settings, DEMO_START + timedelta(days=1), end)
+    _serve(console, settings, cards)
 
 
 STREAMED_FEATURES = (
@@ -103,7 +112,7 @@ STREAMED_FEATURES = (
 
 def _stream_live_day(
     console: Console, settings: Settings, store: FeatureStore, history: GeneratorConfig
-) -> None:
+) -> list[int]:
     """Send the day after the history through Kafka; the stream worker applies it."""
     from streaming.broker import local_broker
     from streaming.producer import send_events
@@ -126,7 +135,7 @@ def _stream_live_day(
         if settings.profile == "embedded"
         else contextlib.nullcontext(settings.kafka_bootstrap_servers)
     )
-    with console.status(f"5/5 streaming {day.num_rows:,} live events of {live.dates[-1]}"), \
+    with console.status(f"5/7 streaming {day.num_rows:,} live events of {live.dates[-1]}"), \
             broker as bootstrap:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         worker = StreamWorker(settings, store)
@@ -168,6 +177,76 @@ def _stream_live_day(
             *[f"{_fmt(b)} -> {_fmt(a)}" for b, a in zip(before[name], after[name], strict=True)],
         )
     console.print(table)
+    return cards
+
+
+def _export_and_train(console: Console, settings: Settings, start: date, end: date) -> None:
+    """A point-in-time training set of the labelled transactions, and a model trained on it."""
+    from featurestore.export import export, labeled_transactions
+    from featurestore.training.model import train
+
+    out = settings.exports_dir / "fraud_training.parquet"
+    with console.status(f"6/7 point-in-time export of the labelled transactions {start} .. {end}"):
+        # The first day only gives the windows their history.
+        exported = export(
+            settings, labeled_transactions(settings, start, end), out,
+            feature_service=SERVICE,
+        )
+    with console.status(f"6/7 training the fraud MLP on {exported.rows:,} rows"):
+        trained = train(out, settings.model_path, epochs=4, seed=7)
+    console.print(
+        f"exported {exported.rows:,} rows x {len(exported.features)} features "
+        f"({exported.export_id}, {exported.seconds:.1f} s) to {out}\n"
+        f"trained {trained.model_path}: ROC AUC {trained.roc_auc:.3f} on the "
+        f"{trained.holdout_rows:,} transactions from {trained.holdout_start:%Y-%m-%d %H:%M} on"
+    )
+
+
+def _serve(console: Console, settings: Settings, cards: list[int]) -> None:
+    """`featurestore serve` on localhost, then lookups and scores through the Python client."""
+    from featurestore.client import FeatureClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    # The demo's server listens on 127.0.0.1 only, so it runs without API keys (explicitly).
+    env = {**os.environ, "FEATURESTORE_API_AUTH": "off", "FEATURESTORE_DATA_DIR": str(
+        settings.data_dir)}
+    command = [str(Path(sys.executable).parent / "featurestore"), "serve", "--port", str(port),
+               "--workers", "1"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with console.status(f"7/7 serving on {url}"), FeatureClient(url, retries=0) as client:
+            _wait_ready(client, server)
+            entities = {"card_id": cards, "merchant_id": [1] * len(cards),
+                        "amount": [120.0] * len(cards)}
+            rows = client.online_features(entities, feature_service=SERVICE)
+            scores = client.score(entities)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    values, statuses = rows.to_dict(), rows.statuses()
+    table = Table(title=f"Through the API ({url}): lookups and fraud scores, amount = 120.0")
+    table.add_column("feature")
+    for card in cards:
+        table.add_column(f"card {card}", justify="right")
+    for name in ("card_txn_count_1h", "card_amount_mean_24h", "amount_to_card_mean_24h",
+                 "credit_limit", "merchant_txn_count_24h"):
+        table.add_row(name, *[f"{_fmt(v)} ({s.lower()})" for v, s in
+                              zip(values[name], statuses[name], strict=True)])
+    table.add_row("fraud score", *[f"{score:.4f}" for score in scores])
+    console.print(table)
+
+
+def _wait_ready(client, server: subprocess.Popen) -> None:
+    deadline = clock.monotonic() + 120
+    while not client.ready():
+        if server.poll() is not None:
+            raise RuntimeError(f"featurestore serve exited: {server.stderr.read().decode()}")
+        if clock.monotonic() > deadline:
+            raise RuntimeError("featurestore serve was not ready within 2 minutes")
+        clock.sleep(0.3)
 
 
 def _card_features(store: FeatureStore, cards: list[int]) -> dict[str, list]:

@@ -9,7 +9,11 @@ class DefinitionError(FeatureStoreError):
     """A definition in the registry cannot be used as declared."""
 
 
-class UnknownFeatureViewError(FeatureStoreError):
+class UnknownNameError(FeatureStoreError):
+    """A feature service, feature view or feature that the registry does not have."""
+
+
+class UnknownFeatureViewError(UnknownNameError):
     """A feature view name that is not in the registry."""
 
 
@@ -19,10 +23,6 @@ class InputDataError(FeatureStoreError):
 
 class RangeError(FeatureStoreError):
     """A time range that is empty or reversed."""
-
-
-class UnknownNameError(FeatureStoreError):
-    """A feature service, feature view or feature that the registry does not have."""
 
 
 class EntityKeyError(FeatureStoreError):

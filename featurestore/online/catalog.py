@@ -17,7 +17,13 @@ from feast import FeatureService, FeatureStore, OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from feast.value_type import ValueType
 
-from featurestore.definitions import ViewDefinition, load_views
+from featurestore.definitions import (
+    ViewDefinition,
+    load_views,
+    on_demand_feature,
+    parse_reference,
+    view_feature,
+)
 from featurestore.errors import UnknownNameError
 from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.resp import bulk
@@ -46,9 +52,11 @@ class EntityRead:
     key_types: tuple[ValueType, ...]
     layout: RedisLayout
     views: tuple[ViewRead, ...]
-    # The constant part of the command: header before the key, field arguments after it.
+    # The constant part of the command: header before the key, field arguments after it; for a
+    # single INT64 join key, everything around the 8 id bytes.
     command_head: bytes
     command_tail: bytes
+    around_int64_id: tuple[bytes, bytes] | None
 
 
 @dataclass(frozen=True)
@@ -118,18 +126,17 @@ class Catalog:
         return plan
 
     def _parse(self, ref: str) -> tuple[str, str]:
-        view, sep, feature = ref.partition(":")
-        if not sep or not view or not feature:
-            raise UnknownNameError(f"feature reference {ref!r} must read '<feature view>:<feature>'")
+        view, feature = parse_reference(ref)
         if view in self.views:
-            names = [f.name for f in self.views[view].features]
+            view_feature(self.views[view], feature)
         elif view in self.on_demand:
-            names = [f.name for f in self.on_demand[view].features]
+            on_demand_feature(self.on_demand[view], feature)
         else:
             known = sorted([*self.views, *self.on_demand])
-            raise UnknownNameError(f"unknown feature view {view!r} in {ref!r}; known: {known}")
-        if feature not in names:
-            raise UnknownNameError(f"unknown feature {feature!r} of view {view!r}; it has {names}")
+            raise UnknownNameError(
+                f"feature reference {ref!r}: unknown feature view {view!r}; the registry has: "
+                f"{known or 'none'}"
+            )
         return view, feature
 
     def _plan(self, refs: list[str]) -> ReadPlan:
@@ -189,7 +196,12 @@ class Catalog:
                 ))
             fields = [f for r in view_reads for f in r.fields] + [r.ts_field for r in view_reads]
             head, tail = _hmget(fields)
+            around = None
+            if layout.int64_key_template is not None:
+                prefix, suffix = layout.int64_key_template
+                key_length = len(prefix) + 8 + len(suffix)
+                around = (head + b"$%d\r\n" % key_length + prefix, suffix + b"\r\n" + tail)
             reads.append(EntityRead(
-                join_keys, tuple(layout.key_types), layout, tuple(view_reads), head, tail
+                join_keys, tuple(layout.key_types), layout, tuple(view_reads), head, tail, around
             ))
         return tuple(reads)

@@ -137,6 +137,11 @@ class RedisLayout:
             return [resp.constant(prefix, rows), resp.fixed(raw), resp.constant(suffix, rows)]
         return [resp.from_bytes(self.keys_slow(table))]
 
+    @property
+    def int64_key_template(self) -> tuple[bytes, bytes] | None:
+        """(prefix, suffix) around the 8 little-endian id bytes, for a single INT64 join key."""
+        return self._int64_key
+
     def keys_for(self, columns: dict[str, list]) -> list[bytes]:
         """The Redis keys of entities given as Python values per join key (a lookup's keys)."""
         if self._int64_key is not None:

@@ -9,13 +9,14 @@ the same whatever the store.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from feast import FeatureStore
+from feast import FeatureStore, OnDemandFeatureView
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
@@ -26,6 +27,7 @@ from featurestore.online.redis_pool import RedisPool
 from featurestore.online.resp import bulk
 from featurestore.online.values import decode_column, decode_timestamp_micros
 
+_INT64_ID = struct.Struct("<q").pack
 PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = (
     "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE",
 )
@@ -55,18 +57,19 @@ class LookupResult:
 
 
 _EXPECTED = {
-    ValueType.INT64: ("integers", (int,)),
-    ValueType.INT32: ("integers", (int,)),
-    ValueType.DOUBLE: ("numbers", (int, float)),
-    ValueType.FLOAT: ("numbers", (int, float)),
-    ValueType.STRING: ("strings", (str,)),
+    ValueType.INT64: ("64-bit integers", (int,), 1 << 63),
+    ValueType.INT32: ("32-bit integers", (int,), 1 << 31),
+    ValueType.DOUBLE: ("numbers", (int, float), None),
+    ValueType.FLOAT: ("numbers", (int, float), None),
+    ValueType.STRING: ("strings", (str,), None),
 }
 
 
 def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
-    expected, types = _EXPECTED.get(value_type, ("", ()))
+    expected, types, bound = _EXPECTED.get(value_type, ("", (), None))
     for value in values if types else ():
-        if type(value) not in types:  # exact types: True is not an entity id
+        # Exact types: True is not an entity id.
+        if type(value) not in types or (bound is not None and not -bound <= value < bound):
             raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
 
 
@@ -98,6 +101,8 @@ def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int)
 
 
 def _iso(micros: list[int | None]) -> list[str | None]:
+    if None not in micros:
+        return np.datetime_as_string(np.array(micros, "datetime64[us]"), timezone="UTC").tolist()
     stamps = np.array([m or 0 for m in micros], dtype="datetime64[us]")
     text = np.datetime_as_string(stamps, timezone="UTC").tolist()
     return [t if m is not None else None for t, m in zip(text, micros)]
@@ -107,8 +112,19 @@ def _output_name(view: str, feature: str, full_feature_names: bool) -> str:
     return f"{view}__{feature}" if full_feature_names else feature
 
 
-def _without_nan(values: pd.Series) -> list[object]:
-    return values.astype(object).where(values.notna(), None).tolist()
+def _on_demand(odfv: OnDemandFeatureView, inputs: dict[str, list]) -> dict[str, list]:
+    """The view's outputs as lists (None for null/NaN); python-mode views skip pandas."""
+    if odfv.mode == "python":
+        outputs = odfv.feature_transformation.udf(inputs)
+        return {
+            name: [None if v is None or v != v else v for v in values]  # noqa: PLR0124 (NaN)
+            for name, values in outputs.items()
+        }
+    frame = odfv.feature_transformation.transform(pd.DataFrame(inputs))
+    return {
+        name: frame[name].astype(object).where(frame[name].notna(), None).tolist()
+        for name in frame.columns
+    }
 
 
 async def read_redis(
@@ -122,8 +138,13 @@ async def read_redis(
     """The fast path: one pipelined read of every requested field, decoded column by column."""
     commands: list[bytes] = []
     for read in plan.entities:
-        head, tail = read.command_head, read.command_tail
-        commands.extend([head + bulk(key) + tail for key in read.layout.keys_for(entities)])
+        if read.around_int64_id is not None:
+            before, after = read.around_int64_id
+            ids = entities[read.join_keys[0]]
+            commands.extend([before + _INT64_ID(i) + after for i in ids])
+        else:
+            head, tail = read.command_head, read.command_tail
+            commands.extend([head + bulk(key) + tail for key in read.layout.keys_for(entities)])
     replies = await pool.execute(commands)
     now_micros = int((time.time() if now is None else now) * 1_000_000)
 
@@ -150,7 +171,7 @@ async def read_redis(
             for feature, value_type in zip(view.features, view.value_types):
                 values = decode_column(fields[feature_at], value_type)
                 feature_at += 1
-                feature_statuses = [
+                feature_statuses = statuses if None not in values else [
                     NULL_VALUE if v is None and s is PRESENT else s
                     for v, s in zip(values, statuses)
                 ]
@@ -164,9 +185,9 @@ async def read_redis(
             for feature in projection.features
         }
         inputs.update({name: entities[name] for name in odfv_read.request_fields})
-        output = odfv.feature_transformation.transform(pd.DataFrame(inputs))
+        outputs = _on_demand(odfv, inputs)
         for feature in odfv_read.features:
-            values = _without_nan(output[feature])
+            values = outputs[feature]
             statuses = [NULL_VALUE if v is None else PRESENT for v in values]
             columns[(odfv.name, feature)] = (values, statuses, [None] * count)
 

@@ -19,6 +19,7 @@ from feast.value_type import ValueType
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 _PACKED_DOUBLES = np.dtype([("tag", "u1"), ("value", "<f8")])
+_PACKED_SMALL_INTS = np.dtype([("tag", "u1"), ("value", "u1")])  # varints below 128
 _TAG_INT32, _TAG_INT64, _TAG_DOUBLE, _TAG_FLOAT, _TAG_BOOL = 0x18, 0x20, 0x29, 0x35, 0x38
 _TAG_STRING = 0x12
 _TAG_NANOS = 0x10
@@ -64,10 +65,12 @@ def decode_value(data: bytes | None) -> object:
 
 def decode_column(raw: Sequence[bytes | None], value_type: ValueType) -> list[object]:
     """A column of serialized values (one per entity) as Python values."""
-    if value_type == ValueType.DOUBLE and len(raw) > 4:
+    # Columns of one fixed width with every value present decode in one go.
+    if len(raw) > 4 and value_type in (ValueType.DOUBLE, ValueType.INT64, ValueType.INT32):
         joined = b"".join([r or b"" for r in raw])
-        if len(joined) == 9 * len(raw):  # every value present: decode them in one go
-            return np.frombuffer(joined, _PACKED_DOUBLES)["value"].tolist()
+        packed = _PACKED_DOUBLES if value_type == ValueType.DOUBLE else _PACKED_SMALL_INTS
+        if len(joined) == packed.itemsize * len(raw):
+            return np.frombuffer(joined, packed)["value"].tolist()
     return [decode_value(r) for r in raw]
 
 

@@ -1,0 +1,187 @@
+"""The FastAPI application: `create_app()` (uvicorn factory, one instance per worker process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy.exc import SQLAlchemyError
+
+from featurestore.api import datasets, scoring
+from featurestore.api.http import (
+    ApiError,
+    MetricsMiddleware,
+    install_error_handlers,
+    json_response,
+    scope_checker,
+)
+from featurestore.api.schemas import ErrorBody, OnlineFeaturesRequest, OnlineFeaturesResponse
+from featurestore.api.state import ServingState
+from featurestore.online.lookup import check_entities, read_feast, read_redis
+from featurestore.online.redis_pool import RedisUnavailable
+from featurestore.settings import Settings, get_settings
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "Bad entity keys or request fields (named)."},
+    401: {"model": ErrorBody, "description": "Missing, invalid or revoked API key."},
+    403: {"model": ErrorBody, "description": "The API key lacks the scope."},
+    404: {"model": ErrorBody, "description": "Unknown feature service, view or feature (named)."},
+    413: {"model": ErrorBody, "description": "More entities than `serve_max_entities`."},
+    422: {"model": ErrorBody, "description": "Malformed body."},
+    503: {"model": ErrorBody, "description": "Online store down; retry after Retry-After."},
+}
+read_features = Depends(scope_checker("features:read"))
+
+
+def _catalog_view(view) -> dict:
+    return {
+        "name": view.name,
+        "entities": [k.name for k in view.join_keys],
+        "features": [{"name": f.name, "dtype": str(f.dtype)} for f in view.features],
+        "ttl_seconds": view.ttl.total_seconds(),
+        "description": view.feast_view.description,
+        "tags": view.feast_view.tags,
+        "aggregated": view.is_aggregated,
+    }
+
+
+def _catalog_service(service) -> dict:
+    return {
+        "name": service.name,
+        "description": service.description,
+        "features": [
+            f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features
+        ],
+    }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = await asyncio.to_thread(ServingState, settings)
+        app.state.serving = state
+        refresher = asyncio.create_task(state.refresh_forever())
+        datasets.recover(settings)
+        yield
+        refresher.cancel()
+        if state.pool is not None:
+            state.pool.close()
+
+    app = FastAPI(
+        title="featurestore",
+        version="1",
+        summary="Online features, model scores and point-in-time training datasets.",
+        description=(
+            "Every route but `/healthz` and `/readyz` takes `Authorization: Bearer <API key>`; "
+            "keys come from `featurestore keys create --scope ...`. Errors are "
+            "`{\"error\": {\"code\", \"message\"}}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware)
+    install_error_handlers(app, settings.serve_retry_after_seconds)
+
+    @app.post(
+        "/v1/online-features",
+        response_model=OnlineFeaturesResponse,
+        responses=ERRORS,
+        dependencies=[read_features],
+        tags=["features"],
+        summary="Look up online features for a batch of entities",
+    )
+    async def online_features(body: OnlineFeaturesRequest, request: Request) -> Response:
+        state: ServingState = request.app.state.serving
+        catalog = state.catalog
+        plan = (
+            catalog.plan_for_service(body.feature_service)
+            if body.feature_service is not None
+            else catalog.plan_for_features(body.features or [])
+        )
+        check_entities(plan, body.entities, settings.serve_max_entities)
+        if state.pool is not None:
+            result = await read_redis(
+                plan, body.entities, state.pool, full_feature_names=body.full_feature_names
+            )
+        else:
+            result = await read_feast(
+                state.store, plan, body.entities, full_feature_names=body.full_feature_names
+            )
+        return json_response(result.to_response())
+
+    @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"])
+    async def feature_views(request: Request) -> Response:
+        views = request.app.state.serving.catalog.views.values()
+        return json_response({"feature_views": [_catalog_view(v) for v in views]})
+
+    @app.get(
+        "/v1/feature-views/{name}", dependencies=[read_features], tags=["catalog"],
+        responses={404: ERRORS[404]},
+    )
+    async def feature_view(name: str, request: Request) -> Response:
+        view = request.app.state.serving.catalog.views.get(name)
+        if view is None:
+            raise ApiError(404, "unknown_name", f"unknown feature view {name!r}")
+        return json_response(_catalog_view(view))
+
+    @app.get("/v1/feature-services", dependencies=[read_features], tags=["catalog"])
+    async def feature_services(request: Request) -> Response:
+        services = request.app.state.serving.catalog.services.values()
+        return json_response({"feature_services": [_catalog_service(s) for s in services]})
+
+    @app.get(
+        "/v1/feature-services/{name}", dependencies=[read_features], tags=["catalog"],
+        responses={404: ERRORS[404]},
+    )
+    async def feature_service(name: str, request: Request) -> Response:
+        service = request.app.state.serving.catalog.services.get(name)
+        if service is None:
+            raise ApiError(404, "unknown_name", f"unknown feature service {name!r}")
+        return json_response(_catalog_service(service))
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"], summary="Redis and the registry answer")
+    async def readyz(request: Request) -> Response:
+        state: ServingState = request.app.state.serving
+        checks: dict[str, str] = {}
+        try:
+            await state.check_online_store()
+            checks["online_store"] = "ok"
+        except RedisUnavailable as exc:
+            checks["online_store"] = str(exc)
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(state.refresh), settings.serve_redis_timeout_seconds * 5
+            )
+            checks["registry"] = "ok"
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            checks["registry"] = f"{type(exc).__name__}: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        headers = None if ready else {"Retry-After": str(settings.serve_retry_after_seconds)}
+        return json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            200 if ready else 503,
+            headers,
+        )
+
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))])
+    async def metrics() -> Response:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # every worker process's samples
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(scoring.router(settings), dependencies=[read_features])
+    app.include_router(
+        datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
+    )
+    return app
+
+

@@ -1,0 +1,191 @@
+"""`/v1/datasets`: point-in-time exports as asynchronous jobs, their status and their download.
+
+Jobs live in our SQL database, so any worker process answers for any job; each runs in a thread
+of the process that accepted it and writes `<exports_dir>/<job id>.parquet`. A job whose process
+died is marked failed when a server starts on the same host.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from datetime import UTC, datetime
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+from fastapi import APIRouter, Request, status
+from fastapi.responses import FileResponse, Response
+
+from featurestore.api.http import ApiError, json_response
+from featurestore.api.schemas import DatasetJob, DatasetRequest
+from featurestore.db import METADATA, engine
+from featurestore.errors import FeatureStoreError, InputDataError
+from featurestore.settings import Settings
+
+TIMESTAMP = "event_timestamp"
+JOBS = sa.Table(
+    "featurestore_dataset_jobs",
+    METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("feature_service", sa.String(200)),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("export_id", sa.String(32)),
+    sa.Column("error", sa.Text),
+    sa.Column("worker", sa.String(300), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _job(row: sa.Row) -> dict:
+    return DatasetJob(
+        id=row.id, status=row.status, feature_service=row.feature_service, rows=row.rows,
+        export_id=row.export_id, error=row.error, created_at=_iso(row.created_at),
+        finished_at=_iso(row.finished_at),
+        download=f"/v1/datasets/{row.id}/download" if row.status == "succeeded" else None,
+    ).model_dump()
+
+
+def entity_table(columns: dict[str, list], max_rows: int) -> pa.Table:
+    """The request's entity columns as an Arrow table; errors name the column at fault."""
+    if TIMESTAMP not in columns:
+        raise InputDataError(f"entities need an {TIMESTAMP!r} column (ISO-8601 times)")
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputDataError(f"entity columns differ in length: {lengths}")
+    rows = lengths[TIMESTAMP]
+    if rows == 0 or rows > max_rows:
+        raise InputDataError(f"{rows} entity rows; a dataset takes 1 to {max_rows:,}")
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            if name == TIMESTAMP:
+                times = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601")
+                arrays[name] = pa.array(times, pa.timestamp("us", tz="UTC"))
+            else:
+                arrays[name] = pa.array(values)
+        except (ValueError, TypeError, pa.ArrowException) as exc:
+            raise InputDataError(f"entity column {name!r}: {exc}") from exc
+    return pa.table(arrays)
+
+
+def _run(settings: Settings, job_id: str, table: pa.Table, body: DatasetRequest) -> None:
+    from featurestore.export import export  # pulls in the export engines only when used
+
+    values: dict[str, object]
+    try:
+        result = export(
+            settings, table, settings.exports_dir / f"{job_id}.parquet",
+            feature_service=body.feature_service, features=body.features,
+        )
+        values = {"status": "succeeded", "rows": result.rows, "export_id": result.export_id}
+    except FeatureStoreError as exc:
+        values = {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # a job must end in a state, whatever went wrong  # noqa: BLE001
+        values = {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc}"}
+    with engine(settings).begin() as connection:
+        connection.execute(
+            JOBS.update().where(JOBS.c.id == job_id)
+            .values(finished_at=datetime.now(UTC), **values)
+        )
+
+
+def recover(settings: Settings) -> None:
+    """Mark as failed the running jobs of processes on this host that no longer exist."""
+    host = socket.gethostname()
+    with engine(settings).begin() as connection:
+        rows = connection.execute(
+            sa.select(JOBS.c.id, JOBS.c.worker).where(JOBS.c.status == "running")
+        ).all()
+        for row in rows:
+            worker_host, _, pid = row.worker.rpartition(":")
+            if worker_host == host and not _alive(int(pid)):
+                connection.execute(
+                    JOBS.update().where(JOBS.c.id == row.id).values(
+                        status="failed", finished_at=datetime.now(UTC),
+                        error="the server process running this job stopped; submit it again",
+                    )
+                )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def router(settings: Settings) -> APIRouter:
+    routes = APIRouter(tags=["datasets"])
+
+    def load(job_id: str) -> sa.Row:
+        with engine(settings).connect() as connection:
+            row = connection.execute(JOBS.select().where(JOBS.c.id == job_id)).first()
+        if row is None:
+            raise ApiError(404, "unknown_name", f"no dataset job {job_id!r}")
+        return row
+
+    @routes.post(
+        "/v1/datasets",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=DatasetJob,
+        summary="Start a point-in-time export of an entity table (asynchronous)",
+    )
+    def create(body: DatasetRequest, request: Request) -> Response:
+        from featurestore.export import check_entities, plan_export
+
+        table = entity_table(body.entities, settings.serve_max_dataset_rows)
+        # Unknown features and bad entity columns are the caller's 4xx now, not a failed job.
+        plan = plan_export(
+            request.app.state.serving.store,
+            feature_service=body.feature_service, features=body.features,
+        )
+        check_entities(table, plan)
+        job_id = f"ds-{secrets.token_hex(6)}"
+        with engine(settings).begin() as connection:
+            connection.execute(JOBS.insert().values(
+                id=job_id, status="running", feature_service=body.feature_service,
+                worker=_worker(), created_at=datetime.now(UTC),
+            ))
+        threading.Thread(
+            target=_run, args=(settings, job_id, table, body), name=job_id, daemon=True
+        ).start()
+        return json_response(
+            _job(load(job_id)), 202, {"Location": f"/v1/datasets/{job_id}"}
+        )
+
+    @routes.get("/v1/datasets/{job_id}", response_model=DatasetJob, summary="A job's status")
+    def get(job_id: str) -> Response:
+        return json_response(_job(load(job_id)))
+
+    @routes.get(
+        "/v1/datasets/{job_id}/download",
+        summary="The dataset (Parquet) of a succeeded job",
+        response_class=FileResponse,
+    )
+    def download(job_id: str) -> Response:
+        row = load(job_id)
+        if row.status != "succeeded":
+            raise ApiError(409, "not_ready", f"dataset job {job_id!r} is {row.status}")
+        path = settings.exports_dir / f"{job_id}.parquet"
+        return FileResponse(path, media_type="application/vnd.apache.parquet",
+                            filename=f"{job_id}.parquet")
+
+    return routes

@@ -1,0 +1,168 @@
+"""HTTP plumbing shared by the routes: JSON responses, error bodies, bearer-key scopes, metrics.
+
+Every error is `{"error": {"code", "message"}}` with a status that says whose fault it is: 4xx
+naming the bad input, 503 + Retry-After when a dependency is down (never a hang: each wait is
+bounded), 500 only for our own bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import Counter, Histogram
+
+from featurestore.apikeys import ApiKey
+from featurestore.errors import (
+    EntityKeyError,
+    FeatureStoreError,
+    InputDataError,
+    TooManyEntitiesError,
+    UnknownNameError,
+)
+from featurestore.online.redis_pool import RedisUnavailable
+
+log = logging.getLogger("featurestore.api")
+
+REQUESTS = Counter(
+    "featurestore_api_requests", "API requests by route and status code", ["route", "code"]
+)
+LATENCY = Histogram(
+    "featurestore_api_request_seconds",
+    "API request latency by route",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+)
+ERRORS = Counter("featurestore_api_errors", "API error responses by code", ["route", "code"])
+
+
+def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(
+        {"error": {"code": error.code, "message": error.message}}, error.status, error.headers
+    )
+
+
+_INPUT_ERRORS: tuple[tuple[type[FeatureStoreError], int, str], ...] = (
+    (UnknownNameError, 404, "unknown_name"),
+    (TooManyEntitiesError, 413, "too_many_entities"),
+    (EntityKeyError, 400, "bad_entities"),
+    (InputDataError, 400, "bad_input"),
+    (FeatureStoreError, 400, "bad_request"),
+)
+
+
+def install_error_handlers(app, retry_after_seconds: int) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(FeatureStoreError)
+    async def _input_error(request: Request, exc: FeatureStoreError) -> Response:
+        status, code = next((s, c) for kind, s, c in _INPUT_ERRORS if isinstance(exc, kind))
+        return error_response(ApiError(status, code, str(exc)))
+
+    @app.exception_handler(RedisUnavailable)
+    async def _redis_down(request: Request, exc: RedisUnavailable) -> Response:
+        log.warning("online store unavailable: %s", exc)
+        return error_response(ApiError(
+            503, "online_store_unavailable", f"the online store is unavailable: {exc}",
+            {"Retry-After": str(retry_after_seconds)},
+        ))
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return json_response(
+            {"error": {"code": "malformed_request", "message": problems,
+                       "details": orjson.loads(orjson.dumps(exc.errors(), default=str))}},
+            422,
+        )
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def scope_checker(scope: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
+    """A dependency that admits requests whose bearer key holds `scope` (or `admin`)."""
+
+    async def check(request: Request) -> ApiKey | None:
+        verifier = request.app.state.serving.verifier
+        if verifier is None:  # api_auth: off
+            return None
+        token = bearer_token(request)
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if token is None:
+            raise ApiError(401, "unauthenticated",
+                           "missing API key: send 'Authorization: Bearer <key>'", challenge)
+        found, key = verifier.cached(token)
+        if not found:
+            key = await asyncio.to_thread(verifier.verify, token)
+        if key is None:
+            raise ApiError(401, "unauthenticated", "invalid or revoked API key", challenge)
+        if not key.allows(scope):
+            raise ApiError(403, "forbidden",
+                           f"API key {key.key_id!r} lacks the scope {scope!r} "
+                           f"(it has {sorted(key.scopes)})")
+        return key
+
+    return check
+
+
+class MetricsMiddleware:
+    """Latency, requests and errors per route template (pure ASGI: adds microseconds)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def record_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            name = route.path if route is not None else "unmatched"
+            code = str(status[0])
+            LATENCY.labels(name).observe(time.perf_counter() - started)
+            REQUESTS.labels(name, code).inc()
+            if status[0] >= 400:
+                ERRORS.labels(name, code).inc()

@@ -1,0 +1,77 @@
+"""`POST /v1/score`: the trained fraud model applied to online features.
+
+The model file (written by `featurestore train`) names the feature service its training export
+was built from; scoring reads that service online and encodes the values with the model's own
+encoding, so a transaction scores the same online as its row in the export. The file is
+reloaded when it changes on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from featurestore.api.http import ApiError, json_response
+from featurestore.api.schemas import ScoreRequest, ScoreResponse
+from featurestore.api.state import ServingState
+from featurestore.online.lookup import check_entities, read_feast, read_redis
+from featurestore.settings import Settings
+from featurestore.training.model import FraudModel, load_model
+
+
+class ModelHolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._model: FraudModel | None = None
+        self._mtime: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> FraudModel:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            raise ApiError(
+                503, "no_model",
+                f"no model at {self.path}; train one with `featurestore train`",
+                {"Retry-After": "60"},
+            ) from None
+        if self._model is None or mtime != self._mtime:
+            async with self._lock:
+                if self._model is None or mtime != self._mtime:
+                    self._model = await asyncio.to_thread(load_model, self.path)
+                    self._mtime = mtime
+        return self._model
+
+
+def router(settings: Settings) -> APIRouter:
+    routes = APIRouter(tags=["scoring"])
+    holder = ModelHolder(settings.model_path)
+
+    @routes.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        summary="Fraud scores of transactions, from online features",
+    )
+    async def score(body: ScoreRequest, request: Request) -> Response:
+        model = await holder.get()
+        if model.feature_service is None:
+            raise ApiError(409, "model_without_service",
+                           f"the model at {holder.path} was trained on an export of a feature "
+                           "list; online scoring needs an export of a feature service")
+        state: ServingState = request.app.state.serving
+        plan = state.catalog.plan_for_service(model.feature_service)
+        check_entities(plan, body.entities, settings.serve_max_entities)
+        if state.pool is not None:
+            result = await read_redis(plan, body.entities, state.pool)
+        else:
+            result = await read_feast(state.store, plan, body.entities, full_feature_names=False)
+        scores = model.score({name: result.column(name) for name in model.features})
+        return json_response({
+            "model": {"export_id": model.export_id, "feature_service": model.feature_service},
+            "scores": scores.tolist(),
+        })
+
+    return routes

@@ -1,0 +1,1 @@
+"""Training on point-in-time exports: feature encoding, a streaming torch dataset, the model."""
