@@ -45,6 +45,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from report import print_cases
+
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "export.json"
 
@@ -329,34 +331,6 @@ def build_cases(
     return cases, verdicts
 
 
-def print_cases(out, cases: list[dict], verdicts: list[bool | None]) -> None:
-    from rich.table import Table
-
-    table = Table(title="export: ours vs Feast get_historical_features")
-    for column in ("case", "metric", "ours", "anchor", "ratio", "target", ""):
-        table.add_column(
-            column, justify="left" if column in ("case", "metric", "target") else "right"
-        )
-
-    def number(value: float | None, unit: str) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,.0f} {unit}" if unit == "rows/s" else f"{value:,.1f} {unit}"
-
-    for case, verdict in zip(cases, verdicts):
-        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[verdict]
-        table.add_row(
-            case["case"],
-            case["metric"],
-            number(case["ours"], case["unit"]),
-            number(case["anchor"], case["unit"]),
-            "-" if case["ratio"] is None else f"{case['ratio']:.2f}x",
-            case["target"],
-            mark,
-        )
-    out.print(table)
-
-
 def describe(who: str, rows: int, result: dict[str, Any]) -> str:
     return (
         f"  {who}: {rows:,} rows in {result['seconds']:.2f} s = "
@@ -408,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
 
     cases, verdicts = build_cases(args.rows, args.feast_rows, ours, ours_at_feast, feast)
     out.rule()
-    print_cases(out, cases, verdicts)
+    print_cases(out, "export: ours vs Feast get_historical_features", cases, verdicts)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "export", "cases": cases}, indent=2) + "\n")
     out.print(f"wrote {args.output} in {time.perf_counter() - began:.0f} s total")

@@ -42,9 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
+from report import print_cases
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "materialize.json"
@@ -515,32 +515,6 @@ def build_cases(
     return cases, verdicts
 
 
-def print_cases(cases: list[dict], verdicts: list[bool | None]) -> None:
-    table = Table(title="materialize: ours vs feast materialize")
-    for column in ("case", "metric", "ours", "anchor", "ratio", "target", ""):
-        table.add_column(
-            column, justify="left" if column in ("case", "metric", "target") else "right"
-        )
-
-    def number(value: float | None, unit: str) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,.0f} {unit}" if unit == "rows/s" else f"{value:,.1f} {unit}"
-
-    for case, verdict in zip(cases, verdicts):
-        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[verdict]
-        table.add_row(
-            case["case"],
-            case["metric"],
-            number(case["ours"], case["unit"]),
-            number(case["anchor"], case["unit"]),
-            "-" if case["ratio"] is None else f"{case['ratio']:.2f}x",
-            case["target"],
-            mark,
-        )
-    console.print(table)
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -608,7 +582,7 @@ def run(args: argparse.Namespace) -> int:
 
     cases, verdicts = build_cases(args.rows, args.big_rows, ours, feast, big)
     console.rule()
-    print_cases(cases, verdicts)
+    print_cases(console, "materialize: ours vs feast materialize", cases, verdicts)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps({"benchmark": "materialize", "cases": cases}, indent=2) + "\n"

@@ -356,6 +356,7 @@ def serve(
     uvicorn.run(
         "featurestore.api.app:create_app", factory=True, host=host, port=port, workers=count,
         loop="uvloop", http="httptools", access_log=False, log_level="warning",
+        proxy_headers=False,  # behind a proxy, its own access log has the client addresses
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -656,22 +655,11 @@ def _parquet_replacing(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWrit
     take the key-value metadata added before closing as its metadata, which they would not do
     with a stored schema, written when the file is opened.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A leading dot hides a crash's leftover from Parquet readers (Spark, pyarrow datasets).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     strings = [f.name for f in schema if _is_string(f.type)]
-    try:
-        with open(tmp, "wb") as sink:
-            with pq.ParquetWriter(
-                sink, schema, compression="zstd", use_dictionary=strings, store_schema=False
-            ) as writer:
-                yield writer
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with offline.replacing(path) as sink, pq.ParquetWriter(
+        sink, schema, compression="zstd", use_dictionary=strings, store_schema=False
+    ) as writer:
+        yield writer
 
 
 def read_export_metadata(path: Path) -> dict[str, Any]:

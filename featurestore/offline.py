@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -125,20 +126,28 @@ def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> 
     return rows
 
 
-def write_atomically(table: pa.Table, path: Path, **parquet_options: object) -> None:
-    """Replace `path` with `table` in one rename; a crash leaves the old file or the new one."""
+@contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file whose content replaces `path` in one rename when the block ends without error; a
+    crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A leading dot hides a crash's leftover from Parquet readers (Spark, pyarrow datasets).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd", **parquet_options)
+            yield sink
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomically(table: pa.Table, path: Path, **parquet_options: object) -> None:
+    """Replace `path` with `table` in one rename (see `replacing`)."""
+    with replacing(path) as sink:
+        pq.write_table(table, sink, compression="zstd", **parquet_options)
 
 
 def write_days(table: Path, rows: pa.Table, timestamp_field: str, file_name: str) -> list[Path]:

@@ -142,8 +142,10 @@ def test_catalog_and_openapi(client) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/v1/online-features", "/v1/score", "/v1/datasets", "/healthz", "/readyz"):
         assert path in spec["paths"]
-    request = spec["components"]["schemas"]["OnlineFeaturesRequest"]
+    lookup = spec["paths"]["/v1/online-features"]["post"]
+    request = lookup["requestBody"]["content"]["application/json"]["schema"]
     assert request["examples"][0]["feature_service"] == SERVICE
+    assert "200" in lookup["responses"]
     assert "413" in spec["paths"]["/v1/online-features"]["post"]["responses"]
 
 
