@@ -1,0 +1,285 @@
+"""Dataset drift check: per-column tests and the drifted share, with Evidently's defaults.
+
+`check_drift(reference, current)` gives the verdicts Evidently's `Report([DataDriftPreset()])`
+gives on the same data (`DriftedColumnsCount` + one `ValueDrift` per column), from Arrow tables
+or pandas DataFrames, in a fraction of the time and memory:
+
+- columns: by default every column of `current` Evidently would check; their kind is inferred
+  from `current` alone, as Evidently's report takes its data definition from the current dataset
+  (`monitors.columns`);
+- per column: nulls, NaN and +-inf left out, then the method Evidently picks by kind, reference
+  size and distinct values (`monitors.stattests.default_method`) unless `methods` names one,
+  at its default threshold unless `thresholds` sets one;
+- dataset: drifted when the share of drifted columns is >= `drift_share`
+  (`evidently.legacy.calculations.data_drift.get_dataset_drift`).
+
+Evidently checks free-text columns with a trained text classifier; this check does not, and
+refuses them by name rather than leave them out of the drifted share unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from monitors.columns import (
+    Column,
+    category_counts,
+    column_kind,
+    dtype_name,
+    is_integer,
+    sorted_numbers,
+)
+from monitors.stattests import (
+    FEW_VALUES,
+    CategoryCounts,
+    ColumnKind,
+    NumericSample,
+    Sample,
+    default_method,
+    distinct_union,
+    get_method,
+)
+
+Frame = pa.Table | pd.DataFrame
+
+
+class DriftInputError(ValueError):
+    """The data or the options cannot be checked as given; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    kind: ColumnKind
+    method: str  # a `monitors.stattests.METHODS` name
+    statistic: float  # the method's drift score: a p-value or a distance
+    threshold: float
+    drifted: bool
+    reference_rows: int  # rows of the reference data
+    current_rows: int
+    reference_nulls: int  # rows left out of the test: null or NaN, or +-inf of numeric columns
+    current_nulls: int
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    columns: tuple[ColumnDrift, ...]
+    drift_share: float
+    # Columns of `current` not checked because Evidently's preset checks no column of their
+    # kind (timestamps, unsigned integers, ...), with the reason; only when `columns` is None.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def drifted_columns(self) -> int:
+        return sum(column.drifted for column in self.columns)
+
+    @property
+    def share(self) -> float:
+        return self.drifted_columns / len(self.columns)
+
+    @property
+    def dataset_drift(self) -> bool:
+        return self.share >= self.drift_share
+
+
+def _columns_of(frame: Frame) -> dict[str, Column]:
+    if isinstance(frame, pa.Table):
+        return dict(zip(frame.column_names, frame.columns))
+    if isinstance(frame, pd.DataFrame):
+        return {str(name): frame[name] for name in frame.columns}
+    raise TypeError(f"expected a pyarrow.Table or a pandas.DataFrame, got {type(frame).__name__}")
+
+
+def _row_count(frame: Frame) -> int:
+    return frame.num_rows if isinstance(frame, pa.Table) else len(frame)
+
+
+def _select(
+    current: dict[str, Column], reference: dict[str, Column], columns: Sequence[str] | None
+) -> tuple[dict[str, ColumnKind], dict[str, str]]:
+    """Kinds of the columns to check, and the columns left out with the reason."""
+    names = list(current) if columns is None else list(columns)
+    missing = [
+        f"{name!r} (not in {side} data)"
+        for name in names
+        for side, frame in (("current", current), ("reference", reference))
+        if name not in frame
+    ]
+    if missing:
+        raise DriftInputError(f"cannot check columns {', '.join(missing)}")
+    kinds: dict[str, ColumnKind] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        kind = column_kind(current[name])
+        if kind == "text":
+            raise DriftInputError(
+                f"column {name!r} holds free text (more than half of its current values are "
+                "distinct), which Evidently checks with a trained text classifier and this "
+                "check does not; leave it out with columns=[...]"
+            )
+        if kind == "other":
+            reason = (
+                f"{dtype_name(current[name])} values: Evidently infers no numeric or "
+                "categorical kind for them"
+            )
+            if columns is not None:
+                raise DriftInputError(f"cannot check column {name!r}: {reason}")
+            skipped[name] = reason
+            continue
+        kinds[name] = kind
+    if not kinds:
+        raise DriftInputError("no numeric or categorical column to check")
+    return kinds, skipped
+
+
+def _check_options(
+    kinds: Mapping[str, ColumnKind],
+    methods: Mapping[str, str],
+    thresholds: Mapping[str, float],
+    drift_share: float,
+) -> None:
+    for option, given in (("methods", methods), ("thresholds", thresholds)):
+        unknown = sorted(set(given) - set(kinds))
+        if unknown:
+            raise DriftInputError(f"{option} name columns that are not checked: {unknown}")
+    for name, method in methods.items():
+        try:
+            get_method(method, kinds[name])
+        except ValueError as exc:
+            raise DriftInputError(f"column {name!r}: {exc}") from None
+    for name, threshold in thresholds.items():
+        if not np.isfinite(threshold):
+            raise DriftInputError(f"column {name!r}: threshold {threshold!r} is not a number")
+    if not 0 <= drift_share <= 1:
+        raise DriftInputError(f"drift_share {drift_share!r} is not a share between 0 and 1")
+
+
+def _numeric_sample(name: str, reference: Column, current: Column) -> tuple[Sample, int, int]:
+    sides = []
+    for side, column in (("reference", reference), ("current", current)):
+        try:
+            sides.append(sorted_numbers(column))
+        except TypeError as exc:
+            raise DriftInputError(f"numeric column {name!r} in the {side} data {exc}") from None
+    (ref, ref_left_out), (cur, cur_left_out) = sides
+    integral = is_integer(reference) and is_integer(current)
+    return NumericSample(ref, cur, integral), ref_left_out, cur_left_out
+
+
+def _category_sample(name: str, reference: Column, current: Column) -> tuple[Sample, int, int]:
+    counted = []
+    for side, column in (("reference", reference), ("current", current)):
+        try:
+            counted.append(category_counts(column))
+        except TypeError as exc:
+            raise DriftInputError(f"categorical column {name!r} in the {side} data {exc}") from None
+    (ref_values, ref_counts, ref_left_out), (cur_values, cur_counts, cur_left_out) = counted
+    if ref_values.type != cur_values.type:
+        try:
+            ref_values = ref_values.cast(cur_values.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DriftInputError(
+                f"categorical column {name!r} holds {ref_values.type} values in the reference "
+                f"data and {cur_values.type} values in the current data"
+            ) from None
+    union = pc.unique(pa.concat_arrays([ref_values, cur_values]))
+    union = union.take(pc.array_sort_indices(union))  # ascending: the Z-test's order
+    aligned = []
+    for values, counts in ((ref_values, ref_counts), (cur_values, cur_counts)):
+        slots = np.zeros(len(union), np.int64)
+        slots[pc.index_in(values, value_set=union).to_numpy()] = counts
+        aligned.append(slots)
+    return CategoryCounts(*aligned), ref_left_out, cur_left_out
+
+
+def _check_column(
+    name: str,
+    kind: ColumnKind,
+    reference: Column,
+    current: Column,
+    method_name: str | None,
+    threshold: float | None,
+) -> ColumnDrift:
+    build = _numeric_sample if kind == "numeric" else _category_sample
+    sample, ref_left_out, cur_left_out = build(name, reference, current)
+    if isinstance(sample, NumericSample):
+        ref_size, cur_size = sample.reference.size, sample.current.size
+        n_unique = distinct_union(sample, FEW_VALUES)
+    else:
+        ref_size, cur_size = int(sample.reference.sum()), int(sample.current.sum())
+        n_unique = sample.reference.size
+    for side, size, rows in (
+        ("reference", ref_size, len(reference)),
+        ("current", cur_size, len(current)),
+    ):
+        if size == 0:
+            raise DriftInputError(
+                f"column {name!r} has no usable value in the {side} data: all of its {rows} "
+                "rows are null, NaN or infinite"
+            )
+    if method_name is None:
+        method = default_method(kind, ref_size, n_unique)
+    else:
+        method = get_method(method_name, kind)
+    threshold = method.default_threshold if threshold is None else float(threshold)
+    statistic = method.statistic(sample)
+    return ColumnDrift(
+        column=name,
+        kind=kind,
+        method=method.name,
+        statistic=statistic,
+        threshold=threshold,
+        drifted=method.drifted(statistic, threshold),
+        reference_rows=len(reference),
+        current_rows=len(current),
+        reference_nulls=ref_left_out,
+        current_nulls=cur_left_out,
+    )
+
+
+def check_drift(
+    reference: Frame,
+    current: Frame,
+    *,
+    columns: Sequence[str] | None = None,
+    methods: Mapping[str, str] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    drift_share: float = 0.5,
+    threads: int | None = None,
+) -> DriftResult:
+    """Test each column of `current` (or `columns`) for drift from `reference`.
+
+    methods: column -> a `monitors.stattests.METHODS` name, instead of Evidently's default.
+    thresholds: column -> threshold, instead of the method's default.
+    threads: columns tested at once (default: the CPUs this process may use); the tests spend
+    their time in numpy and Arrow, which release the GIL.
+    """
+    methods, thresholds = dict(methods or {}), dict(thresholds or {})
+    ref_columns, cur_columns = _columns_of(reference), _columns_of(current)
+    for side, frame in (("reference", reference), ("current", current)):
+        if _row_count(frame) == 0:
+            raise DriftInputError(f"the {side} data has no rows")
+    kinds, skipped = _select(cur_columns, ref_columns, columns)
+    _check_options(kinds, methods, thresholds, drift_share)
+    workers = threads or len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(kinds)))) as pool:
+        checked = pool.map(
+            lambda name: _check_column(
+                name,
+                kinds[name],
+                ref_columns[name],
+                cur_columns[name],
+                methods.get(name),
+                thresholds.get(name),
+            ),
+            kinds,
+        )
+        return DriftResult(columns=tuple(checked), drift_share=drift_share, skipped=skipped)
