@@ -372,3 +372,34 @@ def test_bad_dataset_requests_are_4xx(client, body, status, named) -> None:
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
     assert client.get("/v1/datasets/ds-unknown").status_code == 404
+
+
+def test_other_online_stores_go_through_feasts_reader(configure) -> None:
+    from featurestore.api.app import create_app
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import apply
+    from featurestore.materialize import writer_for
+
+    # The embedded profile: SQLite registry and Feast's SQLite online store of the test's own.
+    embedded = configure(api_auth="off")
+    store = apply(embedded)
+    writer = writer_for(embedded, store, select_views(store, ["card_profile"])[0])
+    writer.write(pa.table({
+        "card_id": [FRESH_CARD], "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+        "credit_limit": [777.0], "card_age_days": [3], "home_country": ["FR"],
+        "card_tier": ["gold"],
+    }))
+    writer.flush()
+    with TestClient(create_app(embedded)) as client:
+        assert client.app.state.serving.pool is None
+        response = client.post("/v1/online-features", json={
+            "features": ["card_profile:credit_limit", "card_profile:card_tier"],
+            "entities": {"card_id": [FRESH_CARD, 999_999_999]},
+        })
+        assert response.status_code == 200, response.text
+        columns = _columns(response.json())
+        assert columns["credit_limit"]["values"] == [777.0, None]
+        assert columns["card_tier"]["statuses"] == ["PRESENT", "NOT_FOUND"]
+        bad = client.post("/v1/online-features", json={
+            "features": ["card_profile:nope"], "entities": {"card_id": [1]}})
+        assert bad.status_code == 404
