@@ -44,7 +44,8 @@ class ServingState:
             )
 
     def _registry_version(self) -> datetime | None:
-        # Feast's SQL registry stamps each apply (to the second) in its metadata table.
+        # Feast's SQL registry stamps each apply (to the second) in its metadata table: a second
+        # apply within the same second as one already picked up waits for the next change.
         return self.store.registry._get_last_updated_metadata(self.store.project)
 
     def refresh(self) -> bool:
