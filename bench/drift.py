@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from report import print_cases
+from common import BenchmarkError, print_cases, run_main
 from rich.console import Console
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -59,9 +58,6 @@ READ_OPTIONS: dict[str, Any] = {"pre_buffer": False}
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
-
-class BenchmarkError(RuntimeError):
-    """The benchmark's own correctness check failed: the figures would mean nothing."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,19 +369,5 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    if args.child:
-        child_main(args)
-        return 0
-    try:
-        return run(args)
-    except BenchmarkError as exc:
-        console.print(f"[bold red]benchmark failed:[/] {exc}")
-        return 1
-
-
 if __name__ == "__main__":
-    # The children inherit this: library deprecation warnings would bury the output.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    sys.exit(main())
+    run_main(parse_args, child_main, run, lambda: console)

@@ -45,7 +45,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from report import print_cases
+from common import BenchmarkError, print_cases, run_main
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "export.json"
@@ -59,9 +59,6 @@ SEED = 17
 THROUGHPUT_TARGET = 10.0  # ours / Feast, rows/s
 ANCHOR = "Feast 0.67 get_historical_features(...).to_df() (file offline store)"
 
-
-class BenchmarkError(RuntimeError):
-    """The benchmark's own correctness check failed: the figures would mean nothing."""
 
 
 def console():
@@ -412,19 +409,5 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    if args.child:
-        child_main(args)
-        return 0
-    try:
-        return run(args)
-    except BenchmarkError as exc:
-        console().print(f"[bold red]benchmark failed:[/] {exc}")
-        return 1
-
-
 if __name__ == "__main__":
-    # The children inherit this: Feast's deprecation warnings would bury their output.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    sys.exit(main())
+    run_main(parse_args, child_main, run, console)

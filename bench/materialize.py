@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from report import print_cases
+from common import BenchmarkError, print_cases, run_main
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -74,9 +73,6 @@ BIG_THROUGHPUT_TARGET = 0.8  # rows/s at --big-rows / rows/s at --rows
 # Piped output (make, CI logs) gets a width that fits the results table.
 console = Console(width=None if sys.stdout.isatty() else 150)
 
-
-class BenchmarkError(RuntimeError):
-    """The benchmark's own correctness check failed: the figures would mean nothing."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,19 +608,5 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    if args.child:
-        child_main(args)
-        return 0
-    try:
-        return run(args)
-    except BenchmarkError as exc:
-        console.print(f"[bold red]benchmark failed:[/] {exc}")
-        return 1
-
-
 if __name__ == "__main__":
-    # The children inherit this: Feast's deprecation warnings would bury their progress output.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    sys.exit(main())
+    run_main(parse_args, child_main, run, lambda: console)

@@ -1,9 +1,42 @@
-"""The results table every benchmark prints (its JSON format is in bench/README.md)."""
+"""What the benchmarks share: their failure, their entry point, their results table.
+
+The JSON format of the results is in bench/README.md.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.table import Table
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark's own correctness check failed: the figures would mean nothing."""
+
+
+def run_main(
+    parse_args: Callable[[], argparse.Namespace],
+    child_main: Callable[[argparse.Namespace], None],
+    run: Callable[[argparse.Namespace], int],
+    console: Callable[[], Console],
+) -> None:
+    """A benchmark script's entry point: one child step (`--child`), or the whole run, whose
+    failed correctness check exits 1 with the reason."""
+    # The children inherit this: library deprecation warnings would bury their output.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    args = parse_args()
+    if args.child:
+        child_main(args)
+        sys.exit(0)
+    try:
+        sys.exit(run(args))
+    except BenchmarkError as exc:
+        console().print(f"[bold red]benchmark failed:[/] {exc}")
+        sys.exit(1)
 
 
 def _number(value: float | None, unit: str) -> str:
