@@ -23,7 +23,6 @@ from featurestore.api.http import (
 )
 from featurestore.api.schemas import ErrorBody, OnlineFeaturesRequest, OnlineFeaturesResponse
 from featurestore.api.state import ServingState
-from featurestore.online.lookup import check_entities, read_feast, read_redis
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
 
@@ -116,15 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if body.feature_service is not None
             else catalog.plan_for_features(body.features or [])
         )
-        check_entities(plan, body.entities, settings.serve_max_entities)
-        if state.pool is not None:
-            result = await read_redis(
-                plan, body.entities, state.pool, full_feature_names=body.full_feature_names
-            )
-        else:
-            result = await read_feast(
-                state.store, plan, body.entities, full_feature_names=body.full_feature_names
-            )
+        result = await state.lookup(
+            plan, body.entities, full_feature_names=body.full_feature_names
+        )
         return json_response(result.to_response())
 
     @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"])

@@ -17,7 +17,6 @@ from fastapi.responses import Response
 from featurestore.api.http import ApiError, json_response
 from featurestore.api.schemas import ScoreRequest, ScoreResponse
 from featurestore.api.state import ServingState
-from featurestore.online.lookup import check_entities, read_feast, read_redis
 from featurestore.settings import Settings
 from featurestore.training.model import FraudModel, load_model
 
@@ -63,11 +62,7 @@ def router(settings: Settings) -> APIRouter:
                            "list; online scoring needs an export of a feature service")
         state: ServingState = request.app.state.serving
         plan = state.catalog.plan_for_service(model.feature_service)
-        check_entities(plan, body.entities, settings.serve_max_entities)
-        if state.pool is not None:
-            result = await read_redis(plan, body.entities, state.pool)
-        else:
-            result = await read_feast(state.store, plan, body.entities, full_feature_names=False)
+        result = await state.lookup(plan, body.entities)
         scores = model.score({name: result.column(name) for name in model.features})
         return json_response({
             "model": {"export_id": model.export_id, "feature_service": model.feature_service},

@@ -18,7 +18,8 @@ from featurestore.apikeys import KeyVerifier
 from featurestore.db import engine
 from featurestore.errors import FeatureStoreError
 from featurestore.feast_config import feature_store
-from featurestore.online.catalog import Catalog
+from featurestore.online.catalog import Catalog, ReadPlan
+from featurestore.online.lookup import LookupResult, check_entities, read_feast, read_redis
 from featurestore.online.redis_pool import RedisAddress, RedisPool
 from featurestore.settings import Settings
 
@@ -69,6 +70,19 @@ class ServingState:
                 # Keep serving the last good snapshot.
                 self.registry_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot refresh the registry: %s", self.registry_error)
+
+    async def lookup(
+        self, plan: ReadPlan, entities: dict[str, list], *, full_feature_names: bool = False
+    ) -> LookupResult:
+        """The entities checked against the plan, then read: Redis fast path, else Feast."""
+        check_entities(plan, entities, self.settings.serve_max_entities)
+        if self.pool is not None:
+            return await read_redis(
+                plan, entities, self.pool, full_feature_names=full_feature_names
+            )
+        return await read_feast(
+            self.store, plan, entities, full_feature_names=full_feature_names
+        )
 
     async def check_online_store(self) -> None:
         """Raises RedisUnavailable when Redis does not answer within the serving timeout. (The

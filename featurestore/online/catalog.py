@@ -70,10 +70,15 @@ class OnDemandRead:
 class ReadPlan:
     entities: tuple[EntityRead, ...]
     on_demand: tuple[OnDemandRead, ...]
-    join_keys: tuple[str, ...]
+    # What the caller sends: each join key and request field, with its type.
+    key_types: dict[str, ValueType]
     request_fields: dict[str, ValueType]
     # Output columns in order: (view or on-demand view name, feature name).
     outputs: tuple[tuple[str, str], ...]
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        return tuple(self.key_types)
 
     @property
     def feature_refs(self) -> list[str]:
@@ -163,12 +168,11 @@ class Catalog:
             fields = odfv.get_request_data_schema()
             request_fields.update(fields)
             reads.append(OnDemandRead(odfv, tuple(features), tuple(fields)))
+        entities = self._entity_reads(wanted)
         return ReadPlan(
-            entities=self._entity_reads(wanted),
+            entities=entities,
             on_demand=tuple(reads),
-            join_keys=tuple(dict.fromkeys(
-                k.name for view in wanted for k in self.views[view].join_keys
-            )),
+            key_types={k: t for r in entities for k, t in zip(r.join_keys, r.key_types)},
             request_fields=request_fields,
             outputs=tuple(outputs),
         )

@@ -74,9 +74,9 @@ def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
             raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
 
 
-def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int) -> int:
-    """The number of entities, once the columns fit the plan; else an error naming the problem."""
-    key_types = {k: t for read in plan.entities for k, t in zip(read.join_keys, read.key_types)}
+def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int) -> None:
+    """Raises an error naming the problem unless the columns fit the plan."""
+    key_types = plan.key_types
     unknown = sorted(set(entities) - set(key_types) - set(plan.request_fields))
     if unknown:
         raise EntityKeyError(
@@ -98,7 +98,6 @@ def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int)
         )
     for name, values in entities.items():
         _check_type(name, values, key_types.get(name) or plan.request_fields[name])
-    return count
 
 
 def _iso(micros: list[int | None]) -> list[str | None]:
