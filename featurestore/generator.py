@@ -223,7 +223,8 @@ class GeneratorConfig:
     `compromised_card_rate` is the chance a card is compromised on a given day (it then makes one
     fraud burst that day); `split_payment_rate` is the share of payments split in two at the same
     microsecond. The drift options apply to days on or after `drift_start` only:
-    `amount_shift` multiplies every amount, `country_mix` (country code -> weight, normalized)
+    `amount_shift` multiplies every amount, `amount_spread` multiplies the spread of a card's
+    log-amounts around their typical value (a variance change at the same median), `country_mix` (country code -> weight, normalized)
     replaces the country distribution of ordinary payments, `null_burst_rate` is the share of rows
     whose `merchant_category` and `country` are null.
     """
@@ -238,6 +239,7 @@ class GeneratorConfig:
     split_payment_rate: float = 0.01
     drift_start: date | None = None
     amount_shift: float = 1.0
+    amount_spread: float = 1.0
     country_mix: Mapping[str, float] | None = None
     null_burst_rate: float = 0.0
 
@@ -252,6 +254,7 @@ class GeneratorConfig:
         _check_real("mean_daily_txn_per_card", self.mean_daily_txn_per_card, low=0.0,
                     low_open=True)
         _check_real("amount_shift", self.amount_shift, low=0.0, low_open=True)
+        _check_real("amount_spread", self.amount_spread, low=0.0, low_open=True)
         for name in ("compromised_card_rate", "split_payment_rate", "null_burst_rate"):
             _check_real(name, getattr(self, name), low=0.0, high=1.0)
         if self.cards * self.mean_daily_txn_per_card > MAX_ROWS_PER_DAY / 2:
@@ -261,11 +264,11 @@ class GeneratorConfig:
             )
         if self.country_mix is not None:
             object.__setattr__(self, "country_mix", _checked_country_mix(self.country_mix))
-        drifting = (self.amount_shift != 1.0 or self.country_mix is not None
-                    or self.null_burst_rate > 0.0)
+        drifting = (self.amount_shift != 1.0 or self.amount_spread != 1.0
+                    or self.country_mix is not None or self.null_burst_rate > 0.0)
         if drifting and self.drift_start is None:
-            raise ValueError("drift_start is required when a drift option "
-                             "(amount_shift, country_mix, null_burst_rate) is set")
+            raise ValueError("drift_start is required when a drift option (amount_shift, "
+                             "amount_spread, country_mix, null_burst_rate) is set")
 
     @property
     def dates(self) -> list[date]:
@@ -547,8 +550,9 @@ def _ordinary_payments(
 
     merchant = _draw(rng(_Stream.MERCHANTS), pop.merchant_cdf, n)
     category = pop.merchant_category[merchant]
+    spread = config.amount_spread if config.drifts_on(day) else 1.0
     log_amount = (pop.log_scale[card] + _CATEGORY_LOG_MULT[category]
-                  + rng(_Stream.AMOUNTS).normal(0.0, _AMOUNT_SIGMA, n))
+                  + rng(_Stream.AMOUNTS).normal(0.0, _AMOUNT_SIGMA * spread, n))
 
     places = rng(_Stream.PLACES)
     if countries.mix is None:

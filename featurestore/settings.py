@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     serve_max_dataset_rows: int = Field(1_000_000, gt=0)
     # The model `POST /v1/score` serves (written by `featurestore train`). Empty = under data_dir.
     model_path: Path | None = None
+    # Where this API is reached from outside (links to drift reports in alerts).
+    public_url: str = "http://127.0.0.1:8000"
+
+    # Drift monitoring. The monitors file sits next to feature_repo/. The API and the stream
+    # worker send a `capture_rate` share of the rows they serve or write to `capture_topic`
+    # (0 = off: capture needs a Kafka broker), holding at most `capture_buffer_bytes` while the
+    # broker is slow or away; what does not fit is dropped and counted, never waited for.
+    monitors_config: Path = PROJECT_ROOT / "monitors.yaml"
+    capture_rate: float = Field(0.0, ge=0.0, le=1.0)
+    capture_topic: str = "feature-capture"
+    capture_buffer_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
 
     @classmethod
     def settings_customise_sources(
@@ -106,7 +117,7 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls, yaml_file=_config_file()),
         )
 
-    @field_validator("data_dir", "feature_repo")
+    @field_validator("data_dir", "feature_repo", "monitors_config")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()
@@ -161,6 +172,14 @@ class Settings(BaseSettings):
     @property
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def baselines_dir(self) -> Path:
+        return self.data_dir / "baselines"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
 
     @property
     def online_sqlite_path(self) -> Path:

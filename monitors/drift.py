@@ -103,7 +103,10 @@ def _row_count(frame: Frame) -> int:
 
 
 def _select(
-    current: dict[str, Column], reference: dict[str, Column], columns: Sequence[str] | None
+    current: dict[str, Column],
+    reference: dict[str, Column],
+    columns: Sequence[str] | None,
+    kinds: Mapping[str, ColumnKind],
 ) -> tuple[dict[str, ColumnKind], dict[str, str]]:
     """Kinds of the columns to check, and the columns left out with the reason."""
     names = list(current) if columns is None else list(columns)
@@ -115,9 +118,16 @@ def _select(
     ]
     if missing:
         raise DriftInputError(f"cannot check columns {', '.join(missing)}")
-    kinds: dict[str, ColumnKind] = {}
+    chosen: dict[str, ColumnKind] = {}
     skipped: dict[str, str] = {}
     for name in names:
+        if name in kinds:
+            if kinds[name] not in ("numeric", "categorical"):
+                raise DriftInputError(
+                    f"column {name!r}: kind {kinds[name]!r} is not 'numeric' or 'categorical'"
+                )
+            chosen[name] = kinds[name]
+            continue
         kind = column_kind(current[name])
         if kind == "text":
             raise DriftInputError(
@@ -134,10 +144,10 @@ def _select(
                 raise DriftInputError(f"cannot check column {name!r}: {reason}")
             skipped[name] = reason
             continue
-        kinds[name] = kind
-    if not kinds:
+        chosen[name] = kind
+    if not chosen:
         raise DriftInputError("no numeric or categorical column to check")
-    return kinds, skipped
+    return chosen, skipped
 
 
 def _check_options(
@@ -253,12 +263,15 @@ def check_drift(
     methods: Mapping[str, str] | None = None,
     thresholds: Mapping[str, float] | None = None,
     drift_share: float = 0.5,
+    kinds: Mapping[str, ColumnKind] | None = None,
     threads: int | None = None,
 ) -> DriftResult:
     """Test each column of `current` (or `columns`) for drift from `reference`.
 
     methods: column -> a `monitors.stattests.METHODS` name, instead of Evidently's default.
     thresholds: column -> threshold, instead of the method's default.
+    kinds: column -> "numeric" or "categorical", instead of inferring it from `current` (a
+    monitor fixes each column's kind by its baseline, so it does not change from window to window).
     threads: columns tested at once (default: the CPUs this process may use); the tests spend
     their time in numpy and Arrow, which release the GIL.
     """
@@ -267,7 +280,7 @@ def check_drift(
     for side, frame in (("reference", reference), ("current", current)):
         if _row_count(frame) == 0:
             raise DriftInputError(f"the {side} data has no rows")
-    kinds, skipped = _select(cur_columns, ref_columns, columns)
+    kinds, skipped = _select(cur_columns, ref_columns, columns, kinds or {})
     _check_options(kinds, methods, thresholds, drift_share)
     workers = threads or len(os.sched_getaffinity(0))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(kinds)))) as pool:

@@ -260,6 +260,21 @@ def test_amount_shift_scales_amounts_from_drift_start(tmp_path):
     assert after.drop_columns(["amount"]).equals(before.drop_columns(["amount"]))
 
 
+def test_amount_spread_widens_amounts_at_the_same_median(tmp_path):
+    generate(DRIFT_BASE, tmp_path / "base")
+    generate(dataclasses.replace(DRIFT_BASE, drift_start=DRIFT_DAY, amount_spread=2.0),
+             tmp_path / "drift")
+    before = read(tmp_path / "base", TRANSACTIONS, DRIFT_DAY)
+    after = read(tmp_path / "drift", TRANSACTIONS, DRIFT_DAY)
+    log_before = np.log(before["amount"].to_numpy())
+    log_after = np.log(after["amount"].to_numpy())
+    assert np.median(log_after) == pytest.approx(np.median(log_before), abs=0.1)
+    # Per-card scale and category multipliers add spread of their own: the total grows less
+    # than 2x, but clearly.
+    assert np.std(log_after) > 1.3 * np.std(log_before)
+    assert after.drop_columns(["amount"]).equals(before.drop_columns(["amount"]))
+
+
 def test_country_mix_brings_new_countries_from_drift_start(tmp_path):
     mix = {"US": 0.5, "ZZ": 0.3, "QQ": 0.2}
     generate(dataclasses.replace(DRIFT_BASE, drift_start=DRIFT_DAY, country_mix=mix), tmp_path)
@@ -306,10 +321,12 @@ def test_null_burst_nulls_category_and_country_at_the_configured_rate(tmp_path):
         ("split_payment_rate", -0.1),
         ("null_burst_rate", 1.01),
         ("amount_shift", 0.0),
+        ("amount_spread", -1.0),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
-    drift = {"drift_start": START} if field in ("null_burst_rate", "amount_shift") else {}
+    drifting = ("null_burst_rate", "amount_shift", "amount_spread")
+    drift = {"drift_start": START} if field in drifting else {}
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(BASE, **drift, **{field: value})
 

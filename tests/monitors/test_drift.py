@@ -260,3 +260,16 @@ def test_columns_evidently_does_not_check_are_skipped_with_the_reason() -> None:
 def test_bad_input_is_refused_by_name(reference, current, options, message) -> None:
     with pytest.raises(DriftInputError, match=message):
         check_drift(pd.DataFrame(reference), pd.DataFrame(current), **options)
+
+
+def test_given_kinds_override_the_inferred_kind_and_bad_kinds_are_named() -> None:
+    rng = np.random.default_rng(3)
+    # Few distinct integers: Evidently's rule calls the column categorical...
+    reference = pa.table({"n": rng.integers(0, 5, 2_000)})
+    current = pa.table({"n": rng.integers(0, 5, 2_000)})
+    assert check_drift(reference, current).columns[0].kind == "categorical"
+    # ...a monitor whose baseline says numeric keeps it numeric in every window.
+    kept = check_drift(reference, current, kinds={"n": "numeric"}).columns[0]
+    assert kept.kind == "numeric"
+    with pytest.raises(DriftInputError, match="'n': kind 'text'"):
+        check_drift(reference, current, kinds={"n": "text"})

@@ -1,0 +1,133 @@
+"""The monitors' SQL tables (SQLAlchemy Core on `featurestore.db.METADATA`: SQLite embedded,
+PostgreSQL in services). `featurestore.db.engine(settings)` creates them on first use.
+
+- baselines: versioned reference profiles per subject (`service:NAME` / `view:NAME`); the
+  profile is JSON, the reference rows a Parquet file under `settings.baselines_dir`.
+- runs + run_features: one row per checked window and one per checked column, with the window's
+  read position (`cursor`), so a run and the position after it commit together.
+- alerts, silences, outbox: the alert lifecycle and the durable notification queue.
+Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from featurestore.db import METADATA
+
+_TS = sa.DateTime(timezone=True)
+
+BASELINES = sa.Table(
+    "monitor_baselines",
+    METADATA,
+    sa.Column("baseline_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.String(300), nullable=False),  # service:NAME or view:NAME
+    sa.Column("version", sa.Integer, nullable=False),  # 1, 2, ... per subject
+    sa.Column("export_id", sa.String(64), nullable=False),
+    sa.Column("export_path", sa.String(1000), nullable=False),
+    sa.Column("model_path", sa.String(1000)),  # the model whose scores are in the sample
+    sa.Column("rows", sa.BigInteger, nullable=False),  # rows of the export
+    sa.Column("sample_rows", sa.Integer, nullable=False),  # rows of the reference sample
+    sa.Column("sample_path", sa.String(1000), nullable=False),  # Parquet: columns = features
+    sa.Column("profile", sa.JSON, nullable=False),  # per column: kind, nulls, quantiles, ...
+    sa.Column("created_at", _TS, nullable=False),
+    sa.UniqueConstraint("subject", "version"),
+)
+
+RUNS = sa.Table(
+    "monitor_runs",
+    METADATA,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("monitor", sa.String(200), nullable=False, index=True),
+    sa.Column("baseline_id", sa.Integer, sa.ForeignKey(BASELINES.c.baseline_id), nullable=False),
+    sa.Column("window_start", _TS, nullable=False),  # capture time of the first row
+    sa.Column("window_end", _TS, nullable=False),
+    # checked | too_few_rows (a time window below min_rows: stored, not tested)
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reference_rows", sa.Integer, nullable=False),
+    sa.Column("current_rows", sa.Integer, nullable=False),
+    sa.Column("drifted_columns", sa.Integer, nullable=False),
+    sa.Column("checked_columns", sa.Integer, nullable=False),
+    sa.Column("drift_share", sa.Float, nullable=False),  # the threshold
+    sa.Column("dataset_drift", sa.Boolean, nullable=False),
+    sa.Column("multivariate_statistic", sa.Float),  # MMD^2
+    sa.Column("multivariate_p_value", sa.Float),
+    sa.Column("multivariate_drifted", sa.Boolean),
+    sa.Column("newest_events", sa.JSON, nullable=False),  # view -> newest event time (ISO)
+    sa.Column("report_html", sa.String(1000)),  # paths of Evidently's report
+    sa.Column("report_json", sa.String(1000)),
+    sa.Column("cursor", sa.JSON, nullable=False),  # capture partition -> next offset
+    sa.Column("seconds", sa.Float, nullable=False),  # time taken by the check
+    sa.Column("created_at", _TS, nullable=False),
+)
+
+RUN_FEATURES = sa.Table(
+    "monitor_run_features",
+    METADATA,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id), primary_key=True),
+    sa.Column("feature", sa.String(300), primary_key=True),  # view:feature, or `score`
+    sa.Column("kind", sa.String(20), nullable=False),  # num | cat
+    sa.Column("method", sa.String(40), nullable=False),
+    sa.Column("statistic", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("reference_rows", sa.Integer, nullable=False),
+    sa.Column("current_rows", sa.Integer, nullable=False),
+    sa.Column("reference_null_rate", sa.Float, nullable=False),
+    sa.Column("current_null_rate", sa.Float, nullable=False),
+)
+
+ALERTS = sa.Table(
+    "monitor_alerts",
+    METADATA,
+    sa.Column("alert_id", sa.Integer, primary_key=True, autoincrement=True),
+    # monitor/rule/feature-or-view: at most one alert per key is open (not resolved)
+    sa.Column("dedup_key", sa.String(600), nullable=False, index=True),
+    sa.Column("monitor", sa.String(200), nullable=False, index=True),
+    sa.Column("rule", sa.String(40), nullable=False),
+    sa.Column("target", sa.String(300), nullable=False),  # feature, view, or `dataset`
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # triggered | acknowledged | resolved
+    sa.Column("summary", sa.String(1000), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("first_run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id)),
+    sa.Column("last_run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id)),
+    sa.Column("clean_windows", sa.Integer, nullable=False),  # windows since it last fired
+    sa.Column("silenced", sa.Boolean, nullable=False),  # fired under a silence: nobody paged
+    sa.Column("triggered_at", _TS, nullable=False),
+    sa.Column("last_fired_at", _TS, nullable=False),
+    sa.Column("acknowledged_at", _TS),
+    sa.Column("acknowledged_by", sa.String(200)),
+    sa.Column("resolved_at", _TS),
+    sa.Column("resolved_by", sa.String(200)),  # a person, or `auto` after clean windows
+)
+
+SILENCES = sa.Table(
+    "monitor_silences",
+    METADATA,
+    sa.Column("silence_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("monitor", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(300)),  # null = every feature/view of the monitor
+    sa.Column("starts_at", _TS, nullable=False),
+    sa.Column("ends_at", _TS, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("comment", sa.String(1000), nullable=False),
+    sa.Column("created_at", _TS, nullable=False),
+)
+
+OUTBOX = sa.Table(
+    "monitor_outbox",
+    METADATA,
+    sa.Column("message_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alert_id", sa.Integer, sa.ForeignKey(ALERTS.c.alert_id), nullable=False),
+    sa.Column("dedup_key", sa.String(600), nullable=False, index=True),
+    sa.Column("notifier", sa.String(200), nullable=False),  # a name in the monitors file
+    sa.Column("event", sa.String(20), nullable=False),  # trigger | acknowledge | resolve
+    sa.Column("alert", sa.JSON, nullable=False),  # the alert as notified (no secrets)
+    sa.Column("status", sa.String(20), nullable=False, index=True),  # pending|delivered|failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", _TS, nullable=False),
+    sa.Column("last_error", sa.String(2000)),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("delivered_at", _TS),
+)
