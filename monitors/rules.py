@@ -1,0 +1,184 @@
+"""Alert rules: which conditions fire after a window, from the monitor's recent runs (pure).
+
+`evaluate(monitor, history)` looks at the runs of one monitor, oldest first, the newest last, and
+returns what fires now, plus which rules could be judged at all: a window too small to test
+says nothing about drift or null rates (an open alert of those rules neither fires nor counts a
+clean window), while freshness is judged on every window, empty ones included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from monitors.config import MonitorConfig
+
+CHECKED = "checked"
+TOO_FEW_ROWS = "too_few_rows"
+DATASET = "dataset"  # the target of dataset-wide rules
+JOINT = "joint"  # the target of the multivariate rule
+
+
+@dataclass(frozen=True)
+class ColumnOutcome:
+    drifted: bool
+    method: str
+    statistic: float
+    threshold: float
+    reference_null_rate: float
+    current_null_rate: float
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the rules need of one stored run; `columns` by definition name (or `score`)."""
+
+    run_id: int
+    status: str  # CHECKED | TOO_FEW_ROWS
+    window_end: datetime
+    current_rows: int
+    columns: dict[str, ColumnOutcome] = field(default_factory=dict)
+    drift_share: float = 0.5  # the monitor's threshold when the run was made
+    multivariate_p_value: float | None = None
+    multivariate_drifted: bool | None = None
+    newest_events: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def drifted_share(self) -> float:
+        if not self.columns:
+            return 0.0
+        return sum(c.drifted for c in self.columns.values()) / len(self.columns)
+
+
+@dataclass(frozen=True)
+class Firing:
+    rule: str
+    target: str  # a feature's definition name, a feature view, DATASET or JOINT
+    severity: str
+    summary: str
+    details: dict
+
+    def dedup_key(self, monitor: str) -> str:
+        return f"{monitor}/{self.rule}/{self.target}"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    firing: list[Firing]
+    judged: frozenset[str]  # rule kinds this window could judge
+
+
+def _feature_drift(rule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+    checked = [run for run in history if run.status == CHECKED][-rule.consecutive:]
+    if len(checked) < rule.consecutive:
+        return []
+    latest = checked[-1]
+    fired = []
+    for feature, outcome in latest.columns.items():
+        if all(feature in run.columns and run.columns[feature].drifted for run in checked):
+            windows = "window" if rule.consecutive == 1 else f"{rule.consecutive} windows in a row"
+            fired.append(Firing(
+                "feature_drift", feature, rule.severity,
+                f"[{name}] {feature} drifted in {windows} ({outcome.method} "
+                f"{outcome.statistic:.4g}, threshold {outcome.threshold:.4g})",
+                {"method": outcome.method, "statistic": outcome.statistic,
+                 "threshold": outcome.threshold, "consecutive_windows": rule.consecutive,
+                 "runs": [run.run_id for run in checked]},
+            ))
+    return fired
+
+
+def _drift_share(rule, name: str, latest: RunOutcome) -> list[Firing]:
+    share = latest.drifted_share
+    if share < rule.at_least:
+        return []
+    drifted = sorted(f for f, c in latest.columns.items() if c.drifted)
+    return [Firing(
+        "drift_share", DATASET, rule.severity,
+        f"[{name}] {len(drifted)} of {len(latest.columns)} features drifted "
+        f"({share:.0%} >= {rule.at_least:.0%})",
+        {"drifted_share": share, "at_least": rule.at_least, "drifted_features": drifted},
+    )]
+
+
+def _multivariate(rule, name: str, latest: RunOutcome) -> list[Firing]:
+    if not latest.multivariate_drifted:
+        return []
+    return [Firing(
+        "multivariate", JOINT, rule.severity,
+        f"[{name}] the joint feature distribution drifted (MMD p-value "
+        f"{latest.multivariate_p_value:.4g})",
+        {"p_value": latest.multivariate_p_value},
+    )]
+
+
+def _freshness(rule, name: str, latest: RunOutcome) -> list[Firing]:
+    newest = latest.newest_events.get(rule.feature_view)
+    limit = rule.max_age_minutes * 60
+    if newest is not None and (latest.window_end - newest).total_seconds() <= limit:
+        return []
+    if newest is None:
+        summary = f"[{name}] no row of {rule.feature_view} in the window ending {latest.window_end:%Y-%m-%d %H:%M:%S} UTC"
+        age = None
+    else:
+        age = (latest.window_end - newest).total_seconds()
+        summary = (f"[{name}] {rule.feature_view} is stale: newest event {age / 60:,.1f} min "
+                   f"old, SLA {rule.max_age_minutes:g} min")
+    return [Firing(
+        "freshness", rule.feature_view, rule.severity, summary,
+        {"newest_event": newest.isoformat() if newest else None, "age_seconds": age,
+         "max_age_minutes": rule.max_age_minutes},
+    )]
+
+
+def _null_rate(rule, name: str, latest: RunOutcome) -> list[Firing]:
+    fired = []
+    for feature, outcome in latest.columns.items():
+        jump = outcome.current_null_rate - outcome.reference_null_rate
+        if jump >= rule.jump:
+            fired.append(Firing(
+                "null_rate", feature, rule.severity,
+                f"[{name}] {feature} null rate {outcome.current_null_rate:.1%} vs "
+                f"{outcome.reference_null_rate:.1%} in the baseline (+{jump:.1%})",
+                {"current_null_rate": outcome.current_null_rate,
+                 "reference_null_rate": outcome.reference_null_rate, "jump": rule.jump},
+            ))
+    return fired
+
+
+def evaluate(name: str, monitor: MonitorConfig, history: Sequence[RunOutcome]) -> Evaluation:
+    """The conditions firing after the newest run in `history` (oldest first)."""
+    latest = history[-1]
+    firing: list[Firing] = []
+    judged = {"freshness"}
+    if latest.status == CHECKED:
+        judged |= {"feature_drift", "drift_share", "multivariate", "null_rate"}
+    for rule in monitor.rules:
+        if rule.kind not in judged:
+            continue
+        if rule.kind == "feature_drift":
+            firing += _feature_drift(rule, name, history)
+        elif rule.kind == "drift_share":
+            firing += _drift_share(rule, name, latest)
+        elif rule.kind == "multivariate":
+            firing += _multivariate(rule, name, latest)
+        elif rule.kind == "freshness":
+            firing += _freshness(rule, name, latest)
+        else:
+            firing += _null_rate(rule, name, latest)
+    return Evaluation(_strongest(firing), frozenset(judged))
+
+
+_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+
+
+def _strongest(firing: list[Firing]) -> list[Firing]:
+    """One firing per (rule, target): two rules of one kind (say, warning at 1 window and
+    critical at 3) share a dedup key, so the most severe one speaks for it."""
+    best: dict[tuple[str, str], Firing] = {}
+    for fired in firing:
+        key = (fired.rule, fired.target)
+        if key not in best or _RANK[fired.severity] < _RANK[best[key].severity]:
+            best[key] = fired
+    return list(best.values())
