@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from featurestore.db import METADATA
 from featurestore.errors import FeatureStoreError
 
-SCOPES = ("features:read", "datasets:export", "monitors:read", "admin")
+SCOPES = ("features:read", "datasets:export", "monitors:read", "monitors:write", "admin")
 _PREFIX = "fsk"
 
 API_KEYS = sa.Table(

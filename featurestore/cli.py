@@ -374,7 +374,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key.")],
     scope: Annotated[
         list[str], typer.Option(help="Scope (repeatable): features:read, datasets:export, "
-                                     "monitors:read, admin.")
+                                     "monitors:read, monitors:write, admin.")
     ],
 ) -> None:
     """Create a key and print its token to stdout (shown once: it is stored hashed)."""

@@ -25,7 +25,9 @@ def _engine(url: str, password: str | None) -> Engine:
         address = address.set(password=password)
     if address.get_backend_name() == "sqlite" and address.database:
         Path(address.database).parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(address, pool_pre_ping=True)
+    # A database host that does not answer fails fast instead of hanging a request or a worker.
+    connect_args = {"connect_timeout": 5} if address.get_backend_name() == "postgresql" else {}
+    return sa.create_engine(address, pool_pre_ping=True, connect_args=connect_args)
 
 
 def engine(settings: Settings) -> Engine:

@@ -54,14 +54,15 @@ def _iso(value: datetime | None) -> str | None:
 
 def alert_dict(row) -> dict:
     """An ALERTS row as JSON-able values."""
-    alert = dict(row._mapping)
+    # Column names come back as SQLAlchemy's str subclass, which orjson refuses as keys.
+    alert = {str(name): value for name, value in row._mapping.items()}
     for name in ("triggered_at", "last_fired_at", "acknowledged_at", "resolved_at"):
         alert[name] = _iso(alert[name])
     return alert
 
 
 def silence_dict(row) -> dict:
-    silence = dict(row._mapping)
+    silence = {str(name): value for name, value in row._mapping.items()}
     for name in ("starts_at", "ends_at", "created_at"):
         silence[name] = _iso(silence[name])
     return silence
