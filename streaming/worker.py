@@ -36,6 +36,7 @@ from kafka.structs import OffsetAndMetadata
 from featurestore.definitions import select_views
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
+from monitors.capture import CaptureLog
 from streaming import topology as topologies
 from streaming.metrics import StreamMetrics
 from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
@@ -114,6 +115,7 @@ class StreamWorker:
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
+        self.capture: CaptureLog | None = None  # a sample of the rows written, for monitoring
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -127,6 +129,10 @@ class StreamWorker:
             self.consumer = self._retrying("consumer", self._new_consumer)
         except Stopped:
             return
+        if self.settings.capture_rate > 0:
+            self.capture = CaptureLog(
+                self.settings, f"{self.settings.stream_group}-worker", registry=self.metrics.registry
+            )
         self.consumer.subscribe(self.topology.topics, listener=_Rebalance(self))
         checkpoint_at = status_at = time.monotonic()
         try:
@@ -166,6 +172,8 @@ class StreamWorker:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
         if self.producer is not None:
             self.producer.close(timeout=5)
+        if self.capture is not None:
+            self.capture.close()
         for writer in self.writers.values():
             with contextlib.suppress(*_ONLINE_ERRORS):
                 writer.close()
@@ -376,6 +384,11 @@ class StreamWorker:
             for pending in self.unwritten:
                 for view, rows in pending.step.online:
                     self.metrics.online_rows.labels(view.name).inc(rows.num_rows)
+                    if self.capture is not None:
+                        self.capture.offer_table(
+                            f"view:{view.name}", rows, [f.name for f in view.features],
+                            {view.name: view.offline.timestamp_field},
+                        )
                 if len(pending.step.applied_timestamps_ms):
                     self.metrics.observe_freshness(now_ms - pending.step.applied_timestamps_ms)
             self.unwritten = []

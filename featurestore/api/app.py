@@ -25,6 +25,7 @@ from featurestore.api.schemas import ErrorBody, OnlineFeaturesRequest, OnlineFea
 from featurestore.api.state import ServingState
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
+from monitors import api as monitoring
 
 ERRORS = {
     400: {"model": ErrorBody, "description": "Bad entity keys or request fields (named)."},
@@ -73,11 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refresher.cancel()
         if state.pool is not None:
             state.pool.close()
+        if state.capture is not None:
+            await asyncio.to_thread(state.capture.close)
 
     app = FastAPI(
         title="featurestore",
         version="1",
-        summary="Online features, model scores and point-in-time training datasets.",
+        summary="Online features, model scores, point-in-time training datasets and drift monitors.",
         description=(
             "Every route but `/healthz` and `/readyz` takes `Authorization: Bearer <API key>`; "
             "keys come from `featurestore keys create --scope ...`. Errors are "
@@ -118,6 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = await state.lookup(
             plan, body.entities, full_feature_names=body.full_feature_names
         )
+        if state.capture is not None and body.feature_service is not None:
+            state.capture_served(body.feature_service, plan, result,
+                                 full_feature_names=body.full_feature_names)
         return json_response(result.to_response())
 
     @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"])
@@ -188,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
     )
+    app.include_router(monitoring.router(settings))  # scopes per route: read or write
     return app
 
 

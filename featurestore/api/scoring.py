@@ -63,10 +63,12 @@ def router(settings: Settings) -> APIRouter:
         state: ServingState = request.app.state.serving
         plan = state.catalog.plan_for_service(model.feature_service)
         result = await state.lookup(plan, body.entities)
-        scores = model.score({name: result.column(name) for name in model.features})
+        scores = model.score({name: result.column(name) for name in model.features}).tolist()
+        if state.capture is not None:
+            state.capture_served(model.feature_service, plan, result, scores=scores)
         return json_response({
             "model": {"export_id": model.export_id, "feature_service": model.feature_service},
-            "scores": scores.tolist(),
+            "scores": scores,
         })
 
     return routes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import datetime
 
 from feast import FeatureStore
@@ -22,6 +23,8 @@ from featurestore.online.catalog import Catalog, ReadPlan
 from featurestore.online.lookup import LookupResult, check_entities, read_feast, read_redis
 from featurestore.online.redis_pool import RedisAddress, RedisPool
 from featurestore.settings import Settings
+from monitors.capture import CaptureLog
+from monitors.config import SCORE_COLUMN
 
 log = logging.getLogger("featurestore.api")
 
@@ -43,6 +46,10 @@ class ServingState:
                 ),
                 timeout=settings.serve_redis_timeout_seconds,
             )
+        # A sample of what this process serves, for drift monitoring (None: capture is off).
+        self.capture: CaptureLog | None = None
+        if settings.capture_rate > 0:
+            self.capture = CaptureLog(settings, f"featurestore-api-{os.getpid()}")
 
     def _registry_version(self) -> datetime | None:
         # Feast's SQL registry stamps each apply (to the second) in its metadata table: a second
@@ -83,6 +90,39 @@ class ServingState:
         return await read_feast(
             self.store, plan, entities, full_feature_names=full_feature_names
         )
+
+    def capture_served(
+        self,
+        service: str,
+        plan: ReadPlan,
+        result: LookupResult,
+        *,
+        full_feature_names: bool = False,
+        scores: list[float] | None = None,
+    ) -> None:
+        """Offer the feature columns served for `service` (and the model's scores) to the capture
+        log: short feature names, as a training export names them, whatever the response used;
+        join keys left out; each view's event times give its newest event. Lookups by feature
+        list are not captured: monitors watch feature services."""
+        try:
+            picks = self.capture.sample(len(result.values[0]))
+            if picks is None:
+                return
+            at = {name: i for i, name in enumerate(result.feature_names)}
+            columns, values, event_times = [], [], {}
+            for view, feature in plan.outputs:
+                i = at[f"{view}__{feature}" if full_feature_names else feature]
+                columns.append(feature)
+                values.append(result.values[i])
+                event_times.setdefault(view, result.event_timestamps[i])
+            if scores is not None:
+                columns.append(SCORE_COLUMN)
+                values.append(scores)
+            self.capture.offer_columns(
+                f"service:{service}", columns, values, event_times, picks=picks
+            )
+        except Exception:  # a sample is never worth a failed response
+            log.exception("cannot capture the rows served for %s", service)
 
     async def check_online_store(self) -> None:
         """Raises RedisUnavailable when Redis does not answer within the serving timeout. (The
