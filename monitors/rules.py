@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from monitors.config import MonitorConfig
+from monitors.config import SCORE_COLUMN, MonitorConfig
 
 CHECKED = "checked"
 TOO_FEW_ROWS = "too_few_rows"
@@ -135,6 +135,9 @@ def _freshness(rule, name: str, latest: RunOutcome) -> list[Firing]:
 def _null_rate(rule, name: str, latest: RunOutcome) -> list[Firing]:
     fired = []
     for feature, outcome in latest.columns.items():
+        if feature == SCORE_COLUMN:
+            continue  # rows served by /v1/online-features are captured without a score
+
         jump = outcome.current_null_rate - outcome.reference_null_rate
         if jump >= rule.jump:
             fired.append(Firing(

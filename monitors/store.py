@@ -66,7 +66,7 @@ RUN_FEATURES = sa.Table(
     METADATA,
     sa.Column("run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id), primary_key=True),
     sa.Column("feature", sa.String(300), primary_key=True),  # view:feature, or `score`
-    sa.Column("kind", sa.String(20), nullable=False),  # num | cat
+    sa.Column("kind", sa.String(20), nullable=False),  # numeric | categorical
     sa.Column("method", sa.String(40), nullable=False),
     sa.Column("statistic", sa.Float, nullable=False),
     sa.Column("threshold", sa.Float, nullable=False),
