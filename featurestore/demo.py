@@ -2,7 +2,8 @@
 
 generate -> apply -> Spark backfill -> materialize -> online lookups through Feast's own reader
 -> a day of live events through Kafka and the stream worker, and the online values it changed
--> a point-in-time training export -> a trained fraud model -> lookups and scores through the API.
+-> a point-in-time training export -> a trained fraud model -> lookups and scores through the API
+-> drift monitoring of the scored traffic: an injected shift raises an alert at a local receiver.
 """
 
 from __future__ import annotations
@@ -54,20 +55,20 @@ def run_demo(console: Console) -> None:
     config = GeneratorConfig(
         start=DEMO_START, days=DEMO_DAYS, cards=DEMO_CARDS, merchants=DEMO_MERCHANTS
     )
-    with row_progress("1/7 generating transactions") as advance:
+    with row_progress("1/8 generating transactions") as advance:
         generate(config, settings.raw_dir, progress=advance)
 
-    with console.status("2/7 applying feature_repo/ to the registry"):
+    with console.status("2/8 applying feature_repo/ to the registry"):
         store = apply(settings)
 
     views = select_views(store, None)
     aggregated = [v for v in views if v.is_aggregated]
-    with console.status("3/7 Spark backfill of the windowed aggregations"):
+    with console.status("3/8 Spark backfill of the windowed aggregations"):
         backfill(lambda: spark_session(settings), aggregated, DEMO_START, end)
 
     start_ts = datetime.combine(DEMO_START, time(), UTC)
     end_ts = datetime.combine(end, time(), UTC)
-    with row_progress("4/7 materializing to the online store") as advance:
+    with row_progress("4/8 materializing to the online store") as advance:
         results = materialize(
             settings, store, [(v, start_ts, end_ts) for v in views], progress=advance
         )
@@ -98,9 +99,19 @@ def run_demo(console: Console) -> None:
         lookups.add_row(name, *[_fmt(v) for v in values])
     console.print(lookups)
 
-    cards = _stream_live_day(console, settings, store, config)
-    _export_and_train(console, settings, DEMO_START + timedelta(days=1), end)
-    _serve(console, settings, cards)
+    from streaming.broker import local_broker
+
+    # One Kafka broker for the live day and for the capture log the monitors read.
+    broker = (
+        local_broker()
+        if settings.profile == "embedded"
+        else contextlib.nullcontext(settings.kafka_bootstrap_servers)
+    )
+    with broker as bootstrap:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        cards = _stream_live_day(console, settings, store, config)
+        _export_and_train(console, settings, DEMO_START + timedelta(days=1), end)
+        _serve(console, settings, cards, config)
 
 
 STREAMED_FEATURES = (
@@ -114,7 +125,6 @@ def _stream_live_day(
     console: Console, settings: Settings, store: FeatureStore, history: GeneratorConfig
 ) -> list[int]:
     """Send the day after the history through Kafka; the stream worker applies it."""
-    from streaming.broker import local_broker
     from streaming.producer import send_events
     from streaming.worker import StreamWorker
 
@@ -130,14 +140,8 @@ def _stream_live_day(
 
     # A fresh run: the previous demo's partition log belongs to a broker that is gone.
     shutil.rmtree(settings.stream_log_dir, ignore_errors=True)
-    broker = (
-        local_broker()
-        if settings.profile == "embedded"
-        else contextlib.nullcontext(settings.kafka_bootstrap_servers)
-    )
-    with console.status(f"5/7 streaming {day.num_rows:,} live events of {live.dates[-1]}"), \
-            broker as bootstrap:
-        settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+    bootstrap = settings.kafka_bootstrap_servers
+    with console.status(f"5/8 streaming {day.num_rows:,} live events of {live.dates[-1]}"):
         worker = StreamWorker(settings, store)
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -186,13 +190,13 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
     from featurestore.training.model import train
 
     out = settings.exports_dir / "fraud_training.parquet"
-    with console.status(f"6/7 point-in-time export of the labelled transactions {start} .. {end}"):
+    with console.status(f"6/8 point-in-time export of the labelled transactions {start} .. {end}"):
         # The first day only gives the windows their history.
         exported = export(
             settings, labeled_transactions(settings, start, end), out,
             feature_service=SERVICE,
         )
-    with console.status(f"6/7 training the fraud MLP on {exported.rows:,} rows"):
+    with console.status(f"6/8 training the fraud MLP on {exported.rows:,} rows"):
         trained = train(out, settings.model_path, epochs=4, seed=7)
     console.print(
         f"exported {exported.rows:,} rows x {len(exported.features)} features "
@@ -202,30 +206,47 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
     )
 
 
-def _serve(console: Console, settings: Settings, cards: list[int]) -> None:
-    """`featurestore serve` on localhost, then lookups and scores through the Python client."""
+def _serve(
+    console: Console, settings: Settings, cards: list[int], history: GeneratorConfig
+) -> None:
+    """`featurestore serve` on localhost, capturing every row it serves: lookups and scores
+    through the Python client, then the drift monitors on the traffic it scored."""
     from featurestore.client import FeatureClient
+    from monitors.demo import run_monitoring
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     # The demo's server listens on 127.0.0.1 only, so it runs without API keys (explicitly).
-    env = {**os.environ, "FEATURESTORE_API_AUTH": "off", "FEATURESTORE_DATA_DIR": str(
-        settings.data_dir)}
+    env = {**os.environ, "FEATURESTORE_API_AUTH": "off",
+           "FEATURESTORE_DATA_DIR": str(settings.data_dir),
+           "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "FEATURESTORE_CAPTURE_RATE": "1.0"}
     command = [str(Path(sys.executable).parent / "featurestore"), "serve", "--port", str(port),
                "--workers", "1"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to a file: a pipe nobody reads while the monitors run would fill and stall it.
+    log_path = settings.data_dir / "demo-serve.log"
+    with log_path.open("wb") as log_file:
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
-        with console.status(f"7/7 serving on {url}"), FeatureClient(url, retries=0) as client:
-            _wait_ready(client, server)
+        with console.status(f"7/8 serving on {url}"), FeatureClient(url, retries=0) as client:
+            _wait_ready(client, server, log_path)
             entities = {"card_id": cards, "merchant_id": [1] * len(cards),
                         "amount": [120.0] * len(cards)}
             rows = client.online_features(entities, feature_service=SERVICE)
             scores = client.score(entities)
+        _show_served(console, url, cards, rows, scores)
+        with FeatureClient(url, retries=0) as client:
+            live_day = DEMO_START + timedelta(days=history.days)
+            run_monitoring(console, settings.model_copy(update={"public_url": url}), client,
+                           history, live_day)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _show_served(console: Console, url: str, cards: list[int], rows, scores) -> None:
     values, statuses = rows.to_dict(), rows.statuses()
     table = Table(title=f"Through the API ({url}): lookups and fraud scores, amount = 120.0")
     table.add_column("feature")
@@ -239,11 +260,11 @@ def _serve(console: Console, settings: Settings, cards: list[int]) -> None:
     console.print(table)
 
 
-def _wait_ready(client, server: subprocess.Popen) -> None:
+def _wait_ready(client, server: subprocess.Popen, log_path: Path) -> None:
     deadline = clock.monotonic() + 120
     while not client.ready():
         if server.poll() is not None:
-            raise RuntimeError(f"featurestore serve exited: {server.stderr.read().decode()}")
+            raise RuntimeError(f"featurestore serve exited: {log_path.read_text()}")
         if clock.monotonic() > deadline:
             raise RuntimeError("featurestore serve was not ready within 2 minutes")
         clock.sleep(0.3)
