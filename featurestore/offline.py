@@ -132,7 +132,7 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
     crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A leading dot hides a crash's leftover from Parquet readers (Spark, pyarrow datasets).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer thread
     try:
         with open(tmp, "wb") as sink:
             yield sink

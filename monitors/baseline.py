@@ -23,10 +23,8 @@ only the sampled rows are kept. A model's baseline is the export it was trained 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ import sqlalchemy as sa
 from featurestore import db
 from featurestore.errors import FeatureStoreError, InputDataError
 from featurestore.export import read_export_metadata
+from featurestore.offline import replacing
 from featurestore.settings import Settings
 from monitors.columns import column_kind
 from monitors.config import SCORE_COLUMN
@@ -308,20 +307,6 @@ def _sample_bytes(sample: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _place(content: bytes, path: Path) -> None:
-    """`path` replaced by `content` in one rename."""
-    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(staged, "wb") as sink:
-            sink.write(content)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(staged, path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-
-
 def _collided(exc: sa.exc.DBAPIError, engine: sa.Engine) -> bool:
     """Another builder took the version (unique constraint), or held SQLite's write lock."""
     if isinstance(exc, sa.exc.IntegrityError):
@@ -360,7 +345,8 @@ def _store(settings: Settings, values: dict[str, Any], content: bytes) -> Baseli
                 }
                 inserted = conn.execute(sa.insert(BASELINES).values(**row))
                 baseline_id = inserted.inserted_primary_key[0]
-                _place(content, path)
+                with replacing(path) as sink:
+                    sink.write(content)
             return _baseline(row | {"baseline_id": baseline_id})
         except sa.exc.DBAPIError as exc:
             if attempt + 1 == STORE_ATTEMPTS or not _collided(exc, engine):

@@ -137,3 +137,12 @@ def category_counts(column: Column) -> tuple[pa.Array, np.ndarray, int]:
     usable = values.is_valid()
     left_out = pc.sum(counts.filter(pc.invert(usable))).as_py() or 0
     return values.filter(usable), counts.filter(usable).to_numpy(), left_out
+
+
+def sample_rows(table: pa.Table, max_rows: int, rng: np.random.Generator) -> pa.Table:
+    """At most `max_rows` rows of `table`, drawn uniformly without replacement, in table order."""
+    if table.num_rows <= max_rows:
+        return table
+    picked = rng.choice(table.num_rows, size=max_rows, replace=False)
+    picked.sort()
+    return table.take(pa.array(picked))

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import torch
 
 from featurestore.errors import FeatureStoreError
+from monitors.columns import sample_rows
 
 TOP_CATEGORIES = 20
 BANDWIDTH_ROWS = 1_000
@@ -167,14 +168,6 @@ def _torch_threads(limit: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _subsample(table: pa.Table, max_rows: int, rng: np.random.Generator) -> pa.Table:
-    if table.num_rows <= max_rows:
-        return table
-    picked = rng.choice(table.num_rows, size=max_rows, replace=False)
-    picked.sort()
-    return table.take(pa.array(picked))
-
-
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return squared.clamp_(min=0.0)
@@ -230,8 +223,8 @@ def mmd_test(
     if missing:
         raise MultivariateError(f"columns {missing} are not in the current data")
     rng = np.random.default_rng(seed)
-    reference = _subsample(reference, max_rows, rng)
-    current = _subsample(current.select(reference.column_names), max_rows, rng)
+    reference = sample_rows(reference, max_rows, rng)
+    current = sample_rows(current.select(reference.column_names), max_rows, rng)
     n, m = reference.num_rows, current.num_rows
     x, y, _ = encode(reference, current)
     if x.shape[1] == 0:  # nothing varies in the reference: nothing to compare

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.errors import FeatureStoreError
-from monitors.columns import column_kind
+from monitors.columns import column_kind, sample_rows
 from monitors.stattests import ColumnKind, get_method
 
 # Our method names -> Evidently's StatTest names (evidently/legacy/calculations/stattests).
@@ -49,14 +49,6 @@ class ReportFiles:
     json: Path
     reference_rows: int  # rows of each side the report was drawn on
     current_rows: int
-
-
-def _sample(table: pa.Table, max_rows: int, rng: np.random.Generator) -> pa.Table:
-    if table.num_rows <= max_rows:
-        return table
-    picked = rng.choice(table.num_rows, size=max_rows, replace=False)
-    picked.sort()
-    return table.take(pa.array(picked))
 
 
 def _kinds(current: pa.Table, given: Mapping[str, str]) -> dict[str, ColumnKind]:
@@ -132,8 +124,8 @@ def write_report(
         raise ReportError(f"thresholds name columns that are not in the report: {unknown}")
 
     rng = np.random.default_rng(seed)
-    reference = _sample(reference.select(current.column_names), max_rows, rng)
-    current = _sample(current, max_rows, rng)
+    reference = sample_rows(reference.select(current.column_names), max_rows, rng)
+    current = sample_rows(current, max_rows, rng)
 
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
