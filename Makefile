@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench bench-materialize bench-stream bench-export bench-serving bench-drift check-java install clean lint
+.PHONY: demo test bench bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor check-java install clean lint
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ test: check-java $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check featurestore streaming monitors feature_repo tests bench
 
-bench: bench-materialize bench-stream bench-export bench-serving bench-drift
+bench: bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor
 
 bench-materialize: check-java $(STAMP)
 	$(BIN)/python bench/materialize.py
@@ -52,6 +52,9 @@ bench-serving: check-java $(STAMP)
 
 bench-drift: $(STAMP)
 	$(BIN)/python bench/drift.py
+
+bench-monitor: $(STAMP)
+	$(BIN)/python bench/monitor.py
 
 clean:
 	rm -rf $(VENV) data build spark-warehouse
