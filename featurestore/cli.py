@@ -442,9 +442,8 @@ def monitors_baseline(
     ] = 100_000,
 ) -> None:
     """Build a new baseline version from a training export (and the model trained on it)."""
-    from monitors.baseline import baseline_for_model, build_baseline
-
     from featurestore.settings import get_settings
+    from monitors.baseline import baseline_for_model, build_baseline
 
     settings = get_settings()
     if export is None and model is None:
@@ -468,10 +467,10 @@ def monitors_baseline(
 @_clear_errors
 def monitors_baselines() -> None:
     """List the stored baselines."""
-    from monitors.baseline import list_baselines
     from rich.table import Table
 
     from featurestore.settings import get_settings
+    from monitors.baseline import list_baselines
 
     table = Table("subject", "version", "export", "rows", "sample", "model", "created")
     for b in list_baselines(get_settings()):
@@ -535,9 +534,15 @@ def monitors_run(
 @app.command()
 @_clear_errors
 def demo() -> None:
-    """Run the whole pipeline on the embedded profile and show online lookups."""
+    """Run the whole pipeline on the embedded profile, up to a drift alert."""
+    import warnings
+
     from featurestore.demo import run_demo
 
+    # Libraries' notices about their own APIs (Evidently, litestar, Feast's "experimental"
+    # views) would bury the demo's tables; they say nothing about the run.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="feast")
     run_demo(console)
 
 
