@@ -1,4 +1,5 @@
-"""What the benchmarks share: their failure, their entry point, their results table.
+"""What the benchmarks share: their failure, their entry point, their child processes, their
+results table and file.
 
 The JSON format of the results is in bench/README.md.
 """
@@ -6,9 +7,12 @@ The JSON format of the results is in bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +41,29 @@ def run_main(
     except BenchmarkError as exc:
         console().print(f"[bold red]benchmark failed:[/] {exc}")
         sys.exit(1)
+
+
+def run_child(
+    script: str, role: str, result: Path, arguments: list[str], label: str | None = None
+) -> dict:
+    """`script --child ROLE --result RESULT ARGUMENTS...`: one measured step in a process of its
+    own (so its peak RSS is its own); returns the JSON it wrote to `result`."""
+    command = [
+        sys.executable, str(Path(script).resolve()), "--child", role, "--result", str(result),
+        *arguments,
+    ]  # fmt: skip
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise BenchmarkError(
+            f"the {label or role} child exited with status {completed.returncode}"
+        )
+    return json.loads(result.read_text())
+
+
+def write_results(path: Path, benchmark: str, cases: list[dict]) -> None:
+    """`bench/results/NAME.json` (format in bench/README.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": benchmark, "cases": cases}, indent=2) + "\n")
 
 
 def _number(value: float | None, unit: str) -> str:

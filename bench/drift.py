@@ -29,7 +29,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BenchmarkError, print_cases, run_main
+from common import BenchmarkError, print_cases, run_main, write_results
+from common import run_child as common_run_child
 from rich.console import Console
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -199,16 +199,11 @@ def child_evidently(root: Path, case: str) -> dict[str, Any]:
 
 
 def run_child(role: str, root: Path, case: str) -> dict[str, Any]:
-    result_path = root / f"result-{role}-{case}.json"
-    command = [
-        sys.executable, str(Path(__file__).resolve()),
-        "--child", role, "--case", case, "--workdir", str(root), "--result", str(result_path),
-    ]  # fmt: skip
     with console.status(f"  {role}: checking the {case} windows"):
-        completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise BenchmarkError(f"the {role} child ({case}) exited with status {completed.returncode}")
-    return json.loads(result_path.read_text())
+        return common_run_child(
+            __file__, role, root / f"result-{role}-{case}.json",
+            ["--case", case, "--workdir", str(root)], label=f"{role} ({case})",
+        )
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -347,8 +342,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(root, ignore_errors=True)
     console.rule()
     print_cases(console, "drift: ours vs Evidently's Report([DataDriftPreset()])", cases, verdicts)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "drift", "cases": cases}, indent=2) + "\n")
+    write_results(args.output, "drift", cases)
     console.print(f"wrote {args.output} in {time.perf_counter() - began:.0f} s total")
     return 0
 

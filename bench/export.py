@@ -37,7 +37,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import BenchmarkError, print_cases, run_main
+from common import BenchmarkError, print_cases, run_main, write_results
+from common import run_child as common_run_child
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "export.json"
@@ -188,17 +188,12 @@ def child_feast(root: Path, rows: int) -> dict[str, Any]:
 
 
 def run_child(role: str, root: Path, rows: int, sizes: list[int] | None = None) -> dict[str, Any]:
-    result_path = root / f"result-{role}-{rows}.json"
-    command = [
-        sys.executable, str(Path(__file__).resolve()),
-        "--child", role, "--workdir", str(root), "--rows", str(rows),
-        "--sizes", ",".join(str(s) for s in sizes or [rows]), "--result", str(result_path),
-    ]  # fmt: skip
     started = time.perf_counter()
-    completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise BenchmarkError(f"the {role} child exited with status {completed.returncode}")
-    result = json.loads(result_path.read_text())
+    result = common_run_child(
+        __file__, role, root / f"result-{role}-{rows}.json",
+        ["--workdir", str(root), "--rows", str(rows),
+         "--sizes", ",".join(str(s) for s in sizes or [rows])],
+    )
     result["wall_seconds"] = time.perf_counter() - started
     return result
 
@@ -380,8 +375,7 @@ def run(args: argparse.Namespace) -> int:
     cases, verdicts = build_cases(args.rows, args.feast_rows, ours, ours_at_feast, feast)
     out.rule()
     print_cases(out, "export: ours vs Feast get_historical_features", cases, verdicts)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "export", "cases": cases}, indent=2) + "\n")
+    write_results(args.output, "export", cases)
     out.print(f"wrote {args.output} in {time.perf_counter() - began:.0f} s total")
     return 0
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from common import BenchmarkError, print_cases, run_main
+from common import BenchmarkError, print_cases, run_main, write_results
+from common import run_child as common_run_child
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -310,20 +310,11 @@ def describe(who: str, rows: int, result: dict[str, Any]) -> str:
 
 
 def run_child(role: str, workspace: Workspace) -> dict[str, Any]:
-    result_path = workspace.root / f"result-{role}.json"
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child", role,
-        "--workdir", str(workspace.root),
-        "--rows", str(workspace.rows),
-        "--result", str(result_path),
-    ]  # fmt: skip
     started = time.perf_counter()
-    completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise BenchmarkError(f"the {role} child exited with status {completed.returncode}")
-    result = json.loads(result_path.read_text())
+    result = common_run_child(
+        __file__, role, workspace.root / f"result-{role}.json",
+        ["--workdir", str(workspace.root), "--rows", str(workspace.rows)],
+    )
     result["wall_seconds"] = time.perf_counter() - started
     return result
 
@@ -579,10 +570,7 @@ def run(args: argparse.Namespace) -> int:
     cases, verdicts = build_cases(args.rows, args.big_rows, ours, feast, big)
     console.rule()
     print_cases(console, "materialize: ours vs feast materialize", cases, verdicts)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps({"benchmark": "materialize", "cases": cases}, indent=2) + "\n"
-    )
+    write_results(args.output, "materialize", cases)
     console.print(f"wrote {args.output} in {time.perf_counter() - began:.0f} s total")
     return 0
 

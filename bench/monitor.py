@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BenchmarkError, print_cases, run_main
+from common import BenchmarkError, print_cases, run_main, write_results
+from common import run_child as common_run_child
 from drift import current_rss_mib, numeric_column, peak_rss_mib
 from rich.console import Console
 
@@ -123,14 +123,11 @@ def child_evidently(root: Path, reference_rows: int) -> dict[str, Any]:
 
 
 def run_child(role: str, root: Path, reference_rows: int) -> dict[str, Any]:
-    result = root / f"result-{role}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--workdir",
-               str(root), "--result", str(result), "--reference-rows", str(reference_rows)]
     with console.status(f"  {role}: checking the window"):
-        completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise BenchmarkError(f"the {role} child exited with status {completed.returncode}")
-    return json.loads(result.read_text())
+        return common_run_child(
+            __file__, role, root / f"result-{role}.json",
+            ["--workdir", str(root), "--reference-rows", str(reference_rows)],
+        )
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -170,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     print_cases(console, "monitor window: ours vs Evidently", cases,
                 [ours["seconds"] <= TIME_TARGET, None])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "monitor", "cases": cases}, indent=2) + "\n")
+    write_results(args.output, "monitor", cases)
     console.print(f"wrote {args.output}")
     return 0
 

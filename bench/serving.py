@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from common import write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -276,8 +277,7 @@ def main() -> int:
             "anchor_name": "bare FastAPI + one redis-py pipelined read (bench/floor_app.py)",
             "ratio": ours["rps"] / floor["rps"], "target": f">= {FLOOR_TARGET}x",
         })
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "serving", "cases": cases}, indent=2) + "\n")
+    write_results(args.output, "serving", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")
     for c in cases:
         table.add_row(c["case"], f"{c['ours']:,.1f} {c['unit']}", f"{c['anchor']:,.1f}",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import redis
+from common import write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -276,8 +276,7 @@ def main() -> int:
         case("CPU of the worker process per event", "cpu", "us/event",
              ours["cpu_us_per_event"], None, "-", higher_is_better=False),
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "stream", "cases": cases}, indent=2) + "\n")
+    write_results(args.output, "stream", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")
     for c in cases:
         table.add_row(c["case"], f"{c['ours']:,.1f} {c['unit']}",
