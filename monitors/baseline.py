@@ -42,7 +42,7 @@ from featurestore.errors import FeatureStoreError, InputDataError
 from featurestore.export import read_export_metadata
 from featurestore.offline import replacing
 from featurestore.settings import Settings
-from monitors.columns import column_kind
+from monitors.columns import column_kind, missing_values
 from monitors.config import SCORE_COLUMN
 from monitors.store import BASELINES
 
@@ -152,14 +152,6 @@ def _sampled_rows(rows: int, sample_rows: int, seed: int) -> np.ndarray:
     return picked
 
 
-def _missing(column: pa.Array) -> int:
-    """Nulls, and NaN of floats: what an export's statistics count as `null_count`."""
-    missing = column.null_count
-    if pa.types.is_floating(column.type):
-        missing += pc.sum(pc.is_nan(column)).as_py() or 0
-    return missing
-
-
 def _read_sample(
     parquet: pq.ParquetFile, columns: list[str], picks: np.ndarray, count_nulls: list[str]
 ) -> tuple[pa.Table, dict[str, int]]:
@@ -182,7 +174,7 @@ def _read_sample(
             batch_size=READ_BATCH_ROWS, row_groups=[group], columns=wanted, use_threads=False
         ):
             for name in count_nulls:
-                nulls[name] += _missing(batch.column(name))
+                nulls[name] += missing_values(batch.column(name))
             low, high = np.searchsorted(picks, [offset, offset + batch.num_rows])
             if high > low:
                 taken = batch.select(columns).take(pa.array(picks[low:high] - offset))
@@ -283,7 +275,7 @@ def _profile(
             "kind": kind,
             "dtype": str(column.type),
             "null_rate": null_rates[name],
-            "sample_null_rate": _missing(column) / len(column) if len(column) else 0.0,
+            "sample_null_rate": missing_values(column) / len(column) if len(column) else 0.0,
         }
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             spec |= _numbers(column)
@@ -430,7 +422,7 @@ def build_baseline(
         scores = pa.array(model.score(sample), pa.float32())
         sample = sample.select(columns).append_column(SCORE_COLUMN, scores)
         references[SCORE_COLUMN] = SCORE_COLUMN
-        null_rates[SCORE_COLUMN] = _missing(scores) / len(scores)  # scored on the sample only
+        null_rates[SCORE_COLUMN] = missing_values(scores) / len(scores)  # scored on the sample only
     profile = _profile(sample, references, null_rates)
     return _store(
         settings,

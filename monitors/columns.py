@@ -146,3 +146,11 @@ def sample_rows(table: pa.Table, max_rows: int, rng: np.random.Generator) -> pa.
     picked = rng.choice(table.num_rows, size=max_rows, replace=False)
     picked.sort()
     return table.take(pa.array(picked))
+
+
+def missing_values(column: pa.Array | pa.ChunkedArray) -> int:
+    """Nulls, and NaN of floats: what an export's statistics count as `null_count`."""
+    missing = column.null_count
+    if pa.types.is_floating(column.type):
+        missing += pc.sum(pc.is_nan(column)).as_py() or 0
+    return missing

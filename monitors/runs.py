@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from monitors.alerts import apply_window
 from monitors.baseline import Baseline
 from monitors.capture import Window
+from monitors.columns import missing_values
 from monitors.config import SCORE_COLUMN, MonitorConfig, MonitorConfigError, MonitorsFile
 from monitors.drift import ColumnDrift, DriftResult, check_drift
 from monitors.multivariate import MultivariateResult, mmd_test
@@ -73,12 +74,7 @@ def _current(window: Window, reference: pa.Table) -> pa.Table:
 
 
 def _null_rate(column: pa.ChunkedArray) -> float:
-    if not len(column):
-        return 0.0
-    nulls = column.null_count
-    if pa.types.is_floating(column.type):
-        nulls += pc.sum(pc.is_nan(column.fill_null(0.0))).as_py() or 0
-    return nulls / len(column)
+    return missing_values(column) / len(column) if len(column) else 0.0
 
 
 def _usable(column: pa.ChunkedArray) -> bool:
@@ -88,20 +84,20 @@ def _usable(column: pa.ChunkedArray) -> bool:
     return column.null_count < len(column)
 
 
-def _no_values(current: pa.ChunkedArray, reference: pa.ChunkedArray) -> ColumnOutcome:
+def _no_values(current: pa.ChunkedArray, reference_null_rate: float) -> ColumnOutcome:
     """A feature the window has no usable value of counts as drifted: whatever served it
     broke, and no statistic can say otherwise. The statistic is its null rate."""
     rate = _null_rate(current)
     return ColumnOutcome(drifted=True, method=NO_VALUES, statistic=rate, threshold=1.0,
-                         reference_null_rate=_null_rate(reference), current_null_rate=rate)
+                         reference_null_rate=reference_null_rate, current_null_rate=rate)
 
 
-def _outcomes(result: DriftResult, names: dict[str, str], reference: pa.Table,
+def _outcomes(result: DriftResult, names: dict[str, str], baseline: Baseline,
               current: pa.Table) -> dict[str, ColumnOutcome]:
     return {
         names[c.column]: ColumnOutcome(
             drifted=c.drifted, method=c.method, statistic=c.statistic, threshold=c.threshold,
-            reference_null_rate=_null_rate(reference.column(c.column)),
+            reference_null_rate=baseline.profile[c.column]["sample_null_rate"],
             current_null_rate=_null_rate(current.column(c.column)),
         )
         for c in result.columns
@@ -162,7 +158,7 @@ def _check(monitor: MonitorConfig, baseline: Baseline, names: dict[str, str],
            reference: pa.Table, current: pa.Table, methods: dict[str, str],
            thresholds: dict[str, float], report_stem) -> _Checked:
     testable = [c for c in names if _usable(current.column(c))]
-    outcomes = {names[c]: _no_values(current.column(c), reference.column(c))
+    outcomes = {names[c]: _no_values(current.column(c), baseline.profile[c]["sample_null_rate"])
                 for c in names if c not in testable}
     if not testable:
         return _Checked(outcomes, {}, None, None)
@@ -173,7 +169,7 @@ def _check(monitor: MonitorConfig, baseline: Baseline, names: dict[str, str],
         reference, current, columns=testable, methods=methods, thresholds=thresholds,
         drift_share=monitor.drift.drift_share, kinds=kinds,
     )
-    outcomes.update(_outcomes(result, names, reference, current))
+    outcomes.update(_outcomes(result, names, baseline, current))
     multivariate = None
     if monitor.drift.multivariate is not None:
         options = monitor.drift.multivariate
