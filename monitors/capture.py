@@ -237,27 +237,6 @@ class CaptureLog:
             self._drop(subject, "error", 0)
             log.exception("capture log: cannot sample an offer of %s", subject)
 
-    def offer(
-        self,
-        subject: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence],
-        newest_events: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Row-major rows; `newest_events`: per view, the newest event time of `rows`."""
-        if self._closed or not self.rate:
-            return
-        try:
-            picks = self.sample(len(rows))
-            if picks is None:
-                return
-            kept = list(rows) if isinstance(picks, range) else [rows[i] for i in picks]
-            times = {view: [t] for view, t in (newest_events or {}).items()}
-            self._queue_offer(subject, columns, kept, times, len(kept))
-        except Exception:  # as in offer_columns
-            self._drop(subject, "error", 0)
-            log.exception("capture log: cannot sample an offer of %s", subject)
-
     def offer_table(
         self,
         subject: str,

@@ -128,7 +128,8 @@ def test_offer_forms_and_values(kafka_bootstrap) -> None:
     log = CaptureLog(settings, "test", registry=CollectorRegistry())
     stamp = datetime(2026, 3, 2, 8, 30, 0, 123456, tzinfo=UTC)
     stamp_ms = int(stamp.timestamp() * 1000)
-    log.offer(OTHER, ["a", "b"], [[1, "x"], [2, None]], {"card_profile": stamp})
+    log.offer_columns(OTHER, ["a", "b"], [[1, 2], ["x", None]],
+                      {"card_profile": [stamp - timedelta(days=1), stamp]})
     log.offer_columns(SUBJECT, ["f", "g"], [[float("nan"), 1.5], [float("inf"), -2]],
                       {"v": ["2026-03-02T08:30:00.123456Z", None], "odfv": [None, None]})
     table = pa.table({
