@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
+from sqlalchemy.engine import make_url
 
+from featurestore.migrations.lock import schema_lock
 from featurestore.settings import Settings
 
 REGISTRY_PASSWORD_REF = "${FEATURESTORE_REGISTRY_PASSWORD}"
@@ -94,8 +96,20 @@ def render_feature_store_yaml(settings: Settings) -> Path:
     return path
 
 
+_registries_ready: set[str] = set()
+
+
 def feature_store(settings: Settings) -> FeatureStore:
-    return FeatureStore(config=repo_config(settings))
+    store = FeatureStore(config=repo_config(settings))
+    if settings.registry_url not in _registries_ready:
+        # Feast's SQL registry creates its tables at first use (create_all, then a project row):
+        # processes starting together on an empty database would race on CREATE TABLE.
+        password = settings.registry_password
+        url = _registry_path(settings, password.get_secret_value() if password else None)
+        with schema_lock(make_url(url), "feast-registry"):
+            store.registry  # the property opens (and if need be creates) the registry
+        _registries_ready.add(settings.registry_url)
+    return store
 
 
 def _forget_repo_modules(repo: Path) -> None:
