@@ -244,3 +244,27 @@ def test_the_api_refuses_to_start_on_a_database_ahead_of_the_code(tmp_path) -> N
     assert (f"the database {url} is at schema revision 0099, which this version of featurestore "
             "does not know") in served.stderr
     assert not (tmp_path / "data" / "registry.db").exists()  # refused before the registry
+
+
+def test_a_new_revision_takes_a_database_to_the_declared_tables(monkeypatch, tmp_path) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(migrations.DIRECTORY, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(migrations, "DIRECTORY", directory)
+    migrations.scripts.cache_clear()
+    declared = sa.MetaData()  # a copy: the declarations other tests import stay as they are
+    for table in _declared_tables().sorted_tables:
+        table.to_metadata(declared)
+    declared.tables["monitor_alerts"].append_column(sa.Column("group_key", sa.String(600)))
+    sa.Table("monitor_alert_groups", declared, sa.Column("group_key", sa.String(600), primary_key=True))
+    try:
+        written = migrations.new_revision("alert groups", declared)
+        assert written == directory / "versions" / "0002_alert_groups.py"
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'at-head.db'}", poolclass=NullPool)
+        migrations.prepare(engine)  # an empty database: created at the new head
+        with engine.connect() as connection:
+            assert migrations.read_state(connection).current == "0002"
+            context = MigrationContext.configure(
+                connection, opts={"version_table": migrations.VERSION_TABLE})
+            assert compare_metadata(context, declared) == []
+    finally:
+        migrations.scripts.cache_clear()
