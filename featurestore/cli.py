@@ -118,13 +118,77 @@ def generate(
 @app.command()
 @_clear_errors
 def apply() -> None:
-    """Register feature_repo/ in the registry (feast apply) and render feature_store.yaml."""
+    """Upgrade our SQL schema (as `db upgrade`), register feature_repo/ in the registry (feast
+    apply) and render feature_store.yaml."""
     from featurestore.feast_config import apply as apply_repo
     from featurestore.settings import get_settings
 
     settings = get_settings()
+    _upgrade_schema(settings)
     apply_repo(settings)
     console.print(f"applied {settings.feature_repo} to project {settings.project!r}")
+
+
+db_app = typer.Typer(help="Our SQL schema (API keys, dataset jobs, monitors): Alembic revisions.")
+app.add_typer(db_app, name="db")
+
+
+def _upgrade_schema(settings) -> None:
+    from featurestore.db import raw_engine
+    from featurestore.migrations import upgrade
+
+    before, after = upgrade(raw_engine(settings))
+    if before.current == after.current:
+        console.print(f"schema already at {after.current} (head)")
+    else:
+        console.print(f"schema upgraded from {before.current or 'none'} to {after.current}")
+
+
+@db_app.command("upgrade")
+@_clear_errors
+def db_upgrade() -> None:
+    """Migrate the database to this version's schema (stop every other process first)."""
+    from featurestore.settings import get_settings
+
+    _upgrade_schema(get_settings())
+
+
+@db_app.command("current")
+@_clear_errors
+def db_current() -> None:
+    """Print the database's schema revision and how it compares with this version's."""
+    from featurestore.db import raw_engine
+    from featurestore.migrations import describe, read_state
+    from featurestore.settings import get_settings
+
+    with raw_engine(get_settings()).connect() as connection:
+        print(describe(read_state(connection)))
+
+
+@db_app.command("history")
+@_clear_errors
+def db_history() -> None:
+    """List the schema revisions this version has, oldest first."""
+    from featurestore.migrations import history
+
+    for script in history():
+        print(f"{script.revision}  {script.doc}{'  (head)' if script.is_head else ''}")
+
+
+@db_app.command("revision")
+@_clear_errors
+def db_revision(
+    message: Annotated[str, typer.Argument(help="What the revision changes, e.g. 'alert groups'.")],
+) -> None:
+    """For developers: write the next revision from the tables the code declares (review it)."""
+    # Each module declares its tables at import.
+    import featurestore.api.datasets
+    import featurestore.apikeys  # noqa: F401
+    import monitors.store  # noqa: F401
+    from featurestore.db import METADATA
+    from featurestore.migrations import new_revision
+
+    console.print(f"wrote {new_revision(message, METADATA)}")
 
 
 def _parse_day(value: str, option: str) -> date:

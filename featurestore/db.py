@@ -1,7 +1,10 @@
 """Our own SQL tables (SQLAlchemy): SQLite in the embedded profile, PostgreSQL in services.
 
-Each owner declares its tables on `METADATA` at import; `engine()` creates any declared table
-that is missing, so a table declared by a module imported later is created on its first use.
+Each owner declares its tables on `METADATA` at import, for its queries; the schema in the
+database comes from the Alembic revisions in `featurestore.migrations` (a table or column added
+here needs a new revision there: see the README, "Schema and upgrades"). `engine()` checks the
+schema once per process: it creates it on an empty database and refuses one behind or ahead of
+this code.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from featurestore import migrations
 from featurestore.settings import Settings
 
 METADATA = sa.MetaData()
-_created: dict[Engine, int] = {}
+_checked: set[Engine] = set()
 
 
 @functools.cache
@@ -30,11 +34,18 @@ def _engine(url: str, password: str | None) -> Engine:
     return sa.create_engine(address, pool_pre_ping=True, connect_args=connect_args)
 
 
-def engine(settings: Settings) -> Engine:
-    """The engine of `settings.database_url` (one per URL and process), every declared table created."""
+def raw_engine(settings: Settings) -> Engine:
+    """The engine of `settings.database_url` (one per URL and process), schema unchecked: for
+    the `featurestore db` commands, which report or migrate it."""
     password = settings.database_password
-    result = _engine(settings.database_url, password.get_secret_value() if password else None)
-    if _created.get(result) != len(METADATA.tables):
-        METADATA.create_all(result)
-        _created[result] = len(METADATA.tables)
+    return _engine(settings.database_url, password.get_secret_value() if password else None)
+
+
+def engine(settings: Settings) -> Engine:
+    """The engine of `settings.database_url`, its schema at this code's revision (created on an
+    empty database; `migrations.SchemaError` when the database is behind or ahead)."""
+    result = raw_engine(settings)
+    if result not in _checked:
+        migrations.prepare(result)
+        _checked.add(result)
     return result

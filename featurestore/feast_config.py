@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
+from featurestore.migrations.lock import schema_lock
 from featurestore.settings import Settings
 
 REGISTRY_PASSWORD_REF = "${FEATURESTORE_REGISTRY_PASSWORD}"
@@ -94,8 +98,36 @@ def render_feature_store_yaml(settings: Settings) -> Path:
     return path
 
 
+_registries_ready: set[str] = set()
+
+
+def _registry_settled(url: URL, project: str) -> bool:
+    """Whether Feast's registry has its tables and the project's row: opening it then writes
+    nothing that two processes could race on."""
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table("projects"):
+                return False
+            query = sa.text("SELECT 1 FROM projects WHERE project_id = :project")
+            return connection.execute(query, {"project": project}).first() is not None
+    finally:
+        engine.dispose()
+
+
 def feature_store(settings: Settings) -> FeatureStore:
-    return FeatureStore(config=repo_config(settings))
+    store = FeatureStore(config=repo_config(settings))
+    if settings.registry_url not in _registries_ready:
+        # Feast's SQL registry creates its tables at first use (create_all), and the next two
+        # openings write the project's rows: processes starting together on an empty database
+        # race on CREATE TABLE and on those rows. Until it is settled, one opens it at a time.
+        password = settings.registry_password
+        url = make_url(_registry_path(settings, password.get_secret_value() if password else None))
+        settled = _registry_settled(url, settings.project)
+        with contextlib.nullcontext() if settled else schema_lock(url, "feast-registry"):
+            _ = store.registry  # the property opens (creates, if need be) the registry
+        _registries_ready.add(settings.registry_url)
+    return store
 
 
 def _forget_repo_modules(repo: Path) -> None:

@@ -32,11 +32,14 @@ log = logging.getLogger("featurestore.api")
 class ServingState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Checked first, whatever the auth mode: a schema behind or ahead of this code stops the
+        # worker here (SchemaError names the command to run), not at its first export.
+        database = engine(settings)
         self.store: FeatureStore = feature_store(settings)
         self.catalog = Catalog(self.store)
         self.registry_version = self._registry_version()
         self.registry_error: str | None = None
-        self.verifier = KeyVerifier(engine(settings)) if settings.api_auth == "keys" else None
+        self.verifier = KeyVerifier(database) if settings.api_auth == "keys" else None
         self.pool: RedisPool | None = None
         if settings.online_store_kind == "redis":
             password = settings.redis_password
