@@ -134,7 +134,9 @@ def test_the_notification_carries_links_and_no_secret(db, monkeypatch) -> None:
         ).scalars().first()
     assert stored["report_url"] == f"{URL}/v1/drift-runs/{alert['last_run_id']}/report"
     assert stored["alert_url"] == f"{URL}/v1/alerts/{alert['alert_id']}"
-    assert stored["dedup_key"] == "m/feature_drift/v:a" and stored["event"] == "trigger"
+    # One page per window: its key names the page, its alerts their own keys.
+    assert stored["dedup_key"] == f"m/page/{alert['alert_id']}" and stored["event"] == "trigger"
+    assert [a["dedup_key"] for a in stored["alerts"]] == ["m/feature_drift/v:a"]
     assert stored["summary"] == "[m] v:a drifted" and stored["details"] == {"statistic": 0.3}
     assert "secret-routing-key" not in str(stored)
 

@@ -47,7 +47,8 @@ def test_a_good_file_parses_with_defaults() -> None:
     assert fraud.window.rows == 5000 and fraud.window.min_rows == 100
     assert fraud.auto_resolve_after == 3 and fraud.baseline == "latest"
     assert [r.kind for r in fraud.rules] == [
-        "feature_drift", "drift_share", "multivariate", "freshness", "null_rate"
+        "feature_drift", "drift_share", "multivariate", "freshness", "null_rate",
+        "monitor_health",  # on by default
     ]
     assert config.notifiers["oncall"].url == "https://events.pagerduty.com/v2/enqueue"
 
