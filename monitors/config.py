@@ -237,6 +237,8 @@ class MonitorConfig(_Strict):
 
 class MonitorsFile(_Strict):
     interval_seconds: float = Field(30.0, gt=0)  # how often `monitors run` reads the capture log
+    # The most one notification request may take, answer included (then it is retried).
+    delivery_deadline_seconds: float = Field(10.0, gt=0, le=300)
     notifiers: dict[str, Notifier] = Field(default_factory=dict)
     monitors: dict[str, MonitorConfig] = Field(min_length=1)
 

@@ -47,7 +47,6 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"  # row statuses
 RETRIED = "retried"  # the outcome of an attempt that will be repeated
 _ERROR_CHARS = 2000  # OUTBOX.last_error's size
 _MAX_DOUBLINGS = 32  # past this the cap applies anyway; keeps 2^n a small number
-LEASE_MARGIN_SECONDS = 10.0  # a lease outlasts a send's deadline by this much
 
 NOTIFICATIONS = Counter(
     "featurestore_monitor_notifications",
@@ -136,6 +135,7 @@ class Outbox:
         backoff_max_seconds: float = 300.0,
         give_up_after: timedelta = timedelta(hours=24),
         batch: int = 100,
+        lease_margin_seconds: float = 10.0,
     ) -> None:
         self.engine = engine
         self._notifiers = notifiers if callable(notifiers) else lambda: notifiers
@@ -147,7 +147,7 @@ class Outbox:
         # A send takes deadline_seconds at most, and the lease is renewed while a row waits for
         # its notifier's rate limit or is being sent: a short lease, so a deliverer that died
         # holds its rows back briefly, and a live one never loses its rows to another.
-        self._lease = timedelta(seconds=deadline_seconds + LEASE_MARGIN_SECONDS)
+        self._lease = timedelta(seconds=deadline_seconds + lease_margin_seconds)
         self._random = random.Random()
         self._lanes: dict[str, _Lane] = {}
         self._counts_lock = threading.Lock()

@@ -61,7 +61,8 @@ class MonitorWorker:
         check_secrets(self._config(), str(settings.monitors_config))
         self.settings = settings
         self.engine = sql_engine(settings)
-        self.outbox = Outbox(self.engine, lambda: self._config().notifiers)
+        self.outbox = Outbox(self.engine, lambda: self._config().notifiers,
+                             deadline_seconds=self._config().delivery_deadline_seconds)
         self.readers: dict[str, tuple[MonitorConfig, CaptureReader]] = {}
         self.failing: dict[str, int] = {}  # monitor -> passes failed in a row
         self._healthy: set[str] = set()  # monitors known to have no open health alert
