@@ -3,7 +3,8 @@
 `build_request` turns one notification (the outbox's JSON, no secrets) into the HTTP request a
 notifier expects; the secrets (PagerDuty routing key, Slack webhook URL, webhook signing key) are
 read from the environment here and only here, and travel in the returned `HttpRequest` only,
-whose repr hides them. `send` posts it and raises `DeliveryError` saying whether a retry can help.
+whose repr hides them. `send` posts it within a wall-clock deadline and raises `DeliveryError`
+saying whether a retry can help.
 
 Which events each kind takes (`accepts`): PagerDuty, Slack and the generic webhook get one
 `trigger` per alert, then `acknowledge` and `resolve`; Alertmanager has no acknowledgement but
@@ -20,8 +21,12 @@ the secret in the notifier's `secret_env` variable. Check it before parsing the 
                           headers["X-Featurestore-Signature"])
 
 A timestamp more than five minutes away from the receiver's clock is refused (replays).
-`Idempotency-Key` is the same for every retry of one event of one alert: a receiver that has seen
-it may answer 2xx and do nothing.
+`Idempotency-Key` (and `Webhook-Id`, its Standard Webhooks name) is the same for every retry of
+one event of one page: a receiver that has seen it may answer 2xx and do nothing.
+
+A notification is a page: the alerts one window opened together (`alerts` lists them; the first
+leads with its id, links and run). `send` follows 307/308 redirects on the same origin and bounds
+each request's whole time; other redirects are retryable errors.
 """
 
 from __future__ import annotations

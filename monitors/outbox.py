@@ -1,16 +1,23 @@
 """The durable outbox: a notification waits in SQL until its notifier took it.
 
 `enqueue` writes one row per notifier that takes the event, inside the transaction that changed
-the alert, so a crash loses neither. `Outbox.deliver_due` sends what is due, oldest first:
-- per notifier and dedup key only the oldest pending row goes, so a resolve never overtakes its
-  trigger (a failed row stops blocking: the rows after it still go);
+the alert, so a crash loses neither. `Outbox.serve` (the worker's delivery thread) and
+`Outbox.deliver_due` (one pass, for `--once` and tests) send what is due, oldest first:
+- per notifier and dedup key (the page key) only the oldest pending row goes, so a resolve never
+  overtakes its trigger (a failed row stops blocking: the rows after it still go);
+- each notifier has a lane: at most `concurrency` requests in flight, started at most
+  `max_per_second` apart, paused by a Retry-After; each request, answer included, ends within
+  `deadline_seconds` (`monitors.notifiers.send`), so a receiver that hangs or drips holds only
+  its own lane, for that long;
 - a retryable failure waits `base * 2^failures` seconds (capped, jittered) or the notifier's
   Retry-After; a non-retryable one, or failures beyond `give_up_after`, fail the row and log an
   ERROR naming the notifier, the alert and the reason;
-- before sending, a row is leased (its next attempt moved past the send's worst case), so two
-  deliverers on one database do not both send it; a deliverer that dies mid-send leaves the row
-  to be sent again when the lease ends: at least once, and the receivers dedupe (PagerDuty by
-  dedup key, Alertmanager by labels, webhooks by Idempotency-Key).
+- before sending, a row is leased (its next attempt moved a deadline plus a margin ahead) and the
+  lease is renewed while it waits for its lane or is sent, so two deliverers on one database do
+  not both send it; a deliverer that dies mid-send leaves the row to be sent again when the lease
+  ends, and an answer after the deadline is retried: at least once, the receivers dedupe
+  (PagerDuty by dedup key, Alertmanager by labels, webhooks by Idempotency-Key / Webhook-Id;
+  Slack cannot: a rare second post).
 Every bit of delivery state is in the row, so a restarted worker carries on where the last one
 stopped. Secrets are read at send time (`monitors.notifiers`) and never stored.
 """

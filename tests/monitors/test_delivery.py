@@ -230,3 +230,44 @@ def test_a_hanging_and_a_dripping_receiver_hold_up_neither_checks_nor_other_rece
             stop.set()
             running.join(30)
         assert not running.is_alive()
+
+
+RELOADED = """
+notifiers:
+  first: {{type: webhook, url: "{first}/hook", secret_env: HOOK_KEY}}
+{extra}
+monitors:
+  m:
+    feature_view: txn
+    window: {{rows: 100}}
+    rules: [{{kind: feature_drift}}]
+    notify: [{notify}]
+"""
+
+
+def test_the_worker_delivers_for_a_notifier_added_to_the_file_after_it_started(
+    configure, tmp_path
+) -> None:
+    from monitors.alerts import acknowledge
+    from monitors.config import config_source
+
+    with Receiver() as first, Receiver() as added:
+        path = tmp_path / "monitors.yaml"
+        path.write_text(RELOADED.format(first=first.url, extra="", notify="first"))
+        settings = configure(monitors_config=str(path))
+        worker = MonitorWorker(settings, MonitorsConfigSource(path).current)
+        alert_id = add_alert(worker.engine)
+        with worker.engine.begin() as conn:
+            conn.execute(sa.update(ALERTS).values(monitor="m"))
+        # The file gains a notifier; the API (its own reading of the file) acknowledges.
+        path.write_text(RELOADED.format(
+            first=first.url, notify="first, added",
+            extra=f'  added: {{type: webhook, url: "{added.url}/hook", secret_env: HOOK_KEY}}'))
+        acknowledge(worker.engine, config_source(path).current(), alert_id, "alice",
+                    public_url="http://fs")
+        assert worker.outbox.deliver_due() == DeliveryCounts(2, 0, 0)
+        assert [r.json()["event"] for r in added.received] == ["acknowledge"]
+        # An invalid edit: the worker goes on with the last valid version.
+        path.write_text("monitors: {m: {window: {rows: 0}}}\n")
+        assert set(worker.config.notifiers) == {"first", "added"}
+        worker.close()
