@@ -203,9 +203,9 @@ class MonitorConfig(_Strict):
     @classmethod
     def _health_rule_by_default(cls, data: object) -> object:
         rules = data.get("rules") if isinstance(data, dict) else None
-        if isinstance(rules, list) and rules and not any(
-            isinstance(r, dict) and r.get("kind") == "monitor_health" for r in rules
-        ):
+        kinds = [r.get("kind") if isinstance(r, dict) else getattr(r, "kind", None)
+                 for r in rules] if isinstance(rules, list) else []
+        if kinds and "monitor_health" not in kinds:
             data = {**data, "rules": [*rules, {"kind": "monitor_health"}]}
         return data
 

@@ -192,7 +192,7 @@ def _alertmanager(name: str, config: AlertmanagerNotifier, note: dict) -> HttpRe
     at = datetime.fromisoformat(note["at"])
     ends = at if note["event"] == "resolve" else at + ALERTMANAGER_HOLD
     alerts = []
-    for alert in note["alerts"]:
+    for alert in note.get("alerts", [note]):  # a row queued before pages is its one alert
         annotations = {
             "summary": alert["summary"],
             "description": (

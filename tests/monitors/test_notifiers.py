@@ -449,3 +449,47 @@ def test_webhook_signatures_carry_the_clock_by_default(
     got = deliver(client, receiver, "webhook", notification())
     assert verify_signature(HMAC_KEY, got.headers["x-featurestore-timestamp"], got.body,
                             got.headers["x-featurestore-signature"])
+
+
+def _storm(alerts: int) -> dict:
+    """The page of one window that opened `alerts` feature-drift alerts."""
+    from monitors.alerts import page_notification
+
+    opened = [{
+        "alert_id": 100 + i, "dedup_key": f"fraud/feature_drift/v:feature_{i:02d}",
+        "monitor": "fraud", "rule": "feature_drift", "target": f"v:feature_{i:02d}",
+        "severity": "critical" if i == 7 else "warning", "status": "triggered",
+        "summary": f"[fraud] v:feature_{i:02d} drifted in window (psi 0.4, threshold 0.1)",
+        "details": {"statistic": 0.4}, "triggered_at": "2025-03-01T11:30:00+00:00",
+        "last_run_id": 7,
+    } for i in range(alerts)]
+    return page_notification(opened, "fraud/page/100", "trigger",
+                             datetime(2025, 3, 1, 12, tzinfo=UTC), "http://fs.example:8000")
+
+
+@pytest.mark.usefixtures("secrets")
+def test_a_grouped_page_within_each_receivers_limits(client: Sender, receiver: Receiver) -> None:
+    note = _storm(60)
+    pd = deliver(client, receiver, "pagerduty", note).json()
+    assert pd["dedup_key"] == "fraud/page/100" and pd["payload"]["severity"] == "critical"
+    assert len(pd["payload"]["summary"]) == 1024 and pd["payload"]["class"] == "feature_drift"
+    assert pd["payload"]["custom_details"]["drifted_features"] == [
+        f"v:feature_{i:02d}" for i in range(60)]
+    slack = deliver(client, receiver, "slack", note).json()
+    header, section = slack["blocks"][0]["text"]["text"], slack["blocks"][1]["text"]["text"]
+    assert len(header) <= 150 and len(section) <= 3000
+    assert section.startswith("[fraud] 60 alerts: v:feature_00 drifted")
+    am = deliver(client, receiver, "alertmanager", note).json()
+    assert [a["labels"]["target"] for a in am] == [f"v:feature_{i:02d}" for i in range(60)]
+    assert am[7]["labels"]["severity"] == "critical"
+    assert am[7]["annotations"]["alert_url"] == "http://fs.example:8000/v1/alerts/107"
+
+
+@pytest.mark.usefixtures("secrets")
+def test_a_row_queued_before_pages_goes_to_alertmanager_as_its_alert(
+    client: Sender, receiver: Receiver
+) -> None:
+    note = notification()
+    del note["alerts"]
+    (alert,) = deliver(client, receiver, "alertmanager", note).json()
+    assert alert["labels"]["dedup_key"] == note["dedup_key"]
