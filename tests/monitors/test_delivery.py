@@ -20,12 +20,13 @@ from monitors.store import ALERTS, OUTBOX
 from monitors.worker import MonitorWorker
 from tests.monitors.receiver import Receiver, Reply
 from tests.monitors.test_notifiers import HMAC_KEY, Sender, notification
-from tests.monitors.test_outbox import (
+from tests.monitors.test_outbox import (  # noqa: F401 (postgres_url: a fixture)
     KEY_A,
     KEY_B,
     T0,
     add_alert,
     hook,
+    postgres_url,
     queue,
     rows,
     sent,
@@ -118,7 +119,8 @@ def test_slack_gets_at_most_one_message_a_second(
             queue(engine, notifiers, add_alert(engine, key), key=key)
         assert Outbox(engine, notifiers).deliver_due(T0) == DeliveryCounts(3, 0, 0)
         arrivals = [r.at for r in chat.received]
-    assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(arrivals))
+    # Started 1 s apart; what the network adds or takes away stays far below half of that.
+    assert all(later - earlier >= 0.5 for earlier, later in itertools.pairwise(arrivals))
 
 
 def test_a_2xx_after_the_deadline_is_sent_again_under_the_same_keys(engine: sa.Engine) -> None:
@@ -137,14 +139,14 @@ def test_a_2xx_after_the_deadline_is_sent_again_under_the_same_keys(engine: sa.E
 
 
 def test_a_lease_is_renewed_while_its_row_waits_for_the_rate_limit(engine: sa.Engine) -> None:
-    # Two rows, one lane of 0.25 requests a second: the second waits 4 s for its turn, past
-    # the 1.5 s lease it was claimed with. A second deliverer polling all along must not
-    # take it from the first.
+    # Two rows, one lane of 0.2 requests a second: the second waits 5 s for its turn, past
+    # the 3 s lease it was claimed with (renewed each second). A second deliverer polling all
+    # along must not take it from the first.
     with Receiver() as receiver:
-        notifiers = {"hook": hook(receiver, max_per_second=0.25)}
+        notifiers = {"hook": hook(receiver, max_per_second=0.2)}
         for key in (KEY_A, KEY_B):
             queue(engine, notifiers, add_alert(engine, key), key=key)
-        first = Outbox(engine, notifiers, deadline_seconds=1.0, lease_margin_seconds=0.5)
+        first = Outbox(engine, notifiers, deadline_seconds=1.0, lease_margin_seconds=2.0)
         done = threading.Event()
         serving = threading.Thread(target=first.serve, args=(done, 0.1))
         serving.start()
@@ -193,8 +195,10 @@ def _health(engine: sa.Engine) -> dict[str, int]:
         return {monitor: details["failures"] for monitor, details in found}
 
 
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql",
+                                                             marks=pytest.mark.postgres)])
 def test_a_hanging_and_a_dripping_receiver_hold_up_neither_checks_nor_other_receivers(
-    configure, tmp_path
+    configure, tmp_path, request, database: str
 ) -> None:
     # Neither monitor can run (no baseline): each pass raises or updates its monitor_health
     # alert, so the alerts count the passes, and each alert is a page for all three receivers.
@@ -203,7 +207,9 @@ def test_a_hanging_and_a_dripping_receiver_hold_up_neither_checks_nor_other_rece
         path = tmp_path / "monitors.yaml"
         path.write_text(MONITORS.format(hanging=hanging.url, dripping=dripping.url,
                                         good=good.url))
-        settings = configure(monitors_config=str(path))
+        database_url = (request.getfixturevalue("postgres_url") if database == "postgresql"
+                        else f"sqlite:///{tmp_path / 'monitors.db'}")
+        settings = configure(monitors_config=str(path), database_url=database_url)
         worker = MonitorWorker(settings, MonitorsConfigSource(path).current)
         stop = threading.Event()
         running = threading.Thread(target=worker.run, args=(stop,))
@@ -213,7 +219,8 @@ def test_a_hanging_and_a_dripping_receiver_hold_up_neither_checks_nor_other_rece
             # its requests open.
             wait_for(lambda: len(good.received) == 2, 15, "both pages at the good receiver")
             assert {r.json()["monitor"] for r in good.received} == {"first", "second"}
-            assert hanging.received and dripping.received
+            wait_for(lambda: hanging.received and dripping.received, 15,
+                     "the hanging and the dripping receiver reached")
             # Every monitor is still checked each interval while they hang and drip.
             passes = _health(worker.engine)
             wait_for(lambda: all(n >= passes[m] + 4 for m, n in _health(worker.engine).items()),
