@@ -261,9 +261,10 @@ class Outbox:
                            configs: dict[str, NotifierConfig],
                            clock: Callable[[], datetime]) -> None:
         try:
-            if not await asyncio.to_thread(self._claim, row, clock()):
+            lease_end = await asyncio.to_thread(self._claim, row, clock())
+            if lease_end is None:
                 return
-            renewal = asyncio.create_task(self._renew(row, clock))
+            renewal = asyncio.create_task(self._renew(row, lease_end, clock))
             try:
                 outcome, values = await self._attempt(client, lane, row, configs, clock)
             finally:
@@ -294,15 +295,29 @@ class Outbox:
         return DELIVERED, {"status": DELIVERED, "attempts": row.attempts + 1,
                            "delivered_at": clock(), "last_error": None}
 
-    async def _renew(self, row, clock: Callable[[], datetime]) -> None:
+    async def _renew(self, row, lease_end: datetime, clock: Callable[[], datetime]) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
-                await asyncio.to_thread(
-                    self._update, row, next_attempt_at=clock() + self._lease
-                )
+                renewed = await asyncio.to_thread(self._extend, row, lease_end, clock())
             except SQLAlchemyError:
-                pass  # the database is away: nobody else can claim the row either
+                continue  # the database is away: nobody else can claim the row either
+            if renewed is None:
+                return  # the attempt was recorded meanwhile
+            lease_end = renewed
+
+    def _extend(self, row, lease_end: datetime, now: datetime) -> datetime | None:
+        """Move our lease on; None when the row no longer holds it (a renewal that comes after
+        the attempt was recorded must not undo its backoff)."""
+        renewed = now + self._lease
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(OUTBOX)
+                .where(OUTBOX.c.message_id == row.message_id, OUTBOX.c.status == PENDING,
+                       OUTBOX.c.next_attempt_at == lease_end)
+                .values(next_attempt_at=renewed)
+            )
+        return renewed if result.rowcount == 1 else None
 
     def _due(self, now: datetime) -> list[sa.Row]:
         older = OUTBOX.alias("older")
@@ -321,8 +336,9 @@ class Outbox:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
-    def _claim(self, row, now: datetime) -> bool:
-        """Lease `row` for one send; False when another deliverer has it already."""
+    def _claim(self, row, now: datetime) -> datetime | None:
+        """Lease `row` for one send: the lease's end, or None when another deliverer has it."""
+        lease_end = now + self._lease
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(OUTBOX)
@@ -331,9 +347,9 @@ class Outbox:
                     OUTBOX.c.status == PENDING,
                     OUTBOX.c.next_attempt_at <= now,
                 )
-                .values(next_attempt_at=now + self._lease)
+                .values(next_attempt_at=lease_end)
             )
-            return result.rowcount == 1
+            return lease_end if result.rowcount == 1 else None
 
     def _update(self, row, **values) -> None:
         with self.engine.begin() as conn:
