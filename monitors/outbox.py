@@ -193,7 +193,7 @@ class Outbox:
         async with self._client() as client:
             while True:
                 # A delivered row lets the next row of its key go: query again until nothing new.
-                rows = [r for r in await asyncio.to_thread(self._due, clock())
+                rows = [r for r in await asyncio.to_thread(self._due, clock(), self._full())
                         if r.message_id not in tried]
                 launched = self._launch(client, rows, tasks, clock)
                 tried.update(launched)
@@ -207,7 +207,7 @@ class Outbox:
         async with self._client() as client:
             while not stop.is_set():
                 try:
-                    rows = await asyncio.to_thread(self._due, datetime.now(UTC))
+                    rows = await asyncio.to_thread(self._due, datetime.now(UTC), self._full())
                 except SQLAlchemyError as exc:
                     if not database_away:  # the messages wait in the database; once is news
                         log.warning("cannot read the outbox, retrying: %s", exc)
@@ -240,6 +240,11 @@ class Outbox:
             task.add_done_callback(lambda _, key=row.message_id: tasks.pop(key, None))
             launched.append(row.message_id)
         return launched
+
+    def _full(self) -> list[str]:
+        """Notifiers whose lane takes nothing now: their rows are left out of the query, so a
+        notifier that hangs with a backlog never crowds the others out of the batch."""
+        return [name for name, lane in self._lanes.items() if not lane.has_room()]
 
     def _lane(self, name: str, config: NotifierConfig | None) -> _Lane:
         lane = self._lanes.get(name)
@@ -319,7 +324,7 @@ class Outbox:
             )
         return renewed if result.rowcount == 1 else None
 
-    def _due(self, now: datetime) -> list[sa.Row]:
+    def _due(self, now: datetime, skip: list[str]) -> list[sa.Row]:
         older = OUTBOX.alias("older")
         blocked = sa.exists().where(
             older.c.status == PENDING,
@@ -329,7 +334,8 @@ class Outbox:
         )
         query = (
             sa.select(OUTBOX)
-            .where(OUTBOX.c.status == PENDING, OUTBOX.c.next_attempt_at <= now, ~blocked)
+            .where(OUTBOX.c.status == PENDING, OUTBOX.c.next_attempt_at <= now, ~blocked,
+                   OUTBOX.c.notifier.not_in(skip))
             .order_by(OUTBOX.c.message_id)
             .limit(self.batch)
         )

@@ -278,3 +278,26 @@ def test_the_worker_delivers_for_a_notifier_added_to_the_file_after_it_started(
         path.write_text("monitors: {m: {window: {rows: 0}}}\n")
         assert set(worker.config.notifiers) == {"first", "added"}
         worker.close()
+
+
+def test_a_hanging_notifiers_backlog_does_not_crowd_out_the_others(engine: sa.Engine) -> None:
+    # More rows of the hanging notifier than a query's batch, older than the good one's.
+    hanging, good = Receiver(default=HANG).start(), Receiver().start()
+    notifiers = {"hanging": hook(hanging), "good": hook(good)}
+    for number in range(5):
+        key = f"{KEY_A}/{number}"
+        queue(engine, {"hanging": notifiers["hanging"]}, add_alert(engine, key), key=key)
+    queue(engine, {"good": notifiers["good"]}, add_alert(engine, KEY_B), key=KEY_B)
+    outbox = Outbox(engine, notifiers, deadline_seconds=60, batch=3)
+    done = threading.Event()
+    serving = threading.Thread(target=outbox.serve, args=(done, 0.1))
+    serving.start()
+    try:
+        # Well before the hanging requests' deadline ends them.
+        wait_for(lambda: good.received, 30, "the good notifier's row sent")
+        assert len(hanging.received) == 2  # its lane's concurrency, held
+    finally:
+        hanging.stop()  # releases the hanging answers: their requests end at once
+        done.set()
+        serving.join()
+        good.stop()
