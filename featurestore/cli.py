@@ -575,16 +575,19 @@ def monitors_run(
 
     from featurestore.feast_config import feature_store
     from featurestore.settings import get_settings
-    from monitors.config import load_monitors
+    from monitors.config import MonitorsConfigSource, check_names
     from monitors.worker import MonitorWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
-    config = load_monitors(settings.monitors_config, feature_store(settings))
+    store = feature_store(settings)
+    # Reloaded when the file changes; an invalid edit keeps the last valid version in use.
+    source = MonitorsConfigSource(settings.monitors_config, lambda c: check_names(c, store))
+    source.current()  # a file that is invalid at start is an error at once
     stop = threading.Event()
     for received in (signal.SIGTERM, signal.SIGINT):
         signal.signal(received, lambda *_: stop.set())
-    report = MonitorWorker(settings, config).run(stop, until_idle=once)
+    report = MonitorWorker(settings, source.current).run(stop, until_idle=once)
     console.print(
         f"{len(report.runs)} windows checked, {report.delivered} notifications delivered, "
         f"{report.retried} to retry, {report.failed} failed"

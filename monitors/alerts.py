@@ -1,15 +1,19 @@
-"""The alert lifecycle in SQL: trigger -> acknowledge -> resolve, dedup, silences, notifications.
+"""The alert lifecycle in SQL: trigger -> acknowledge -> resolve, dedup, silences, pages.
 
 One alert per dedup key (`monitor/rule/target`) is open at a time. After each window
 (`apply_window`, inside the transaction that stores the run):
-- a condition that fires with no open alert of its key opens one and pages (a `trigger` per
-  notifier of the monitor) unless a silence covers it; firing again keeps the same alert (no new
-  page; Alertmanager, which forgets alerts not re-sent, gets a `refire`);
-- an open alert whose rule was judged and did not fire counts a clean window; after the monitor's
-  `auto_resolve_after` clean windows it resolves itself (`resolve` sent);
-- an alert opened under a silence pages when it fires after the silence ended.
-People acknowledge and resolve through the API (`acknowledge`, `resolve`). Notifications go to the
-outbox in the same transaction as the state change, so a crash loses neither.
+- a condition that fires with no open alert of its key opens one; the alerts one window opens
+  go out together, as one page (one notification per notifier, the features listed inside,
+  page key `monitor/page/<first alert id>`) unless a silence covers them; firing again keeps the
+  same alert (no new page; Alertmanager, which forgets alerts not re-sent, gets a `refire`);
+- an open alert moves on by the window's verdict (`monitors.rules.damp`: flap damping) and
+  resolves itself after enough clean windows; a page is resolved once its last alert is;
+- an alert opened under a silence pages when it fires after the silence ended, unless someone
+  acknowledged it meanwhile.
+People acknowledge (the whole page: every open alert in it) and resolve (one alert) through the
+API. A monitor that cannot run raises a `monitor_health` alert (`raise_health`, `clear_health`).
+Notifications go to the outbox in the same transaction as the state change, so a crash loses
+neither.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 from featurestore.errors import FeatureStoreError
 from monitors.config import MonitorConfig, MonitorsFile
 from monitors.outbox import enqueue
-from monitors.rules import Evaluation
-from monitors.store import ALERTS, SILENCES
+from monitors.rules import FIRED, SEVERITY_RANK, UNJUDGED, Evaluation, OpenAlert, damp
+from monitors.store import ALERTS, SILENCES, max_chars
 
 TRIGGERED, ACKNOWLEDGED, RESOLVED = "triggered", "acknowledged", "resolved"
 
@@ -68,6 +72,10 @@ def silence_dict(row) -> dict:
     return silence
 
 
+HEALTH, HEALTH_TARGET = "monitor_health", "monitor"
+_TARGETS_CHARS = 200  # the targets named in a grouped page's `target`
+
+
 def _notification(alert: dict, event: str, at: datetime, public_url: str) -> dict:
     run_id = alert["last_run_id"]
     base = public_url.rstrip("/")
@@ -91,17 +99,51 @@ def _notification(alert: dict, event: str, at: datetime, public_url: str) -> dic
     }
 
 
-def _notify(
-    conn: Connection, config: MonitorsFile, alert: dict, event: str, at: datetime, public_url: str
-) -> None:
-    monitor = config.monitors.get(alert["monitor"])
+def page_notification(alerts: list[dict], page_key: str, event: str, at: datetime,
+                      public_url: str) -> dict:
+    """One notification for the alerts of a page (the first one leads: its id, links and run);
+    `alerts` lists each of them, and several make one summary naming every target."""
+    note = _notification(alerts[0], event, at, public_url)
+    note["dedup_key"] = page_key
+    note["alerts"] = [
+        {name: alert[name] for name in ("alert_id", "dedup_key", "rule", "target", "severity",
+                                         "status", "summary", "details", "triggered_at")}
+        for alert in alerts
+    ]
+    if len(alerts) == 1:
+        return note
+    rules = sorted({alert["rule"] for alert in alerts})
+    targets = ", ".join(alert["target"] for alert in alerts)
+    prefix = f"[{alerts[0]['monitor']}] "
+    note.update(
+        rule=rules[0] if len(rules) == 1 else "grouped",
+        target=targets if len(targets) <= _TARGETS_CHARS
+        else targets[: _TARGETS_CHARS - 1] + "\u2026",
+        severity=min((alert["severity"] for alert in alerts), key=SEVERITY_RANK.__getitem__),
+        summary=prefix + f"{len(alerts)} alerts: " + "; ".join(
+            alert["summary"].removeprefix(prefix) for alert in alerts
+        ),
+        details={
+            "drifted_features": sorted(
+                alert["target"] for alert in alerts if alert["rule"] == "feature_drift"
+            ),
+            "alerts": [{name: alert[name] for name in ("rule", "target", "severity", "summary")}
+                       for alert in alerts],
+        },
+    )
+    return note
+
+
+def _notify(conn: Connection, config: MonitorsFile, alerts: list[dict], page_key: str,
+            event: str, at: datetime, public_url: str) -> None:
+    monitor = config.monitors.get(alerts[0]["monitor"])
     names = monitor.notify if monitor is not None else []
     enqueue(
         conn,
-        alert_id=alert["alert_id"],
-        dedup_key=alert["dedup_key"],
+        alert_id=alerts[0]["alert_id"],
+        dedup_key=page_key,
         notifiers={name: config.notifiers[name] for name in names},
-        notification=_notification(alert, event, at, public_url),
+        notification=page_notification(alerts, page_key, event, at, public_url),
         now=at,
     )
 
@@ -123,9 +165,59 @@ def _open_alerts(conn: Connection, monitor: str) -> dict[str, dict]:
     return {row.dedup_key: alert_dict(row) for row in rows}
 
 
+def _page(conn: Connection, page_key: str) -> list[dict]:
+    rows = conn.execute(
+        sa.select(ALERTS).where(ALERTS.c.page_key == page_key).order_by(ALERTS.c.alert_id)
+    )
+    return [alert_dict(row) for row in rows]
+
+
 def _update(conn: Connection, alert_id: int, **values) -> dict:
     conn.execute(sa.update(ALERTS).where(ALERTS.c.alert_id == alert_id).values(**values))
     return alert_dict(conn.execute(sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id)).one())
+
+
+def _open(conn: Connection, *, key: str, monitor: str, rule: str, target: str, silenced: bool,
+          run_id: int | None, now: datetime, **fields) -> dict:
+    alert_id = conn.execute(sa.insert(ALERTS).values(
+        dedup_key=key, monitor=monitor, rule=rule, target=target, status=TRIGGERED,
+        first_run_id=run_id, last_run_id=run_id, silenced=silenced, triggered_at=now,
+        last_fired_at=now, clean_windows=0, open_windows=1, flaps=0, **fields,
+    )).inserted_primary_key[0]
+    return alert_dict(conn.execute(sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id)).one())
+
+
+def _page_out(conn: Connection, config: MonitorsFile, alerts: list[dict], now: datetime,
+              public_url: str) -> list[dict]:
+    """Page `alerts` together (a new page); returns them with their page key."""
+    page_key = f"{alerts[0]['monitor']}/page/{alerts[0]['alert_id']}"
+    paged = [_update(conn, alert["alert_id"], page_key=page_key) for alert in alerts]
+    _notify(conn, config, paged, page_key, "trigger", now, public_url)
+    return paged
+
+
+def _page_key(alert: dict) -> str:
+    # An alert paged before pages existed went out alone, under its own key.
+    return alert["page_key"] or alert["dedup_key"]
+
+
+def _members(conn: Connection, alert: dict) -> list[dict]:
+    """The alerts that went out in `alert`'s page (itself alone when paged before pages)."""
+    return _page(conn, alert["page_key"]) if alert["page_key"] is not None else [alert]
+
+
+def _resolve_pages(conn: Connection, config: MonitorsFile, resolved: list[dict], now: datetime,
+                   public_url: str) -> None:
+    """Send `resolve` for each page of the `resolved` alerts whose alerts are all resolved."""
+    pages = {_page_key(alert): alert for alert in resolved if not alert["silenced"]}
+    for page_key, alert in sorted(pages.items()):
+        members = _members(conn, alert)
+        if all(member["status"] == RESOLVED for member in members):
+            _notify(conn, config, members, page_key, "resolve", now, public_url)
+
+
+def _damping(alert: dict) -> OpenAlert:
+    return OpenAlert(alert["clean_windows"], alert["open_windows"], alert["flaps"])
 
 
 def apply_window(
@@ -141,46 +233,95 @@ def apply_window(
     """Move the monitor's alerts on after run `run_id`; returns the alerts it opened or changed."""
     monitor: MonitorConfig = config.monitors[name]
     open_alerts = _open_alerts(conn, name)
-    changed = []
+    changed: dict[int, dict] = {}
+    to_page: list[dict] = []
+    refired: dict[str, list[dict]] = {}
     for fired in evaluation.firing:
         key = fired.dedup_key(name)
         silenced = _silenced(conn, name, fired.target, now)
         current = open_alerts.pop(key, None)
-        fields = {"severity": fired.severity, "summary": fired.summary, "details": fired.details,
-                  "last_run_id": run_id, "last_fired_at": now, "clean_windows": 0}
+        fields = {"severity": fired.severity, "summary": fired.summary, "details": fired.details}
         if current is None:
-            alert_id = conn.execute(sa.insert(ALERTS).values(
-                dedup_key=key, monitor=name, rule=fired.rule, target=fired.target,
-                status=TRIGGERED, first_run_id=run_id, silenced=silenced, triggered_at=now,
-                **fields,
-            )).inserted_primary_key[0]
-            alert = alert_dict(
-                conn.execute(sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id)).one()
-            )
+            alert = _open(conn, key=key, monitor=name, rule=fired.rule, target=fired.target,
+                          silenced=silenced, run_id=run_id, now=now, **fields)
             if not silenced:
-                _notify(conn, config, alert, "trigger", now, public_url)
-        elif current["silenced"] and not silenced:
-            # Opened under a silence that has ended while the condition still holds: page now.
-            alert = _update(conn, current["alert_id"], silenced=False, **fields)
-            _notify(conn, config, alert, "trigger", now, public_url)
+                to_page.append(alert)
         else:
-            alert = _update(conn, current["alert_id"], **fields)
-            if not alert["silenced"]:
-                _notify(conn, config, alert, "refire", now, public_url)
-        changed.append(alert)
+            state, _ = damp(_damping(current), FIRED, auto_resolve_after=monitor.auto_resolve_after,
+                            min_open_windows=monitor.min_open_windows)
+            fields.update(last_run_id=run_id, last_fired_at=now, clean_windows=state.clean_windows,
+                          open_windows=state.open_windows, flaps=state.flaps)
+            if current["silenced"] and not silenced and current["status"] == TRIGGERED:
+                # Opened under a silence that has ended while the condition still holds: page
+                # now. Acknowledged meanwhile, someone is on it: nobody is paged (it stays
+                # `silenced`, which says just that).
+                alert = _update(conn, current["alert_id"], silenced=False, **fields)
+                to_page.append(alert)
+            else:
+                alert = _update(conn, current["alert_id"], **fields)
+                if not alert["silenced"]:
+                    refired.setdefault(_page_key(alert), []).append(alert)
+        changed[alert["alert_id"]] = alert
+    resolved: list[dict] = []
     for alert in open_alerts.values():
-        if alert["rule"] not in evaluation.judged:
+        verdict = evaluation.verdict(alert["rule"], alert["target"])
+        if verdict == UNJUDGED:
             continue
-        clean = alert["clean_windows"] + 1
-        if clean < monitor.auto_resolve_after:
-            changed.append(_update(conn, alert["alert_id"], clean_windows=clean))
-            continue
-        resolved = _update(conn, alert["alert_id"], clean_windows=clean, status=RESOLVED,
-                           resolved_at=now, resolved_by="auto")
-        if not resolved["silenced"]:
-            _notify(conn, config, resolved, "resolve", now, public_url)
-        changed.append(resolved)
-    return changed
+        state, resolves = damp(_damping(alert), verdict,
+                               auto_resolve_after=monitor.auto_resolve_after,
+                               min_open_windows=monitor.min_open_windows)
+        values = {"clean_windows": state.clean_windows, "open_windows": state.open_windows,
+                  "flaps": state.flaps}
+        if resolves:
+            values.update(status=RESOLVED, resolved_at=now, resolved_by="auto")
+        changed[alert["alert_id"]] = _update(conn, alert["alert_id"], **values)
+        if resolves:
+            resolved.append(changed[alert["alert_id"]])
+    if to_page:
+        changed.update((a["alert_id"], a) for a in _page_out(conn, config, to_page, now, public_url))
+    for page_key, alerts in refired.items():
+        _notify(conn, config, alerts, page_key, "refire", now, public_url)
+    _resolve_pages(conn, config, resolved, now, public_url)
+    return list(changed.values())
+
+
+def raise_health(engine: Engine, config: MonitorsFile, name: str, error: str, failures: int, *,
+                 now: datetime, public_url: str) -> dict | None:
+    """The monitor `name` failed `failures` passes in a row with `error`: once that reaches its
+    monitor_health rule's `after_failures`, its health alert is open (and paged once)."""
+    rule = config.monitors[name].health
+    if rule is None or failures < rule.after_failures:
+        return None
+    key = f"{name}/{HEALTH}/{HEALTH_TARGET}"
+    fields = {
+        "severity": rule.severity,
+        "summary": (f"[{name}] the monitor cannot run: {failures} passes in a row failed; "
+                    f"last error: {error}")[: max_chars(ALERTS.c.summary)],
+        "details": {"failures": failures, "error": error},
+    }
+    with engine.begin() as conn:
+        current = _open_alerts(conn, name).get(key)
+        if current is not None:
+            return _update(conn, current["alert_id"], last_fired_at=now, **fields)
+        silenced = _silenced(conn, name, HEALTH_TARGET, now)
+        alert = _open(conn, key=key, monitor=name, rule=HEALTH, target=HEALTH_TARGET,
+                      silenced=silenced, run_id=None, now=now, **fields)
+        if not silenced:
+            (alert,) = _page_out(conn, config, [alert], now, public_url)
+        return alert
+
+
+def clear_health(engine: Engine, config: MonitorsFile, name: str, *, now: datetime,
+                 public_url: str) -> dict | None:
+    """The monitor ran again: its open health alert (if any) resolves itself."""
+    with engine.begin() as conn:
+        current = _open_alerts(conn, name).get(f"{name}/{HEALTH}/{HEALTH_TARGET}")
+        if current is None:
+            return None
+        alert = _update(conn, current["alert_id"], status=RESOLVED, resolved_at=now,
+                        resolved_by="auto")
+        _resolve_pages(conn, config, [alert], now, public_url)
+        return alert
 
 
 def _get(conn: Connection, alert_id: int) -> dict:
@@ -196,7 +337,8 @@ def acknowledge(
     engine: Engine, config: MonitorsFile, alert_id: int, by: str, *, public_url: str,
     now: datetime | None = None,
 ) -> dict:
-    """Someone is on it: the pages stop escalating. Acknowledging twice changes nothing."""
+    """Someone is on it: the page stops escalating. Acknowledging an alert acknowledges the
+    open alerts of its page with it (one page, one acknowledgement); twice changes nothing."""
     now = now or datetime.now(UTC)
     with engine.begin() as conn:
         alert = _get(conn, alert_id)
@@ -204,18 +346,23 @@ def acknowledge(
             raise AlertStateError(f"alert {alert_id} is already resolved")
         if alert["status"] == ACKNOWLEDGED:
             return alert
-        alert = _update(conn, alert_id, status=ACKNOWLEDGED, acknowledged_at=now,
-                        acknowledged_by=by)
+        together = [alert] if alert["silenced"] else _members(conn, alert)
+        acknowledged = [
+            _update(conn, a["alert_id"], status=ACKNOWLEDGED, acknowledged_at=now,
+                    acknowledged_by=by)
+            for a in together if a["status"] == TRIGGERED
+        ]
         if not alert["silenced"]:
-            _notify(conn, config, alert, "acknowledge", now, public_url)
-        return alert
+            _notify(conn, config, acknowledged, _page_key(alert), "acknowledge", now, public_url)
+        return next(a for a in acknowledged if a["alert_id"] == alert_id)
 
 
 def resolve(
     engine: Engine, config: MonitorsFile, alert_id: int, by: str, *, public_url: str,
     now: datetime | None = None,
 ) -> dict:
-    """Closed by a person. If the condition still holds, the next window opens a new alert."""
+    """Closed by a person. If the condition still holds, the next window opens a new alert. The
+    page is resolved with its last alert."""
     now = now or datetime.now(UTC)
     with engine.begin() as conn:
         alert = _get(conn, alert_id)
@@ -225,8 +372,7 @@ def resolve(
                 f"{alert['resolved_at']}"
             )
         alert = _update(conn, alert_id, status=RESOLVED, resolved_at=now, resolved_by=by)
-        if not alert["silenced"]:
-            _notify(conn, config, alert, "resolve", now, public_url)
+        _resolve_pages(conn, config, [alert], now, public_url)
         return alert
 
 

@@ -33,7 +33,7 @@ from monitors.config import (
     MonitorConfig,
     MonitorConfigError,
     MonitorsFile,
-    load_monitors,
+    config_source,
 )
 from monitors.rules import DATASET, JOINT
 from monitors.store import ALERTS, RUN_FEATURES, RUNS
@@ -173,7 +173,7 @@ def _next(path: str, rows: list, limit: int, key: str, **params) -> str | None:
 def _silence_targets(monitor: MonitorConfig, catalog) -> set[str] | None:
     """The alert targets `monitor` can raise, or None when the registry does not know its
     subject (then any target is taken)."""
-    targets = {DATASET, JOINT, SCORE_COLUMN}
+    targets = {DATASET, JOINT, SCORE_COLUMN, alerts.HEALTH_TARGET}
     targets |= {rule.feature_view for rule in monitor.rules if rule.kind == "freshness"}
     if monitor.features:
         return targets | set(monitor.features)
@@ -206,14 +206,16 @@ def router(settings: Settings) -> APIRouter:
             ) from None
 
     def config(missing_ok: bool = False) -> MonitorsFile | None:
-        """The monitors file, shape checked. Missing or invalid is the operator's to fix: 409
-        naming the problem (not a 500: nothing is broken in the server; not a 4xx of the
-        request's: the same request succeeds once the file is fixed)."""
+        """The version of the monitors file in use, shape checked: reloaded when the file
+        changed, the last valid version kept while an edit is invalid (so on-call can still
+        acknowledge, resolve and silence). Never valid is the operator's to fix: 409 naming the
+        problem (not a 500: nothing is broken in the server; not a 4xx of the request's: the
+        same request succeeds once the file is fixed)."""
         path = Path(settings.monitors_config)
         if missing_ok and not path.exists():
             return None
         try:
-            return load_monitors(path)
+            return config_source(path).current()
         except MonitorConfigError as exc:
             raise ApiError(409, "monitors_config", str(exc)) from None
 

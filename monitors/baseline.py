@@ -44,7 +44,7 @@ from featurestore.offline import replacing
 from featurestore.settings import Settings
 from monitors.columns import column_kind, missing_values
 from monitors.config import SCORE_COLUMN
-from monitors.store import BASELINES
+from monitors.store import BASELINES, RUN_FEATURES, unfit
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_BINS = 20
@@ -91,10 +91,19 @@ class Baseline:
                 self.sample_path, columns=list(columns) if columns is not None else None
             )
         except FileNotFoundError:
-            raise BaselineError(
-                f"the sample of baseline {self.subject} v{self.version} is missing: "
-                f"{self.sample_path}; build a new version"
-            ) from None
+            raise self._missing_sample() from None
+
+    def require_sample(self) -> None:
+        """Raise `BaselineError` when the sample file is gone: the monitor cannot run, and
+        must say so before a window comes to need it."""
+        if not self.sample_path.is_file():
+            raise self._missing_sample()
+
+    def _missing_sample(self) -> BaselineError:
+        return BaselineError(
+            f"the sample of baseline {self.subject} v{self.version} is missing: "
+            f"{self.sample_path}; build a new version"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +152,17 @@ def _source(export_path: Path, feature_view: str | None) -> _Source:
     return _Source(
         export_path, metadata["export_id"], subject, by_column, metadata.get("statistics") or {}
     )
+
+
+def _check_fits(source: _Source) -> None:
+    """Refuse now what the monitors' tables cannot hold, rather than at every window."""
+    limits = [("subject", source.subject, BASELINES.c.subject)] + [
+        ("feature", reference, RUN_FEATURES.c.feature) for reference in source.references.values()
+    ]
+    for what, value, column in limits:
+        problem = unfit(value, column)
+        if problem is not None:
+            raise BaselineError(f"export {source.path}: the {what} {problem}")
 
 
 def _sampled_rows(rows: int, sample_rows: int, seed: int) -> np.ndarray:
@@ -382,6 +402,7 @@ def build_baseline(
     if sample_rows < 1:
         raise BaselineError(f"sample_rows must be at least 1, got {sample_rows}")
     source = _source(Path(export_path), feature_view)
+    _check_fits(source)
     model = None
     if model_path is not None:
         if feature_view is not None:

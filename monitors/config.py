@@ -9,15 +9,23 @@ the file: it names the environment variables that hold them.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from featurestore.errors import FeatureStoreError
 from monitors.stattests import METHODS
+from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS, unfit
+
+log = logging.getLogger("monitors.config")
 
 Severity = Literal["critical", "error", "warning", "info"]  # PagerDuty's severities
 SCORE_COLUMN = "score"  # the model's fraud score, captured by `POST /v1/score`
@@ -113,29 +121,51 @@ class NullRateRule(_Strict):
     severity: Severity = "warning"
 
 
+class MonitorHealthRule(_Strict):
+    """The monitor itself cannot run (its baseline version is gone, its sample file deleted, a
+    check fails) `after_failures` passes in a row. On for every monitor unless a rule of this
+    kind says `enabled: false`; the alert resolves at the first pass that works again."""
+
+    kind: Literal["monitor_health"]
+    after_failures: int = Field(3, ge=1)
+    severity: Severity = "error"
+    enabled: bool = True
+
+
 Rule = Annotated[
-    FeatureDriftRule | DriftShareRule | MultivariateRule | FreshnessRule | NullRateRule,
+    FeatureDriftRule | DriftShareRule | MultivariateRule | FreshnessRule | NullRateRule
+    | MonitorHealthRule,
     Field(discriminator="kind"),
 ]
 
 
-class PagerDutyNotifier(_Strict):
+class _Delivery(_Strict):
+    # Per notifier: requests started per second at most (the receiver's rate limit), and how
+    # many may be in flight at once.
+    max_per_second: float = Field(10.0, gt=0)
+    concurrency: int = Field(2, ge=1, le=32)
+
+
+class PagerDutyNotifier(_Delivery):
     type: Literal["pagerduty"]
     routing_key_env: str  # the environment variable holding the integration's routing key
     url: str = "https://events.pagerduty.com/v2/enqueue"
+    max_per_second: float = Field(2.0, gt=0)  # Events API v2: 120 events a minute per key
 
 
-class AlertmanagerNotifier(_Strict):
+class AlertmanagerNotifier(_Delivery):
     type: Literal["alertmanager"]
     url: str  # Alertmanager's base URL; alerts go to `{url}/api/v2/alerts`
 
 
-class SlackNotifier(_Strict):
+class SlackNotifier(_Delivery):
     type: Literal["slack"]
     webhook_url_env: str  # the environment variable holding the incoming-webhook URL
+    max_per_second: float = Field(1.0, gt=0)  # Slack: about one message a second per webhook
+    concurrency: int = Field(1, ge=1, le=32)  # and in order
 
 
-class WebhookNotifier(_Strict):
+class WebhookNotifier(_Delivery):
     type: Literal["webhook"]
     url: str
     secret_env: str  # the environment variable holding the HMAC-SHA256 signing key
@@ -161,11 +191,29 @@ class MonitorConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     rules: list[Rule] = Field(min_length=1)
     auto_resolve_after: int = Field(3, ge=1)  # clean windows before an alert resolves itself
+    # Flap damping: an alert stays open for at least this many judged windows.
+    min_open_windows: int = Field(3, ge=1)
     notify: list[str] = Field(default_factory=list)  # notifier names
     report: bool = True  # write Evidently's report (HTML + JSON) for each window
     # Rows of each side Evidently's report is drawn on (its own check takes ~75 µs per row and
     # feature on 2 cores: the verdicts come from every row, the report is their picture).
     report_max_rows: int = Field(10_000, ge=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _health_rule_by_default(cls, data: object) -> object:
+        rules = data.get("rules") if isinstance(data, dict) else None
+        kinds = [r.get("kind") if isinstance(r, dict) else getattr(r, "kind", None)
+                 for r in rules] if isinstance(rules, list) else []
+        if kinds and "monitor_health" not in kinds:
+            data = {**data, "rules": [*rules, {"kind": "monitor_health"}]}
+        return data
+
+    @property
+    def health(self) -> MonitorHealthRule | None:
+        """The monitor_health rule in force, None when it is turned off."""
+        rule = next(r for r in self.rules if r.kind == "monitor_health")
+        return rule if rule.enabled else None
 
     @model_validator(mode="after")
     def _one_subject(self) -> MonitorConfig:
@@ -175,6 +223,8 @@ class MonitorConfig(_Strict):
             raise ValueError("score: only a feature_service monitor sees the model's scores")
         if any(r.kind == "multivariate" for r in self.rules) and self.drift.multivariate is None:
             raise ValueError("rules: a multivariate rule needs drift.multivariate")
+        if sum(r.kind == "monitor_health" for r in self.rules) > 1:
+            raise ValueError("rules: at most one monitor_health rule")
         return self
 
     @property
@@ -187,6 +237,8 @@ class MonitorConfig(_Strict):
 
 class MonitorsFile(_Strict):
     interval_seconds: float = Field(30.0, gt=0)  # how often `monitors run` reads the capture log
+    # The most one notification request may take, answer included (then it is retried).
+    delivery_deadline_seconds: float = Field(10.0, gt=0, le=300)
     notifiers: dict[str, Notifier] = Field(default_factory=dict)
     monitors: dict[str, MonitorConfig] = Field(min_length=1)
 
@@ -200,6 +252,29 @@ class MonitorsFile(_Strict):
                         f"declared: {sorted(self.notifiers)}"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _fits_the_tables(self) -> MonitorsFile:
+        # Refused here, once, rather than by every window's insert.
+        for name in self.notifiers:
+            _fits(f"notifiers.{name}", name, OUTBOX.c.notifier)
+        for name, monitor in self.monitors.items():
+            _fits(f"monitors.{name}", name, RUNS.c.monitor)
+            for feature in monitor.features:
+                _fits(f"monitors.{name}.features", feature, RUN_FEATURES.c.feature)
+            for option in ("methods", "thresholds"):
+                for feature in getattr(monitor.drift, option):
+                    _fits(f"monitors.{name}.drift.{option}", feature, RUN_FEATURES.c.feature)
+            for rule in monitor.rules:
+                if rule.kind == "freshness":
+                    _fits(f"monitors.{name}.rules", rule.feature_view, ALERTS.c.target)
+        return self
+
+
+def _fits(where: str, value: str, column) -> None:
+    problem = unfit(value, column)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
 
 
 def _field(location: tuple) -> str:
@@ -225,7 +300,7 @@ def parse_monitors(text: str, source: str = "monitors.yaml") -> MonitorsFile:
 
 
 _TAGS = {
-    "feature_drift", "drift_share", "multivariate", "freshness", "null_rate",
+    "feature_drift", "drift_share", "multivariate", "freshness", "null_rate", "monitor_health",
     "pagerduty", "alertmanager", "slack", "webhook",
 }
 
@@ -293,16 +368,93 @@ def check_secrets(config: MonitorsFile, source: str = "monitors.yaml") -> None:
                 )
 
 
+def _missing(path: Path) -> str:
+    return (f"no monitors file at {path}; write one (see README, Drift monitoring) or set "
+            "FEATURESTORE_MONITORS_CONFIG")
+
+
 def load_monitors(path: Path, store=None) -> MonitorsFile:
     """Read and check the monitors file; with `store`, its names against the registry too."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise MonitorConfigError(
-            f"no monitors file at {path}; write one (see README, Drift monitoring) or set "
-            "FEATURESTORE_MONITORS_CONFIG"
-        ) from None
+        raise MonitorConfigError(_missing(path)) from None
     config = parse_monitors(text, str(path))
     if store is not None:
         check_names(config, store, str(path))
     return config
+
+
+CONFIG_VALID = Gauge(
+    "featurestore_monitors_config_valid",
+    "1 while the monitors file on disk is the version in use; 0 while it holds an edit that "
+    "does not validate (the last valid version stays in use).",
+)
+CONFIG_LOADS = Counter(
+    "featurestore_monitors_config_loads",
+    "Readings of a changed monitors file, by outcome (loaded, invalid).",
+    ["outcome"],
+)
+
+
+class MonitorsConfigSource:
+    """The one version of the monitors file in use: read again whenever its content changed,
+    checked, and swapped in only when valid. An invalid edit keeps the last valid version in use,
+    is logged (ERROR, once per edit), counted, shown by `featurestore_monitors_config_valid` = 0
+    and held in `error` until the file is fixed. `check` adds checks (the registry's names)."""
+
+    def __init__(self, path: Path, check: Callable[[MonitorsFile], None] | None = None) -> None:
+        self.path = Path(path)
+        self._check = check
+        self._lock = threading.Lock()
+        self._config: MonitorsFile | None = None
+        self._digest: str | None = None
+        self.error: str | None = None
+
+    def current(self) -> MonitorsFile:
+        """The version in use; raises `MonitorConfigError` when no valid version was ever read."""
+        try:
+            content = self.path.read_bytes()
+        except FileNotFoundError:
+            content = None
+        digest = hashlib.sha256(content).hexdigest() if content is not None else "missing"
+        with self._lock:
+            if digest != self._digest:
+                self._digest = digest
+                self._load(content)
+            if self._config is None:
+                raise MonitorConfigError(self.error)
+            return self._config
+
+    def _load(self, content: bytes | None) -> None:
+        try:
+            if content is None:
+                raise MonitorConfigError(_missing(self.path))
+            config = parse_monitors(content.decode(errors="replace"), str(self.path))
+            if self._check is not None:
+                self._check(config)
+        except MonitorConfigError as exc:
+            self.error = str(exc)
+            CONFIG_LOADS.labels("invalid").inc()
+            CONFIG_VALID.set(0)
+            if self._config is not None:
+                log.error("the monitors file changed but is not valid; the last valid version "
+                          "stays in use until it is fixed: %s", exc)
+            return
+        if self._config is not None:
+            log.info("monitors file %s reloaded: %d monitors, %d notifiers", self.path,
+                     len(config.monitors), len(config.notifiers))
+        self._config, self.error = config, None
+        CONFIG_LOADS.labels("loaded").inc()
+        CONFIG_VALID.set(1)
+
+
+_SOURCES: dict[Path, MonitorsConfigSource] = {}
+_SOURCES_LOCK = threading.Lock()
+
+
+def config_source(path: Path) -> MonitorsConfigSource:
+    """This process's source of the monitors file at `path` (shape checks only: the API's)."""
+    key = Path(path).absolute()
+    with _SOURCES_LOCK:
+        return _SOURCES.setdefault(key, MonitorsConfigSource(key))

@@ -3,7 +3,8 @@
 `build_request` turns one notification (the outbox's JSON, no secrets) into the HTTP request a
 notifier expects; the secrets (PagerDuty routing key, Slack webhook URL, webhook signing key) are
 read from the environment here and only here, and travel in the returned `HttpRequest` only,
-whose repr hides them. `send` posts it and raises `DeliveryError` saying whether a retry can help.
+whose repr hides them. `send` posts it within a wall-clock deadline and raises `DeliveryError`
+saying whether a retry can help.
 
 Which events each kind takes (`accepts`): PagerDuty, Slack and the generic webhook get one
 `trigger` per alert, then `acknowledge` and `resolve`; Alertmanager has no acknowledgement but
@@ -20,12 +21,17 @@ the secret in the notifier's `secret_env` variable. Check it before parsing the 
                           headers["X-Featurestore-Signature"])
 
 A timestamp more than five minutes away from the receiver's clock is refused (replays).
-`Idempotency-Key` is the same for every retry of one event of one alert: a receiver that has seen
-it may answer 2xx and do nothing.
+`Idempotency-Key` (and `Webhook-Id`, its Standard Webhooks name) is the same for every retry of
+one event of one page: a receiver that has seen it may answer 2xx and do nothing.
+
+A notification is a page: the alerts one window opened together (`alerts` lists them; the first
+leads with its id, links and run). `send` follows 307/308 redirects on the same origin and bounds
+each request's whole time; other redirects are retryable errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -63,6 +69,7 @@ ALERTMANAGER_HOLD = timedelta(hours=24)
 PAGERDUTY_SUMMARY_CHARS = 1024  # PagerDuty truncates longer summaries itself, we do it visibly
 PAGERDUTY_DEDUP_CHARS = 255  # PagerDuty's limit; our keys (monitor/rule/target) can be longer
 SIGNATURE_TOLERANCE_SECONDS = 300
+MAX_REDIRECTS = 5
 _ERROR_BODY_CHARS = 300
 
 
@@ -181,36 +188,40 @@ def alertmanager_alertname(rule: str) -> str:
 
 
 def _alertmanager(name: str, config: AlertmanagerNotifier, note: dict) -> HttpRequest:
+    # Alertmanager groups alerts itself: a page goes as its alerts, each under its own labels.
     at = datetime.fromisoformat(note["at"])
     ends = at if note["event"] == "resolve" else at + ALERTMANAGER_HOLD
-    annotations = {
-        "summary": note["summary"],
-        "description": (
-            f"{note['status']} alert {note['alert_id']} of monitor {note['monitor']} (rule {note['rule']}, "
-            f"target {note['target']}); details: {_json(note['details']).decode()}"
-        ),
-        "alert_url": note["alert_url"],
-    }
-    if note["report_url"]:
-        annotations["report_url"] = note["report_url"]
-    alert = {
-        # Labels identify the alert in Alertmanager, so they hold nothing that changes while
-        # it is open (the summary, with its statistics, is an annotation).
-        "labels": {
-            "alertname": alertmanager_alertname(note["rule"]),
-            "monitor": note["monitor"],
-            "rule": note["rule"],
-            "target": note["target"],
-            "severity": note["severity"],
-            "dedup_key": note["dedup_key"],
-        },
-        "annotations": annotations,
-        "startsAt": note["triggered_at"],
-        "endsAt": ends.isoformat(),
-        "generatorURL": note["alert_url"],
-    }
+    alerts = []
+    for alert in note.get("alerts", [note]):  # a row queued before pages is its one alert
+        annotations = {
+            "summary": alert["summary"],
+            "description": (
+                f"{alert['status']} alert {alert['alert_id']} of monitor {note['monitor']} "
+                f"(rule {alert['rule']}, target {alert['target']}); details: "
+                f"{_json(alert['details']).decode()}"
+            ),
+            "alert_url": note["alert_url"].rsplit("/", 1)[0] + f"/{alert['alert_id']}",
+        }
+        if note["report_url"]:
+            annotations["report_url"] = note["report_url"]
+        alerts.append({
+            # Labels identify the alert in Alertmanager, so they hold nothing that changes while
+            # it is open (the summary, with its statistics, is an annotation).
+            "labels": {
+                "alertname": alertmanager_alertname(alert["rule"]),
+                "monitor": note["monitor"],
+                "rule": alert["rule"],
+                "target": alert["target"],
+                "severity": alert["severity"],
+                "dedup_key": alert["dedup_key"],
+            },
+            "annotations": annotations,
+            "startsAt": alert["triggered_at"],
+            "endsAt": ends.isoformat(),
+            "generatorURL": annotations["alert_url"],
+        })
     url = config.url.rstrip("/") + "/api/v2/alerts"
-    return HttpRequest(url, dict(_JSON_HEADERS), _json([alert]), name)
+    return HttpRequest(url, dict(_JSON_HEADERS), _json(alerts), name)
 
 
 _SLACK_VERBS = {"trigger": "Triggered", "acknowledge": "Acknowledged", "resolve": "Resolved"}
@@ -313,6 +324,10 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
 
 
+def _webhook_id(note: dict) -> str:
+    return f"featurestore-alert-{note['alert_id']}-{note['event']}"
+
+
 def _webhook(name: str, config: WebhookNotifier, note: dict, sent_at: float) -> HttpRequest:
     secret = _secret(name, config.secret_env)
     body = _json(note)
@@ -322,9 +337,11 @@ def _webhook(name: str, config: WebhookNotifier, note: dict, sent_at: float) -> 
         "X-Featurestore-Event": note["event"],
         "X-Featurestore-Timestamp": timestamp,
         "X-Featurestore-Signature": sign(secret, timestamp, body),
-        # One per alert and event, stable across retries: a re-triggered key is a new alert and
-        # must not be dropped as a duplicate, which dedup_key + event would do.
-        "Idempotency-Key": f"featurestore-alert-{note['alert_id']}-{note['event']}",
+        # One per page and event, stable across retries: a re-triggered key is a new page and
+        # must not be dropped as a duplicate, which dedup_key + event would do. Webhook-Id is
+        # the same under the Standard Webhooks name.
+        "Idempotency-Key": _webhook_id(note),
+        "Webhook-Id": _webhook_id(note),
     }
     return HttpRequest(config.url, headers, body, name, secrets=(secret,))
 
@@ -353,18 +370,49 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def _retryable_status(status: int) -> bool:
-    # Rate limited, timed out at the server, or the server's own fault: the same request may
-    # pass later. Any other 4xx says the request itself is wrong.
-    return status in (408, 429) or status >= 500
+    # Rate limited, timed out at the server, the server's own fault, or a redirect we do not
+    # follow (fixed by its owner, not by us): the same request may pass later. Any other 4xx
+    # says the request itself is wrong.
+    return status in (408, 429) or status >= 500 or 300 <= status < 400
 
 
-def send(client: httpx.Client, request: HttpRequest) -> None:
-    """POST `request`; returns when the notifier took it, else raises `DeliveryError`."""
+async def _post(client: httpx.AsyncClient, request: HttpRequest) -> httpx.Response:
+    """POST `request`, following 307/308 redirects on the same origin (they keep the method and
+    the body; another origin must not see a body that may hold the notifier's key)."""
+    who = f"notifier {request.notifier}"
+    url = httpx.URL(request.url)
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await client.post(url, content=request.body, headers=request.headers)
+        location = response.headers.get("Location")
+        if not response.is_redirect or location is None:
+            return response  # classified by the caller
+        target = url.join(location)
+        if response.status_code not in (307, 308):
+            raise DeliveryError(
+                f"{who}: HTTP {response.status_code} redirect not followed (only 307 and 308 "
+                "keep a POST's body); fix its URL: retrying until then", retryable=True,
+            )
+        if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+            raise DeliveryError(
+                f"{who}: HTTP {response.status_code} redirect to another origin not followed "
+                "(the body may hold its key); fix its URL: retrying until then", retryable=True,
+            )
+        url = target
+    raise DeliveryError(f"{who}: more than {MAX_REDIRECTS} redirects", retryable=True)
+
+
+async def send(client: httpx.AsyncClient, request: HttpRequest, deadline_seconds: float) -> None:
+    """POST `request` and read the whole answer within `deadline_seconds` of wall-clock time
+    (httpx's timeouts bound each read, so a receiver dripping a byte at a time would hold a
+    request for ever); returns when the notifier took it, else raises `DeliveryError`."""
     who = f"notifier {request.notifier}"
     try:
-        response = client.post(request.url, content=request.body, headers=request.headers)
-    except httpx.TimeoutException:
-        raise DeliveryError(f"{who}: no answer within the timeout", retryable=True) from None
+        async with asyncio.timeout(deadline_seconds):
+            response = await _post(client, request)
+    except (TimeoutError, httpx.TimeoutException):
+        raise DeliveryError(
+            f"{who}: no complete answer within {deadline_seconds:g} s", retryable=True
+        ) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = _scrub(f"{type(exc).__name__}: {exc}", request)
         raise DeliveryError(f"{who}: cannot reach it ({reason})", retryable=True) from None

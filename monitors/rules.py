@@ -4,6 +4,12 @@
 returns what fires now, plus which rules could be judged at all: a window too small to test
 says nothing about drift or null rates (an open alert of those rules neither fires nor counts a
 clean window), while freshness is judged on every window, empty ones included.
+
+`damp` moves one open alert on by one window's verdict (flap damping): it resolves after
+`auto_resolve_after` clean windows in a row, and only once it has been open `min_open_windows`
+judged windows; a window where its feature drifted without completing `consecutive` windows in a
+row is not clean; each time it fires again after a clean window (a flap), the clean windows it
+needs double, up to 2^MAX_FLAP_DOUBLINGS times `auto_resolve_after`.
 """
 
 from __future__ import annotations
@@ -63,10 +69,56 @@ class Firing:
         return f"{monitor}/{self.rule}/{self.target}"
 
 
+FIRED, DIRTY, CLEAN, UNJUDGED = "fired", "dirty", "clean", "unjudged"  # window verdicts
+MAX_FLAP_DOUBLINGS = 3
+
+
 @dataclass(frozen=True)
 class Evaluation:
     firing: list[Firing]
     judged: frozenset[str]  # rule kinds this window could judge
+    # (rule, target) that showed their condition without firing: a feature that drifted in a
+    # window not (yet) `consecutive` in a row.
+    symptoms: frozenset[tuple[str, str]] = frozenset()
+
+    def verdict(self, rule: str, target: str) -> str:
+        """What this window says of the condition (rule, target): FIRED, DIRTY, CLEAN or
+        UNJUDGED."""
+        if any(f.rule == rule and f.target == target for f in self.firing):
+            return FIRED
+        if rule not in self.judged:
+            return UNJUDGED
+        return DIRTY if (rule, target) in self.symptoms else CLEAN
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    """The damping state of an open alert."""
+
+    clean_windows: int = 0  # clean windows in a row
+    open_windows: int = 1  # judged windows since it opened, the opening one included
+    flaps: int = 0  # times it fired again after a clean window
+
+
+def clean_windows_needed(auto_resolve_after: int, flaps: int) -> int:
+    return auto_resolve_after * 2 ** min(flaps, MAX_FLAP_DOUBLINGS)
+
+
+def damp(state: OpenAlert, verdict: str, *, auto_resolve_after: int,
+         min_open_windows: int) -> tuple[OpenAlert, bool]:
+    """The open alert after one window's `verdict`, and whether it resolves now."""
+    if verdict == UNJUDGED:
+        return state, False
+    opened = state.open_windows + 1
+    if verdict == FIRED:
+        flaps = state.flaps + (state.clean_windows > 0)
+        return OpenAlert(0, opened, flaps), False
+    if verdict == DIRTY:
+        return OpenAlert(0, opened, state.flaps), False
+    clean = state.clean_windows + 1
+    resolves = (clean >= clean_windows_needed(auto_resolve_after, state.flaps)
+                and opened >= min_open_windows)
+    return OpenAlert(clean, opened, state.flaps), resolves
 
 
 def _feature_drift(rule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
@@ -155,8 +207,12 @@ def evaluate(name: str, monitor: MonitorConfig, history: Sequence[RunOutcome]) -
     latest = history[-1]
     firing: list[Firing] = []
     judged = {"freshness"}
+    symptoms: frozenset[tuple[str, str]] = frozenset()
     if latest.status == CHECKED:
         judged |= {"feature_drift", "drift_share", "multivariate", "null_rate"}
+        symptoms = frozenset(
+            ("feature_drift", feature) for feature, c in latest.columns.items() if c.drifted
+        )
     for rule in monitor.rules:
         if rule.kind not in judged:
             continue
@@ -170,10 +226,10 @@ def evaluate(name: str, monitor: MonitorConfig, history: Sequence[RunOutcome]) -
             firing += _freshness(rule, name, latest)
         else:
             firing += _null_rate(rule, name, latest)
-    return Evaluation(_strongest(firing), frozenset(judged))
+    return Evaluation(_strongest(firing), frozenset(judged), symptoms)
 
 
-_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 
 def _strongest(firing: list[Firing]) -> list[Firing]:
@@ -182,6 +238,6 @@ def _strongest(firing: list[Firing]) -> list[Firing]:
     best: dict[tuple[str, str], Firing] = {}
     for fired in firing:
         key = (fired.rule, fired.target)
-        if key not in best or _RANK[fired.severity] < _RANK[best[key].severity]:
+        if key not in best or SEVERITY_RANK[fired.severity] < SEVERITY_RANK[best[key].severity]:
             best[key] = fired
     return list(best.values())

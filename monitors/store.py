@@ -92,7 +92,14 @@ ALERTS = sa.Table(
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("first_run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id)),
     sa.Column("last_run_id", sa.Integer, sa.ForeignKey(RUNS.c.run_id)),
-    sa.Column("clean_windows", sa.Integer, nullable=False),  # windows since it last fired
+    sa.Column("clean_windows", sa.Integer, nullable=False),  # clean windows in a row
+    # Flap damping (monitors.rules.damp): judged windows since it opened, and how often it fired
+    # again after a clean window (each doubles the clean windows it needs to resolve).
+    sa.Column("open_windows", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("flaps", sa.Integer, nullable=False, server_default="0"),
+    # The page (one notification per notifier) this alert went out in: the alerts one window
+    # opened share one. Null while nobody was paged (opened under a silence).
+    sa.Column("page_key", sa.String(600), index=True),
     sa.Column("silenced", sa.Boolean, nullable=False),  # fired under a silence: nobody paged
     sa.Column("triggered_at", _TS, nullable=False),
     sa.Column("last_fired_at", _TS, nullable=False),
@@ -122,8 +129,9 @@ OUTBOX = sa.Table(
     sa.Column("alert_id", sa.Integer, sa.ForeignKey(ALERTS.c.alert_id), nullable=False),
     sa.Column("dedup_key", sa.String(600), nullable=False, index=True),
     sa.Column("notifier", sa.String(200), nullable=False),  # a name in the monitors file
-    sa.Column("event", sa.String(20), nullable=False),  # trigger | acknowledge | resolve
-    sa.Column("alert", sa.JSON, nullable=False),  # the alert as notified (no secrets)
+    sa.Column("event", sa.String(20), nullable=False),  # trigger|refire|acknowledge|resolve
+    # The page as notified (no secrets); alert_id is its first alert, dedup_key its page key.
+    sa.Column("alert", sa.JSON, nullable=False),
     sa.Column("status", sa.String(20), nullable=False, index=True),  # pending|delivered|failed
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", _TS, nullable=False),
@@ -131,3 +139,21 @@ OUTBOX = sa.Table(
     sa.Column("created_at", _TS, nullable=False),
     sa.Column("delivered_at", _TS),
 )
+
+
+def max_chars(column: sa.Column) -> int:
+    """How many characters a string column holds."""
+    return column.type.length
+
+
+def unfit(value: str, column: sa.Column) -> str | None:
+    """Why `column` cannot hold `value` (too long, or a NUL, which PostgreSQL refuses), None
+    when it can: such inputs are refused when the baseline or the monitors file is loaded,
+    rather than by every window's insert."""
+    if "\x00" in value:
+        return f"{value[:40]!r} holds a NUL character"
+    if len(value) > max_chars(column):
+        return (f"{value[:40]!r}... is {len(value)} characters, more than the "
+                f"{max_chars(column)} of {column.table.name}.{column.name}")
+    return None
+

@@ -1,15 +1,19 @@
 """A real local HTTP receiver for the notifier tests: a threaded `http.server` on a free port of
 127.0.0.1 that records every request and answers from a queue of replies (then a default).
-It can be stopped (connections refused) and started again on the same port.
+A reply can hang (`delay`), drip its answer a byte at a time (`drip_seconds`), redirect (a 3xx
+with a Location header), or close the connection without an answer (`close`). It can be
+stopped (connections refused, hanging answers released) and started again on the same port.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -22,6 +26,8 @@ class Reply:
     body: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering (a slow or hanging notifier)
+    drip_seconds: float = 0.0  # > 0: the answer goes a byte at a time, this far apart
+    close: bool = False  # close the connection without answering
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Received:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> object:
         return json.loads(self.body)
@@ -55,6 +62,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.stopping = threading.Event()  # releases hanging and dripping answers
 
     @property
     def url(self) -> str:
@@ -65,6 +73,7 @@ class Receiver:
             self._replies.extend(r if isinstance(r, Reply) else Reply(status=r) for r in replies)
 
     def start(self) -> Self:
+        self.stopping.clear()
         self._server = _QuietServer(("127.0.0.1", self.port), _handler(self))
         # A short poll interval: stopping waits for the serving loop's next look at its flag.
         self._thread = threading.Thread(
@@ -76,6 +85,7 @@ class Receiver:
     def stop(self) -> None:
         if self._server is None:
             return
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -104,14 +114,25 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             reply = receiver._take(Received(
                 self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
             ))
-            time.sleep(reply.delay)
+            if receiver.stopping.wait(reply.delay):
+                return
+            if reply.close:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             payload = reply.body.encode()
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            lines = [f"HTTP/1.0 {reply.status} {HTTPStatus(reply.status).phrase}"]
+            lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+            lines.append(f"Content-Length: {len(payload)}")
+            answer = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+            if not reply.drip_seconds:
+                self.wfile.write(answer)
+                return
+            for byte in answer:
+                if receiver.stopping.wait(reply.drip_seconds):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
 
         do_GET = do_PUT = do_POST
 

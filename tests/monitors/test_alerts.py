@@ -15,8 +15,10 @@ from monitors.alerts import (
     acknowledge,
     add_silence,
     apply_window,
+    clear_health,
     end_silence,
     list_silences,
+    raise_health,
     resolve,
 )
 from monitors.config import parse_monitors
@@ -72,7 +74,8 @@ class Windows:
                 profile={}, created_at=T0,
             )).inserted_primary_key[0]
 
-    def close(self, firing: list[Firing], judged: frozenset[str] = JUDGED) -> list[dict]:
+    def close(self, firing: list[Firing], judged: frozenset[str] = JUDGED, *,
+              config=None, symptoms: frozenset = frozenset()) -> list[dict]:
         self.now += timedelta(minutes=5)
         with self.engine.begin() as conn:
             run_id = conn.execute(sa.insert(RUNS).values(
@@ -81,8 +84,9 @@ class Windows:
                 drifted_columns=0, checked_columns=1, drift_share=0.5, dataset_drift=False,
                 newest_events={}, cursor={}, seconds=0.0, created_at=self.now,
             )).inserted_primary_key[0]
-            return apply_window(conn, CONFIG, "m", run_id, Evaluation(firing, judged),
-                                now=self.now, public_url=URL)
+            return apply_window(conn, config or CONFIG, "m", run_id,
+                                Evaluation(firing, judged, symptoms), now=self.now,
+                                public_url=URL)
 
 
 def _outbox(engine) -> list[tuple[str, str, int]]:
@@ -134,7 +138,9 @@ def test_the_notification_carries_links_and_no_secret(db, monkeypatch) -> None:
         ).scalars().first()
     assert stored["report_url"] == f"{URL}/v1/drift-runs/{alert['last_run_id']}/report"
     assert stored["alert_url"] == f"{URL}/v1/alerts/{alert['alert_id']}"
-    assert stored["dedup_key"] == "m/feature_drift/v:a" and stored["event"] == "trigger"
+    # One page per window: its key names the page, its alerts their own keys.
+    assert stored["dedup_key"] == f"m/page/{alert['alert_id']}" and stored["event"] == "trigger"
+    assert [a["dedup_key"] for a in stored["alerts"]] == ["m/feature_drift/v:a"]
     assert stored["summary"] == "[m] v:a drifted" and stored["details"] == {"statistic": 0.3}
     assert "secret-routing-key" not in str(stored)
 
@@ -190,3 +196,110 @@ def test_ending_a_silence_early(db) -> None:
     active = list_silences(db, active_at=T0 + timedelta(minutes=2))
     assert silence["silence_id"] not in [s["silence_id"] for s in active]
     assert silence["silence_id"] in [s["silence_id"] for s in list_silences(db)]
+
+
+def _messages(engine, notifier: str) -> list[dict]:
+    with engine.connect() as conn:
+        return list(conn.execute(
+            sa.select(OUTBOX.c.alert).join(ALERTS, ALERTS.c.alert_id == OUTBOX.c.alert_id)
+            .where(ALERTS.c.monitor == "m", OUTBOX.c.notifier == notifier)
+            .order_by(OUTBOX.c.message_id)
+        ).scalars())
+
+
+def test_one_bad_window_pages_once_with_the_drifted_features_inside(db) -> None:
+    windows = Windows(db)
+    features = [f"v:f{i:02d}" for i in range(60)]
+    storm = [Firing("feature_drift", f, "warning", f"[m] {f} drifted", {}) for f in features]
+    storm.append(Firing("drift_share", "dataset", "critical", "[m] 60 of 60 drifted", {}))
+    opened = windows.close(storm)
+    assert len(opened) == 61 and len({a["page_key"] for a in opened}) == 1
+    (page,) = _messages(db, "pager")
+    assert page["event"] == "trigger" and page["severity"] == "critical"
+    assert page["details"]["drifted_features"] == features
+    assert page["summary"].startswith("[m] 61 alerts: v:f00 drifted; v:f01 drifted")
+    (am,) = _messages(db, "am")  # Alertmanager groups itself: each alert under its labels
+    assert [a["dedup_key"] for a in am["alerts"]] == [f"m/feature_drift/{f}" for f in features] + [
+        "m/drift_share/dataset"]
+    # Still firing next window: no new page, one refire for Alertmanager.
+    windows.close(storm)
+    assert len(_messages(db, "pager")) == 1 and len(_messages(db, "am")) == 2
+    # Acknowledging one alert acknowledges the page: one acknowledge, every alert in it.
+    acknowledge(db, CONFIG, opened[5]["alert_id"], "alice", public_url=URL)
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger", "acknowledge"]
+    with db.connect() as conn:
+        statuses = set(conn.execute(
+            sa.select(ALERTS.c.status).where(ALERTS.c.monitor == "m")).scalars())
+    assert statuses == {"acknowledged"}
+    # A person resolves one: the page stays open until its last alert resolves.
+    resolve(db, CONFIG, opened[0]["alert_id"], "alice", public_url=URL)
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger", "acknowledge"]
+    for _ in range(3):  # auto_resolve_after 2, min_open_windows 3
+        windows.close([])
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger", "acknowledge", "resolve"]
+    assert len(_messages(db, "pager")[-1]["alerts"]) == 61
+
+
+def test_the_end_of_a_silence_does_not_page_an_acknowledged_alert(db) -> None:
+    windows = Windows(db)
+    add_silence(db, monitor="m", target=None, starts_at=T0, ends_at=T0 + timedelta(minutes=7),
+                created_by="alice", comment="deploy")
+    (alert,) = windows.close([DRIFT])  # T0 + 5 min: under the silence
+    assert alert["silenced"] is True
+    acknowledge(db, CONFIG, alert["alert_id"], "alice", public_url=URL)
+    (after,) = windows.close([DRIFT])  # T0 + 10 min: the silence is over, still firing
+    assert after["status"] == "acknowledged"
+    assert _messages(db, "pager") == []  # nobody is paged for what someone is already on
+    resolve(db, CONFIG, alert["alert_id"], "alice", public_url=URL)
+    assert _messages(db, "pager") == []
+
+
+FLAPPY = parse_monitors("""
+notifiers:
+  pager: {type: pagerduty, routing_key_env: TEST_PD_KEY}
+monitors:
+  m:
+    feature_view: v
+    window: {rows: 100}
+    rules: [{kind: feature_drift, consecutive: 2}]
+    auto_resolve_after: 1
+    notify: [pager]
+""")
+
+
+def test_flapping_is_damped_in_sql(db) -> None:
+    windows = Windows(db)
+    for _ in range(10):  # drifted and clean in turn
+        windows.close([DRIFT], config=FLAPPY)
+        windows.close([], config=FLAPPY)
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger"]
+    # A drifted window that does not complete `consecutive` is not clean.
+    for _ in range(4):
+        windows.close([], config=FLAPPY, symptoms=frozenset({("feature_drift", "v:a")}))
+    with db.connect() as conn:
+        (status, clean, flaps) = conn.execute(
+            sa.select(ALERTS.c.status, ALERTS.c.clean_windows, ALERTS.c.flaps)
+            .where(ALERTS.c.monitor == "m")).one()
+    assert (status, clean, flaps) == ("triggered", 0, 9)
+    for _ in range(8):  # 1 x 2^3 clean windows: the cap
+        windows.close([], config=FLAPPY)
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger", "resolve"]
+
+
+def test_a_monitor_that_cannot_run_raises_a_health_alert(db) -> None:
+    now = T0
+    for failures in (1, 2):
+        assert raise_health(db, CONFIG, "m", "no baseline", failures, now=now,
+                            public_url=URL) is None
+    alert = raise_health(db, CONFIG, "m", "BaselineError: no baseline view:v v9", 3, now=now,
+                         public_url=URL)
+    assert (alert["rule"], alert["target"], alert["severity"]) == (
+        "monitor_health", "monitor", "error")
+    again = raise_health(db, CONFIG, "m", "still", 4, now=now, public_url=URL)
+    assert again["alert_id"] == alert["alert_id"] and again["details"]["failures"] == 4
+    (page,) = _messages(db, "pager")
+    assert page["rule"] == "monitor_health" and "no baseline view:v v9" in page["summary"]
+    resolved = clear_health(db, CONFIG, "m", now=now, public_url=URL)
+    assert resolved["status"] == "resolved" and resolved["resolved_by"] == "auto"
+    assert [m["event"] for m in _messages(db, "pager")] == ["trigger", "resolve"]
+    assert clear_health(db, CONFIG, "m", now=now, public_url=URL) is None

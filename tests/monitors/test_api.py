@@ -217,7 +217,9 @@ def test_monitors_with_their_latest_run_and_open_alerts(api) -> None:
     assert (scoring["feature_service"], scoring["feature_view"]) == (SERVICE, None)
     assert scoring["features"] == FEATURES and scoring["score"] is True
     assert scoring["window"] == {"rows": 1000, "min_rows": 100}
-    assert [r["kind"] for r in scoring["rules"]] == ["feature_drift", "drift_share"]
+    assert [r["kind"] for r in scoring["rules"]] == [
+        "feature_drift", "drift_share", "monitor_health"  # on by default
+    ]
     assert scoring["rules"][0]["consecutive"] == 2
     assert scoring["notify"] == ["hook", "am"]
     assert scoring["open_alerts"] == 2
@@ -239,31 +241,35 @@ def test_monitors_with_their_latest_run_and_open_alerts(api) -> None:
     assert SCORING in missing.json()["error"]["message"]
 
 
-def test_missing_or_invalid_monitors_file(api) -> None:
+def test_an_invalid_edit_keeps_the_last_valid_file_in_use(api) -> None:
+    from monitors.config import CONFIG_VALID
+
     client, reader, oncall = api.client, _as(api, "reader"), _as(api, "oncall")
     alert_id = _alert(api, SCORING, FEATURES[0])
+    assert client.get("/v1/monitors", headers=reader).status_code == 200  # the valid file
     api.config.write_text(MONITORS_YAML.replace("{rows: 1000}", "{rows: 0}"))
-    invalid = client.get("/v1/monitors", headers=reader)
-    assert invalid.status_code == 409
-    assert invalid.json()["error"]["code"] == "monitors_config"
-    assert f"monitors.{SCORING}.window.rows" in invalid.json()["error"]["message"]
-    refused = client.post(f"/v1/alerts/{alert_id}/acknowledge", headers=oncall)
-    assert refused.status_code == 409
-    assert "window.rows" in refused.json()["error"]["message"]
-    assert client.get(f"/v1/alerts/{alert_id}", headers=reader).json()["status"] == "triggered"
-    assert _outbox(api, alert_id) == []
-    # Alerts and runs are read from SQL alone: a bad file does not hide them.
-    assert client.get("/v1/alerts", headers=reader).status_code == 200
-
-    api.config.unlink()
-    assert client.get("/v1/monitors", headers=reader).json() == {"monitors": []}
-    assert client.get(f"/v1/monitors/{SCORING}", headers=reader).status_code == 404
-    refused = client.post(f"/v1/alerts/{alert_id}/resolve", headers=oncall)
-    assert refused.status_code == 409
-    assert "no monitors file" in refused.json()["error"]["message"]
+    # On-call can still act: the last valid version stays in use, the edit is reported.
+    still = client.get("/v1/monitors", headers=reader)
+    assert still.status_code == 200
+    assert sorted(m["name"] for m in still.json()["monitors"]) == sorted([SCORING, STREAM])
+    assert CONFIG_VALID._value.get() == 0
+    acknowledged = client.post(f"/v1/alerts/{alert_id}/acknowledge", headers=oncall)
+    assert acknowledged.status_code == 200, acknowledged.text
+    assert [(r.notifier, r.event) for r in _outbox(api, alert_id)] == [("hook", "acknowledge")]
     silence = client.post("/v1/silences", json={"monitor": SCORING, "minutes": 5},
                           headers=oncall)
-    assert silence.status_code == 409
+    assert silence.status_code == 201, silence.text
+
+    api.config.unlink()  # a deleted file is an invalid edit too
+    assert client.get("/v1/monitors", headers=reader).json() == {"monitors": []}
+    assert client.get(f"/v1/monitors/{SCORING}", headers=reader).status_code == 404
+    resolved = client.post(f"/v1/alerts/{alert_id}/resolve", headers=oncall)
+    assert resolved.status_code == 200, resolved.text
+    # Alerts and runs are read from SQL alone.
+    assert client.get("/v1/alerts", headers=reader).status_code == 200
+    api.config.write_text(MONITORS_YAML)
+    assert client.get("/v1/monitors", headers=reader).status_code == 200
+    assert CONFIG_VALID._value.get() == 1
 
 
 def test_drift_runs_newest_first_in_pages(api) -> None:

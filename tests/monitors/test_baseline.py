@@ -435,3 +435,20 @@ def test_null_rate_counts_nan_like_the_export_statistics(settings, export_file: 
     assert built.profile["amount_to_card_mean_24h"]["null_rate"] == pytest.approx(
         (whole.null_count + nan) / 12_000
     )
+
+
+def test_names_the_tables_cannot_hold_are_refused_at_build(
+    settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_name = "card_profile:" + "x" * 300  # monitor_run_features.feature holds 300
+    monkeypatch.setitem(REFERENCES, FEATURES[0], long_name)
+    path = tmp_path / "long.parquet"
+    write_export(path, 200)
+    with pytest.raises(BaselineError, match=r"the feature 'card_profile:xxx.*is 313 characters, "
+                                            r"more than the 300 of monitor_run_features.feature"):
+        build_baseline(settings, path)
+    monkeypatch.setitem(REFERENCES, FEATURES[0], "card_profile:a\x00b")
+    write_export(path, 200)
+    with pytest.raises(BaselineError, match="holds a NUL character"):
+        build_baseline(settings, path)
+    assert list_baselines(settings) == []  # nothing stored

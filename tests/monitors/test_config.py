@@ -6,7 +6,14 @@ import textwrap
 
 import pytest
 
-from monitors.config import MonitorConfigError, check_names, check_secrets, parse_monitors
+from monitors.config import (
+    CONFIG_VALID,
+    MonitorConfigError,
+    MonitorsConfigSource,
+    check_names,
+    check_secrets,
+    parse_monitors,
+)
 
 GOOD = """
 interval_seconds: 10
@@ -47,7 +54,8 @@ def test_a_good_file_parses_with_defaults() -> None:
     assert fraud.window.rows == 5000 and fraud.window.min_rows == 100
     assert fraud.auto_resolve_after == 3 and fraud.baseline == "latest"
     assert [r.kind for r in fraud.rules] == [
-        "feature_drift", "drift_share", "multivariate", "freshness", "null_rate"
+        "feature_drift", "drift_share", "multivariate", "freshness", "null_rate",
+        "monitor_health",  # on by default
     ]
     assert config.notifiers["oncall"].url == "https://events.pagerduty.com/v2/enqueue"
 
@@ -135,3 +143,66 @@ def test_a_missing_file_says_where_it_looked(tmp_path) -> None:
 
     with pytest.raises(MonitorConfigError, match=f"no monitors file at {tmp_path}/absent.yaml"):
         load_monitors(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("    features: [card_transaction_features:" + "x" * 300 + "]\n",
+     ("monitors.fraud.features: 'card_transaction_features:xxxxxxxxxxxxxx'... is 326 "
+     "characters, more than the 300 of monitor_run_features.feature")),
+    ("    features: [\"card_transaction_features:a\\0b\"]\n",
+     "monitors.fraud.features: 'card_transaction_features:a\\x00b' holds a NUL character"),
+])
+def test_inputs_the_tables_cannot_hold_are_refused_at_load(change: str, message: str) -> None:
+    text = GOOD.replace(
+        "    features: [card_transaction_features:card_txn_count_1h]\n", change
+    ).replace("methods: {card_transaction_features:card_txn_count_1h: psi}", "methods: {}")
+    with pytest.raises(MonitorConfigError) as caught:
+        parse_monitors(text)
+    assert message in str(caught.value)
+    long_monitor = GOOD.replace("  fraud:\n", "  " + "m" * 201 + ":\n")
+    with pytest.raises(MonitorConfigError, match="more than the 200 of monitor_runs.monitor"):
+        parse_monitors(long_monitor)
+
+
+def test_the_health_rule_is_on_by_default_and_can_be_turned_off() -> None:
+    assert parse_monitors(GOOD).monitors["fraud"].health.after_failures == 3
+    off = GOOD.replace("      - {kind: null_rate, jump: 0.1}\n",
+                       "      - {kind: null_rate, jump: 0.1}\n"
+                       "      - {kind: monitor_health, enabled: false}\n")
+    assert parse_monitors(off).monitors["fraud"].health is None
+    twice = off.replace("enabled: false}", "enabled: false}\n      - {kind: monitor_health}")
+    with pytest.raises(MonitorConfigError, match="at most one monitor_health rule"):
+        parse_monitors(twice)
+
+
+def test_one_version_in_use_reloaded_on_change_and_kept_over_invalid_edits(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "monitors.yaml"
+    source = MonitorsConfigSource(path)
+    with pytest.raises(MonitorConfigError, match="no monitors file at"):
+        source.current()  # never valid: nothing to fall back on
+    path.write_text("monitors: {}\n")
+    with pytest.raises(MonitorConfigError, match="monitors"):
+        source.current()
+    path.write_text(GOOD)
+    first = source.current()
+    assert source.current() is first and source.error is None  # unchanged: not read again
+    path.write_text(GOOD.replace("interval_seconds: 10", "interval_seconds: 20"))
+    assert source.current().interval_seconds == 20  # reloaded on change
+    with caplog.at_level("ERROR", logger="monitors.config"):
+        path.write_text(GOOD.replace("{rows: 5000}", "{rows: 0}"))
+        kept = source.current()
+        assert kept.interval_seconds == 20  # the last valid version stays in use
+        assert source.current() is kept
+    assert "monitors.fraud.window.rows" in source.error
+    assert CONFIG_VALID._value.get() == 0
+    assert [r.getMessage() for r in caplog.records if "not valid" in r.getMessage()] == [
+        ("the monitors file changed but is not valid; the last valid version stays in use "
+        f"until it is fixed: {source.error}")
+    ]  # once per edit, not once per reading
+    path.unlink()
+    assert source.current() is kept and "no monitors file" in source.error
+    path.write_text(GOOD)
+    assert source.current().interval_seconds == 10 and source.error is None
+    assert CONFIG_VALID._value.get() == 1

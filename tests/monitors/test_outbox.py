@@ -51,8 +51,9 @@ def _secrets(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HOOK_KEY", HMAC_KEY)
 
 
-def hook(receiver: Receiver) -> WebhookNotifier:
-    return WebhookNotifier(type="webhook", url=receiver.url + "/hook", secret_env="HOOK_KEY")
+def hook(receiver: Receiver, **options) -> WebhookNotifier:
+    return WebhookNotifier(type="webhook", url=receiver.url + "/hook", secret_env="HOOK_KEY",
+                           **options)
 
 
 def pagerduty(receiver: Receiver) -> PagerDutyNotifier:
@@ -146,7 +147,9 @@ def test_due_rows_are_delivered_once_in_order(engine: sa.Engine, receiver: Recei
     assert outbox.deliver_due(T0) == DeliveryCounts(2, 0, 0)
     assert outbox.deliver_due(T0 + timedelta(minutes=5)) == DeliveryCounts(1, 0, 0)
     assert outbox.deliver_due(T0 + timedelta(hours=1)) == DeliveryCounts(0, 0, 0)
-    assert sent(receiver) == [("trigger", KEY_A), ("trigger", KEY_B), ("resolve", KEY_A)]
+    # Two keys go concurrently (in either order); one key's rows in order.
+    assert sorted(sent(receiver)[:2]) == [("trigger", KEY_A), ("trigger", KEY_B)]
+    assert sent(receiver)[2] == ("resolve", KEY_A)
     found = rows(engine)
     assert [(r["status"], r["attempts"], r["last_error"]) for r in found] == [
         ("delivered", 1, None)
@@ -233,7 +236,7 @@ def test_a_rejected_message_fails_at_once_and_frees_its_key(
 
 
 def test_a_resolve_never_overtakes_its_trigger(engine: sa.Engine, receiver: Receiver) -> None:
-    notifiers = {"hook": hook(receiver)}
+    notifiers = {"hook": hook(receiver, concurrency=1)}  # one at a time: replies in order
     first, second = add_alert(engine, KEY_A), add_alert(engine, KEY_B)
     queue(engine, notifiers, first, key=KEY_A)
     queue(engine, notifiers, second, key=KEY_B)
@@ -250,24 +253,28 @@ def test_a_resolve_never_overtakes_its_trigger(engine: sa.Engine, receiver: Rece
     assert sent(receiver)[2:] == [("trigger", KEY_A), ("resolve", KEY_A)]
 
 
-def test_notifiers_gone_from_the_config_fail_clearly(
+def test_notifiers_gone_from_the_config_wait_and_changed_kinds_fail_clearly(
     engine: sa.Engine, receiver: Receiver
 ) -> None:
     alert_id = add_alert(engine)
     queue(engine, {"old": hook(receiver)}, alert_id)
     queue(engine, {"am": AlertmanagerNotifier(type="alertmanager", url=receiver.url)},
           alert_id, "refire")
-    # "am" is a webhook now, which takes no refire.
-    outbox = Outbox(engine, {"am": hook(receiver)})
-    assert outbox.deliver_due(T0) == DeliveryCounts(0, 0, 2)
+    # "am" is a webhook now, which takes no refire; "old" is not in the file in use, which may
+    # be older than the edit that queued it: it waits for the file.
+    in_use = {"am": hook(receiver)}
+    outbox = Outbox(engine, lambda: in_use)  # the file in use, read at each pass
+    assert outbox.deliver_due(T0) == DeliveryCounts(0, 1, 1)
     assert [(r["status"], r["last_error"]) for r in rows(engine)] == [
-        ("failed", "notifier old is no longer in the monitors file"),
+        ("pending", "notifier old is not in the monitors file in use"),
         ("failed", (
             "notifier am (type webhook) does not take refire events; the monitors file "
             "changed since it was queued"
         )),
     ]
     assert receiver.received == []
+    in_use["old"] = hook(receiver)  # the edit that declares it is loaded
+    assert outbox.deliver_due(T0 + timedelta(minutes=1)) == DeliveryCounts(1, 0, 0)
 
 
 def test_retries_end_after_give_up_after(
@@ -305,22 +312,25 @@ def test_a_missing_secret_holds_the_message_until_it_is_set(
 
 
 def test_secrets_are_neither_stored_nor_logged(
-    engine: sa.Engine, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    engine: sa.Engine, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slack_url = receiver.url + SLACK_TOKEN_PATH
-    notifiers = {"pd": pagerduty(receiver),
-                 "chat": SlackNotifier(type="slack", webhook_url_env="SLACK_URL"),
-                 "hook": hook(receiver)}
-    queue(engine, notifiers, add_alert(engine))
-    # Each notifier first echoes what it got into an error, then takes the message.
-    receiver.reply(Reply(500, f"routing key {ROUTING_KEY} throttled"),
-                   Reply(503, f"webhook {slack_url} busy"),
-                   Reply(502, f"key {HMAC_KEY}"))
-    outbox = Outbox(engine, notifiers)
-    with caplog.at_level(logging.DEBUG):
-        assert outbox.deliver_due(T0) == DeliveryCounts(0, 3, 0)
-        receiver.default = Reply(200, "ok")
-        assert outbox.deliver_due(T0 + timedelta(minutes=10)) == DeliveryCounts(3, 0, 0)
+    # A receiver per notifier: they are sent to concurrently.
+    with Receiver() as chat, Receiver() as pd:
+        slack_url = chat.url + SLACK_TOKEN_PATH
+        monkeypatch.setenv("SLACK_URL", slack_url)
+        notifiers = {"pd": pagerduty(pd),
+                     "chat": SlackNotifier(type="slack", webhook_url_env="SLACK_URL"),
+                     "hook": hook(receiver)}
+        queue(engine, notifiers, add_alert(engine))
+        # Each notifier first echoes what it got into an error, then takes the message.
+        pd.reply(Reply(500, f"routing key {ROUTING_KEY} throttled"))
+        chat.reply(Reply(503, f"webhook {slack_url} busy"))
+        receiver.reply(Reply(502, f"key {HMAC_KEY}"))
+        outbox = Outbox(engine, notifiers)
+        with caplog.at_level(logging.DEBUG):
+            assert outbox.deliver_due(T0) == DeliveryCounts(0, 3, 0)
+            assert outbox.deliver_due(T0 + timedelta(minutes=10)) == DeliveryCounts(3, 0, 0)
     assert any(r.name == "httpx" for r in caplog.records)  # httpx logged each request
     stored = repr(rows(engine))
     logged = caplog.text

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitors.config import parse_monitors
-from monitors.rules import CHECKED, TOO_FEW_ROWS, ColumnOutcome, RunOutcome, evaluate
+from monitors.rules import (
+    CHECKED,
+    CLEAN,
+    DIRTY,
+    FIRED,
+    TOO_FEW_ROWS,
+    UNJUDGED,
+    ColumnOutcome,
+    OpenAlert,
+    RunOutcome,
+    damp,
+    evaluate,
+)
 
 FEATURES = ("v:a", "v:b", "v:c")
 END = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -118,3 +133,79 @@ def test_the_most_severe_of_two_rules_of_a_kind_speaks_for_the_key() -> None:
     assert [(f.target, f.severity) for f in fired] == [("v:a", "critical")]
     assert fired[0].dedup_key("m") == "m/feature_drift/v:a"
     assert "3 windows in a row" in fired[0].summary
+
+
+# -- flap damping ------------------------------------------------------------------------------
+
+VERDICTS = (FIRED, DIRTY, CLEAN, UNJUDGED)
+
+
+def _lifecycle(verdicts, auto_resolve_after: int, min_open_windows: int) -> list[str | None]:
+    """What `damp` makes of a condition's verdicts: per window, trigger / resolve / None."""
+    events, state = [], None
+    for verdict in verdicts:
+        if state is None:
+            state = OpenAlert() if verdict == FIRED else None
+            events.append("trigger" if state else None)
+            continue
+        state, resolves = damp(state, verdict, auto_resolve_after=auto_resolve_after,
+                               min_open_windows=min_open_windows)
+        events.append("resolve" if resolves else None)
+        state = None if resolves else state
+    return events
+
+
+def _damping_oracle(verdicts, auto_resolve_after: int, min_open_windows: int) -> list[str | None]:
+    """The rules restated over the whole history since the alert opened, window by window."""
+    events, opened_at = [], None
+    for now, verdict in enumerate(verdicts):
+        if opened_at is None:
+            opened_at = now if verdict == FIRED else None
+            events.append("trigger" if verdict == FIRED else None)
+            continue
+        judged = [v for v in verdicts[opened_at:now + 1] if v != UNJUDGED]
+        trailing_clean = len(judged) - len("".join(
+            "c" if v == CLEAN else "x" for v in judged).rstrip("c"))
+        # A flap: firing again right after a clean window (dirty ones reset the clean run).
+        flaps = sum(a == CLEAN and b == FIRED for a, b in itertools.pairwise(judged))
+        needed = auto_resolve_after * 2 ** min(flaps, 3)
+        if (verdict == CLEAN and trailing_clean >= needed
+                and len(judged) >= min_open_windows):
+            events.append("resolve")
+            opened_at = None
+        else:
+            events.append(None)
+    return events
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    verdicts=st.lists(st.sampled_from(VERDICTS), max_size=80),
+    auto_resolve_after=st.integers(1, 5),
+    min_open_windows=st.integers(1, 8),
+)
+def test_flap_damping_matches_the_oracle(verdicts, auto_resolve_after, min_open_windows) -> None:
+    assert _lifecycle(verdicts, auto_resolve_after, min_open_windows) == _damping_oracle(
+        verdicts, auto_resolve_after, min_open_windows
+    )
+
+
+def test_flapping_every_window_pages_once() -> None:
+    # The issue's case: auto_resolve_after 1, drifted / clean in turn for 20 windows.
+    events = _lifecycle([FIRED, CLEAN] * 10, 1, 3)
+    assert events.count("trigger") == 1 and events.count("resolve") == 0
+    # A drifted window that does not complete `consecutive` is not clean: DD then DC x4.
+    monitor = _monitor("[{kind: feature_drift, consecutive: 2}]")
+    drifted = [True, True] + [False, True] * 4
+    history, verdicts = [], []
+    for run_id, drift in enumerate(drifted):
+        history.append(RunOutcome(
+            run_id, CHECKED, END + timedelta(minutes=run_id), 100,
+            {"v:a": ColumnOutcome(drift, "psi", 0.3, 0.1, 0.0, 0.0)},
+        ))
+        verdicts.append(evaluate("m", monitor, history).verdict("feature_drift", "v:a"))
+    assert verdicts == [DIRTY, FIRED] + [CLEAN, DIRTY] * 4
+    assert _lifecycle(verdicts, 3, 1).count("resolve") == 0
+    # Clean for long enough, it resolves: after 3 x 2 clean windows (it flapped once).
+    calm = [FIRED, CLEAN, FIRED] + [CLEAN] * 6
+    assert _lifecycle(calm, 3, 1) == ["trigger"] + [None] * 7 + ["resolve"]

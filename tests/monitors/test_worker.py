@@ -24,10 +24,12 @@ from monitors.capture import CaptureLog, Window
 from monitors.config import parse_monitors
 from monitors.notifiers import verify_signature
 from monitors.runs import check_window
-from monitors.store import RUNS
-from monitors.worker import MonitorWorker
+from monitors.store import ALERTS, OUTBOX, RUNS
+from monitors.worker import MonitorWorker, WorkerReport
 from tests.conftest import POSTGRES_URL
+from tests.monitors.own_postgres import OwnPostgres
 from tests.monitors.receiver import Receiver
+from tests.servers import wait_for
 
 START = date(2026, 2, 2)  # a Monday
 HISTORY_DAYS = 14
@@ -207,7 +209,8 @@ def test_alert_reaches_the_receiver_across_an_outage_and_a_worker_restart(
         body = page.json()
         assert verify_signature(SECRET, page.headers["x-featurestore-timestamp"], page.body,
                                 page.headers["x-featurestore-signature"])
-        assert body["event"] == "trigger" and body["dedup_key"] == f"{name}/feature_drift/txn:amount"
+        assert body["event"] == "trigger" and body["dedup_key"].startswith(f"{name}/page/")
+        assert [a["dedup_key"] for a in body["alerts"]] == [f"{name}/feature_drift/txn:amount"]
         assert body["report_url"].startswith("https://features.example/v1/drift-runs/")
         assert Path(report.runs[1].report_html).read_text().count("amount") > 0
 
@@ -220,3 +223,102 @@ def test_alert_reaches_the_receiver_across_an_outage_and_a_worker_restart(
     finally:
         receiver.stop()
         capture.close()
+
+
+def _outbox(engine, monitor: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            sa.select(OUTBOX.c.event, OUTBOX.c.status)
+            .join(ALERTS, ALERTS.c.alert_id == OUTBOX.c.alert_id)
+            .where(ALERTS.c.monitor == monitor).order_by(OUTBOX.c.message_id)
+        )]
+
+
+def test_a_deleted_sample_file_raises_a_health_alert_until_it_is_back(
+    settings, baseline, kafka_bootstrap
+) -> None:
+    settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka_bootstrap})
+    name = f"health_{uuid.uuid4().hex[:8]}"
+    config = _config(name, rules="[{kind: feature_drift}, "
+                     "{kind: monitor_health, after_failures: 2, severity: critical}]",
+                     notify="[hook]")
+    kept = baseline.sample_path.read_bytes()
+    baseline.sample_path.unlink()
+    worker = MonitorWorker(settings, config)
+    report = WorkerReport()
+    try:
+        worker.check_all(report)
+        assert "is missing" in report.failures[name] and _outbox(worker.engine, name) == []
+        worker.check_all(report)  # the second failure in a row: the monitor cannot run
+        assert _outbox(worker.engine, name) == [("trigger", "pending")]
+        with worker.engine.connect() as conn:
+            (alert,) = conn.execute(sa.select(ALERTS).where(ALERTS.c.monitor == name)).all()
+        assert (alert.rule, alert.severity, alert.status) == (
+            "monitor_health", "critical", "triggered")
+        assert f"the sample of baseline view:{VIEW} v{baseline.version} is missing" in (
+            alert.summary)
+        baseline.sample_path.write_bytes(kept)
+        worker.check_all(report)  # it runs again: resolved
+        assert name not in report.failures
+        assert _outbox(worker.engine, name) == [("trigger", "pending"), ("resolve", "pending")]
+    finally:
+        worker.close()
+
+
+@pytest.mark.postgres
+def test_monitors_run_rides_out_a_database_outage(configure, training_export, kafka_bootstrap,
+                                                   monkeypatch) -> None:
+    # `monitors run`'s loop (MonitorWorker.run) on a PostgreSQL of the test's own, stopped at a
+    # known point: right after the first window's page was delivered and recorded.
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    database = OwnPostgres()
+    database.start()
+    receiver = Receiver().start()
+    stop = threading.Event()
+    capture = None
+    try:
+        settings = configure(database_url=database.url, capture_topic=f"capture-{uuid.uuid4().hex}",
+                             kafka_bootstrap_servers=kafka_bootstrap, capture_rate="1.0")
+        build_baseline(settings, training_export, feature_view=VIEW, sample_rows=20_000)
+        name = "outage"
+        config = _config(name, receiver.url + "/alerts", notify="[hook]",
+                         min_open_windows="1")
+        worker = MonitorWorker(settings, config)
+        running = threading.Thread(target=worker.run, args=(stop,))
+        running.start()
+        capture = CaptureLog(settings, "test-producer")
+        (shifted,) = _days(LIVE, 1, amount_shift=2.0)
+        normal = _days(LIVE + timedelta(days=2), 2)
+
+        def send(table: pa.Table) -> None:
+            capture.offer_table(f"view:{VIEW}", table.slice(0, 3_000), list(COLUMNS))
+            assert capture.flush(30)
+            time.sleep(1.1)  # offers within one second may share a message (and so a window)
+
+        send(shifted)
+        wait_for(lambda: _outbox(worker.engine, name) == [("trigger", "delivered")], 60,
+                 "the first page delivered and recorded")
+        database.stop()
+        for table in normal:  # two clean windows while the database is away
+            send(table)
+        time.sleep(20)  # the outage
+        assert running.is_alive()  # no crash
+        database.start()
+        wait_for(lambda: _outbox(worker.engine, name) == [("trigger", "delivered"),
+                                                          ("resolve", "delivered")], 60,
+                 "the resolve delivered once the database is back")
+        stop.set()
+        running.join(30)
+        with worker.engine.connect() as conn:
+            runs = conn.execute(sa.select(RUNS).where(RUNS.c.monitor == name)
+                                .order_by(RUNS.c.run_id)).all()
+        # No window lost, none checked twice.
+        assert [run.current_rows for run in runs] == [3_000] * 3
+        assert len({run.window_start for run in runs}) == 3
+        assert [r.json()["event"] for r in receiver.received] == ["trigger", "resolve"]
+    finally:
+        stop.set()
+        receiver.stop()
+        if capture is not None:
+            capture.close()
+        database.remove()
