@@ -1,0 +1,171 @@
+"""One partition task without a broker: containment, the key check and event-time sanity."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from streaming import topology as topologies
+from streaming import validation as v
+from streaming.task import PartitionTask
+from streaming.validation import EventValidator
+from streaming.windows import WindowState
+from tests.conftest import _SETTINGS_ENV
+
+NOW = datetime(2026, 3, 2, tzinfo=UTC)
+NOW_US = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 0
+    headers: tuple = ()
+
+
+def event(card: int, at: datetime, **changes) -> bytes:
+    return json.dumps({
+        "transaction_id": f"t{card}-{at.isoformat()}", "card_id": card, "merchant_id": 3,
+        "amount": 12.5, "currency": "EUR", "merchant_category": "grocery", "country": "DE",
+        "channel": "pos", "event_timestamp": at.isoformat(), **changes,
+    }).encode()
+
+
+def records(values: list[tuple[bytes | None, bytes | None]], first: int = 0) -> list[Record]:
+    return [Record(first + i, key, value) for i, (key, value) in enumerate(values)]
+
+
+def good(card: int, at: datetime) -> tuple[bytes, bytes]:
+    return str(card).encode(), event(card, at)
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory):
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+
+    root = tmp_path_factory.mktemp("task")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _SETTINGS_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("FEATURESTORE_CONFIG", str(root / "absent.yaml"))
+        patch.setenv("FEATURESTORE_DATA_DIR", str(root / "data"))
+        views = select_views(apply(get_settings()), None, aggregated_only=True)
+    return topologies.build(views, "g")
+
+
+@pytest.fixture
+def task(topology, tmp_path) -> PartitionTask:
+    validator = EventValidator(
+        topology.schema, 16_384, topology.ranges, topology.timestamp_range
+    )
+    return PartitionTask(topology, topology.stages[topology.source_topic], 0, tmp_path, validator)
+
+
+def _card_state(task: PartitionTask) -> WindowState:
+    return task.states["card_transaction_features"]
+
+
+def _reasons(step) -> list[tuple[int, str]]:
+    return sorted((d.record.offset, d.rejected.reason) for d in step.dead_letters)
+
+
+def test_a_record_whose_processing_raises_is_a_dead_letter_and_the_rest_apply(
+    task, monkeypatch, caplog
+) -> None:
+    original = WindowState.apply
+
+    def fails_on_card_13(self, keys, *args, **kwargs):
+        if 13 in np.asarray(keys).tolist():
+            raise RuntimeError("boom on 13")
+        return original(self, keys, *args, **kwargs)
+
+    monkeypatch.setattr(WindowState, "apply", fails_on_card_13)
+    start = NOW - timedelta(hours=1)
+    values = [good(card, start + timedelta(seconds=i)) for i, card in enumerate([1, 2] * 200)]
+    values.insert(150, good(13, start + timedelta(seconds=150)))
+    with caplog.at_level(logging.ERROR, "featurestore.stream"):
+        step = task.process(records(values), now_us=NOW_US)
+
+    assert _reasons(step) == [(150, v.INTERNAL_ERROR)]
+    letter = step.dead_letters[0]
+    assert letter.exception == "RuntimeError: boom on 13"
+    assert "RuntimeError: boom on 13" in letter.rejected.detail
+    assert "boom on 13" in caplog.text and "Traceback" in caplog.text
+    assert _card_state(task).events(1) == _card_state(task).events(2) == 200
+    # The checkpoint covers every record: 400 applied, one dead-lettered.
+    assert task.checkpoint() == 401
+    assert sum(t.num_rows for t in task.log.events()) == 400
+
+
+def test_the_message_key_must_be_the_events_card(task) -> None:
+    at = NOW - timedelta(minutes=30)
+    step = task.process(
+        records([(b"7", event(7, at)), (b"8", event(7, at)), (None, event(7, at)),
+                 (b"07", event(7, at)), (b"7", event(7, at + timedelta(seconds=1)))]),
+        now_us=NOW_US,
+    )
+    assert _reasons(step) == [(1, v.KEY_MISMATCH), (2, v.KEY_MISMATCH), (3, v.KEY_MISMATCH)]
+    details = sorted(d.rejected.detail for d in step.dead_letters)
+    assert "the message has no key; it must be the event's card_id, b'7'" in details
+    assert "message key b'8' is not the event's card_id, b'7'" in details
+    assert _card_state(task).events(7) == 2
+
+
+def test_a_far_future_event_is_a_dead_letter_and_never_moves_the_watermark(task) -> None:
+    """Defect: one event a year ahead moved the watermark; every later event was `late`."""
+    at = NOW - timedelta(minutes=30)
+    step = task.process(
+        records([good(1, at), good(1, NOW + timedelta(days=365)), good(2, at + timedelta(seconds=1))]),
+        now_us=NOW_US,
+    )
+    assert _reasons(step) == [(1, v.FUTURE_TIMESTAMP)]
+    assert "more than 0:05:00 ahead of the worker's clock" in step.dead_letters[0].rejected.detail
+    assert task.watermark == NOW_US - 30 * 60_000_000 + 1_000_000
+    later = task.process(
+        records([good(1, at + timedelta(minutes=2)), good(1, NOW + timedelta(minutes=4))], first=3),
+        now_us=NOW_US,
+    )
+    assert later.dead_letters == [] and _card_state(task).events(1) == 3
+
+
+def test_lateness_details_format_at_the_edges_of_the_timestamp_range(topology, tmp_path) -> None:
+    """Defect: formatting a `late` detail raised OverflowError near years 1 and 9999."""
+    wide = EventValidator(topology.schema, 16_384, topology.ranges, timestamp_range=(1, 9999))
+    task = PartitionTask(topology, topology.stages[topology.source_topic], 0, tmp_path, wide)
+    edge = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    far = (edge - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    step = task.process(
+        records([good(1, edge - timedelta(hours=1)), good(1, datetime(1, 1, 1, tzinfo=UTC)),
+                 (b"1", event(1, NOW, event_timestamp="0001-01-01T00:30:00+01:00")),
+                 (b"1", event(1, NOW, event_timestamp="9999-12-31T23:30:00-01:00"))]),
+        now_us=far,
+    )
+    assert _reasons(step) == [(1, v.LATE), (2, v.BAD_TIMESTAMP), (3, v.BAD_TIMESTAMP)]
+    late = next(d for d in step.dead_letters if d.rejected.reason == v.LATE).rejected.detail
+    assert "event time 0001-01-01T00:00:00+00:00 is more than 0:05:00 behind" in late
+    assert "9999-12-31T22:59:59.999999+00:00" in late
+
+
+def test_a_tombstone_behind_unchecked_events_loses_nothing(task) -> None:
+    """Defect: a tombstone raised in validation; shutdown then checkpointed the failed batch."""
+    start = NOW - timedelta(hours=1)
+    first = task.process(
+        records([good(1, start + timedelta(seconds=i)) for i in range(400)]), now_us=NOW_US
+    )
+    second = task.process(
+        records([(b"1", None)] + [good(1, start + timedelta(seconds=400 + i)) for i in range(200)],
+                first=400),
+        now_us=NOW_US,
+    )
+    assert first.dead_letters == [] and _reasons(second) == [(400, v.TOMBSTONE)]
+    assert task.checkpoint() == 601
+    assert sum(t.num_rows for t in task.log.events()) == 600
