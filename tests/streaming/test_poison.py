@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
@@ -93,10 +94,22 @@ def _identity(value: bytes | None) -> str:
     return "tombstone" if value is None else hashlib.sha256(value).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def good() -> list[Message]:
+    return generated_messages(GeneratorConfig(start=START, days=1, cards=800, merchants=20, seed=9))
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, kafka_bootstrap, good) -> StreamRun:
+    run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
+    _send(run, good)
+    run.run_until_idle()
+    return run
+
+
 def test_poison_corpus_is_dead_lettered_once_and_good_events_apply(
-    tmp_path, kafka_bootstrap
+    tmp_path, kafka_bootstrap, good, baseline
 ) -> None:
-    good = generated_messages(GeneratorConfig(start=START, days=1, cards=800, merchants=20, seed=9))
     poison = _poison(good)
     mixed: list[Message] = []
     at = {}
@@ -106,10 +119,7 @@ def test_poison_corpus_is_dead_lettered_once_and_good_events_apply(
         mixed += at.get(i, [])
         mixed.append(message)
 
-    baseline = StreamRun.create(tmp_path / "baseline", kafka_bootstrap, REDIS_URL)
-    _send(baseline, good)
-    baseline.run_until_idle()
-    run = StreamRun.create(tmp_path / "poisoned", kafka_bootstrap, REDIS_URL)
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     _send(run, mixed)
     worker = run.run_until_idle()  # survives: returns once idle
 
@@ -126,4 +136,33 @@ def test_poison_corpus_is_dead_lettered_once_and_good_events_apply(
     assert got == expected
     counts = worker.metrics.dead_letter_counts()
     assert {r: n for r, n in counts.items() if n} == dict(Counter(r for _, _, r in poison))
+    assert_same_results(run, baseline)
+
+
+def test_a_failed_worker_logs_the_error_and_checkpoints_nothing_unfinished(
+    tmp_path, kafka_bootstrap, good, baseline, monkeypatch, caplog
+) -> None:
+    """Defect: after a batch raised, shutdown checkpointed it as applied (its online rows and
+    forwards never sent), and the log showed only "User rebalance callback throws an error"."""
+    from streaming.task import PartitionTask
+
+    processed = PartitionTask.process
+    calls = []
+
+    def processes_then_fails(self, *args, **kwargs):
+        step = processed(self, *args, **kwargs)
+        calls.append(self.partition)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+        return step
+
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    _send(run, good)
+    monkeypatch.setattr(PartitionTask, "process", processes_then_fails)
+    with caplog.at_level(logging.ERROR, "featurestore.stream"), pytest.raises(RuntimeError):
+        run.run_until_idle()
+    assert "RuntimeError: disk on fire" in caplog.text and "Traceback" in caplog.text
+    assert "rebalance callback" not in caplog.text
+    monkeypatch.undo()
+    run.run_until_idle()
     assert_same_results(run, baseline)
