@@ -169,3 +169,34 @@ def test_a_tombstone_behind_unchecked_events_loses_nothing(task) -> None:
     assert first.dead_letters == [] and _reasons(second) == [(400, v.TOMBSTONE)]
     assert task.checkpoint() == 601
     assert sum(t.num_rows for t in task.log.events()) == 600
+
+
+def test_event_time_rules_are_declared_with_the_source(topology) -> None:
+    assert topology.max_future_skew == timedelta(minutes=5)
+    assert topology.timestamp_range == (2000, 2100)
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"max_future_skew": "5 minutes"}, "max_future_skew='5 minutes' must read"),
+        ({"max_future_skew": "-5m"}, "max_future_skew='-5m' must read"),
+        ({"timestamp_range": "2100..2000"}, "timestamp_range='2100..2000' must read"),
+        ({"timestamp_range": "0..2000"}, "within 1..9999"),
+    ],
+)
+def test_bad_event_time_tags_are_named(tags, message) -> None:
+    from feast import FileSource, KafkaSource
+    from feast.data_format import JsonFormat
+
+    from featurestore.definitions import _max_future_skew, _timestamp_range
+    from featurestore.errors import DefinitionError
+
+    source = KafkaSource(
+        name="s", kafka_bootstrap_servers="x", topic="t", timestamp_field="ts",
+        message_format=JsonFormat(schema_json="a INT"),
+        batch_source=FileSource(path="/tmp/x", timestamp_field="ts"), tags=tags,
+    )
+    with pytest.raises(DefinitionError, match=message):
+        _max_future_skew(source)
+        _timestamp_range(source)
