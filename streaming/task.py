@@ -267,6 +267,8 @@ class PartitionTask:
             if mask.any():
                 events, index, ts = events.filter(pa.array(~mask)), index[~mask], ts[~mask]
 
+        # The source stage vets what it forwards: a later stage must not judge an event by
+        # another worker's clock.
         if self.stage.is_source:
             expected = [str(k).encode() for k in events.column(self.stage.key).to_pylist()]
             keys = [records[i].key for i in index]
@@ -275,14 +277,14 @@ class PartitionTask:
                 lambda i: Rejected(KEY_MISMATCH, _key_mismatch(self.stage.key, keys[i],
                                                               expected[i])),
             )
-        drop(
-            ts > now_us + self.future_skew_us,
-            lambda i: Rejected(
-                FUTURE_TIMESTAMP,
-                f"event time {_iso(ts[i])} is more than {self.topology.max_future_skew} ahead "
-                f"of the worker's clock, {_iso(now_us)}",
-            ),
-        )
+            drop(
+                ts > now_us + self.future_skew_us,
+                lambda i: Rejected(
+                    FUTURE_TIMESTAMP,
+                    f"event time {_iso(ts[i])} is more than {self.topology.max_future_skew} "
+                    f"ahead of the worker's clock, {_iso(now_us)}",
+                ),
+            )
         sources = self._sources(records, index)
         late, newest = self._late(ts, sources)
         drop(
