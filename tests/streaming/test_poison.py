@@ -55,6 +55,7 @@ def _poison(good: list[Message], seed: int = 11) -> list[tuple[int, Message, str
         (mid + 8, (other, value), v.KEY_MISMATCH),
         (mid + 9, (None, value), v.KEY_MISMATCH),
         (mid + 10, (key, b""), v.MALFORMED_JSON),
+        (mid + 10, (key, b"null"), v.MALFORMED_JSON),  # crashed Arrow's reader, and the worker
         (mid + 10, (key, variant(card_id=int(key)) + b" " + variant(amount=1.5)), v.MALFORMED_JSON),
         (mid + 11, (key, variant(event_timestamp=future)), v.FUTURE_TIMESTAMP),  # defect 3
         (mid + 12, (key, variant(amount=...)), v.MISSING_FIELD),

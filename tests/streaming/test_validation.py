@@ -220,6 +220,12 @@ def test_an_empty_message_cannot_shift_the_next_ones_rows(validator) -> None:
     assert validator.parse_batch([b"", one + b" " + two]).rejected[1][1].reason == v.MALFORMED_JSON
 
 
+def test_a_null_message_never_reaches_the_reader(validator) -> None:
+    """Defect: Arrow's JSON reader crashes the process (SIGSEGV) on a batch starting `null`."""
+    for chunk in ([b"null"], [b"null", _with()], [b"null {}", b"{} null {}"]):
+        _assert_batch_agrees_with_parse(validator, chunk)
+
+
 # --- property: the fast path and `parse` agree on any input and any batching ----------------
 
 _SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
