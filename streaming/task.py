@@ -300,6 +300,8 @@ class PartitionTask:
             newest_here = int(ts[sources == source].max())
             self.watermarks[source] = max(self.watermarks.get(source, NO_WATERMARK), newest_here)
 
+        if not len(index):
+            return step
         created = datetime.now(UTC)
         for view in self.stage.views:
             state = self.states[view.name]
@@ -380,13 +382,19 @@ class PartitionTask:
         if self.first is None or self.last is None:
             return None
         name = stream_file_name(self.stage.topic, self.partition, self.first, self.last)
-        events = pa.concat_tables(self._events)
+        # No events when every record since the last checkpoint was dead-lettered: the log
+        # still records how far the partition got.
+        events = pa.concat_tables(
+            self._events
+            or [self.topology.schema.empty_table().append_column(OFFSET, pa.array([], pa.int64()))]
+        )
         if self.stage.is_source:
             archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
             offline.write_days(self.topology.raw.path, archive, self.topology.timestamp_field, name)
         for view in self.stage.views:
-            rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
-            offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
+            if self._rows[view.name]:
+                rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
+                offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
         self.log.append(
             self.first,
             self.last,

@@ -200,3 +200,17 @@ def test_bad_event_time_tags_are_named(tags, message) -> None:
     with pytest.raises(DefinitionError, match=message):
         _max_future_skew(source)
         _timestamp_range(source)
+
+
+def test_a_checkpoint_of_dead_letters_only_is_written(task, monkeypatch) -> None:
+    """Defect: a checkpoint with no applied events raised "Must pass at least one table"."""
+
+    def always_fails(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(WindowState, "apply", always_fails)
+    step = task.process(records([good(1, NOW - timedelta(hours=1)), (b"1", None)], first=5),
+                        now_us=NOW_US)
+    assert _reasons(step) == [(5, v.INTERNAL_ERROR), (6, v.TOMBSTONE)]
+    assert task.checkpoint() == 7
+    assert task.log.high_water() == 6 and task.restore() == 7
