@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streaming import topology as topologies
 from streaming import validation as v
@@ -214,3 +217,60 @@ def test_a_checkpoint_of_dead_letters_only_is_written(task, monkeypatch) -> None
     assert _reasons(step) == [(5, v.INTERNAL_ERROR), (6, v.TOMBSTONE)]
     assert task.checkpoint() == 7
     assert task.log.high_water() == 6 and task.restore() == 7
+
+
+# --- property: what a task does with a sequence does not depend on how it is batched -------
+
+_BASE = NOW - timedelta(hours=2)
+_KINDS = ("good", "good", "good", "other_key", "no_key", "tombstone", "future", "garbage")
+
+
+def _message(card: int, minute: int, kind: str) -> tuple[bytes | None, bytes | None]:
+    at = _BASE + timedelta(minutes=minute, microseconds=card)
+    key, value = good(card, at)
+    return {
+        "good": (key, value),
+        "other_key": (str(card + 1).encode(), value),
+        "no_key": (None, value),
+        "tombstone": (key, None),
+        "future": good(card, NOW + timedelta(days=card)),
+        "garbage": (key, value[: card * 7]),
+    }[kind]
+
+
+def _outcome(task: PartitionTask, sequence: list[Record], cuts: list[int]) -> tuple:
+    from streaming.task import _newest_per_key_and_time
+
+    letters, online, begin = [], {}, 0
+    for size in [*cuts, len(sequence)]:
+        step = task.process(sequence[begin : begin + size], now_us=NOW_US)
+        begin += size
+        letters += [(d.record.offset, d.rejected.reason) for d in step.dead_letters]
+        for _, rows in step.online:
+            for row in rows.drop_columns(["created"]).to_pylist():
+                online[row["card_id"]] = row
+    view = task.stage.views[0]
+    rows = task._rows[view.name]
+    offline = (
+        _newest_per_key_and_time(pa.concat_tables(rows), view).drop_columns(["created"])
+        .sort_by([("card_id", "ascending"), ("event_timestamp", "ascending")]).to_pylist()
+        if rows else []
+    )
+    return sorted(letters), online, offline
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 40), st.sampled_from(_KINDS)),
+                    max_size=30),
+    cuts=st.lists(st.integers(1, 30), max_size=5),
+)
+def test_a_tasks_outcome_does_not_depend_on_batching(topology, tmp_path, events, cuts) -> None:
+    validator = EventValidator(topology.schema, 16_384, topology.ranges, topology.timestamp_range)
+    stage = topology.stages[topology.source_topic]
+    sequence = records([_message(*e) for e in events])
+    batched = _outcome(PartitionTask(topology, stage, 0, tmp_path, validator), sequence, cuts)
+    singly = _outcome(PartitionTask(topology, stage, 0, tmp_path, validator), sequence,
+                      [1] * len(sequence))
+    assert batched == singly
