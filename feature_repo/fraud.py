@@ -71,8 +71,11 @@ def _transactions_stream(view_name: str) -> KafkaSource:
             timestamp_field="event_timestamp",
             created_timestamp_column="created",
         ),
-        # Producers key messages by card, so each card's events stay in order in one partition.
+        # Producers key messages by card, so each card's events stay in order in one partition;
+        # the worker checks the key. Events more than 5 minutes ahead of the worker's clock, or
+        # outside the years 2000..2100, are dead letters.
         tags={"raw_source": transactions_raw.name, "message_key": "card_id",
+              "max_future_skew": "5m", "timestamp_range": "2000..2100",
               **{f"valid_range.{name}": bounds for name, bounds in EVENT_RANGES.items()}},
     )
 

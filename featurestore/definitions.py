@@ -64,6 +64,10 @@ class ViewDefinition:
     message_key: str | None = None
     lateness: timedelta = timedelta(0)
     event_ranges: tuple[tuple[str, float, float], ...] = ()
+    # Event-time sanity (tags `max_future_skew`, e.g. "5m", and `timestamp_range`, years
+    # "2000..2100"): how far ahead of processing time an event may be, and its plausible years.
+    max_future_skew: timedelta = timedelta(minutes=5)
+    timestamp_range: tuple[int, int] = (2000, 2100)
 
     @property
     def is_aggregated(self) -> bool:
@@ -129,7 +133,39 @@ def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
         message_key=stream.tags.get("message_key"),
         lateness=stream.kafka_options.watermark_delay_threshold or timedelta(0),
         event_ranges=_event_ranges(stream),
+        max_future_skew=_max_future_skew(stream),
+        timestamp_range=_timestamp_range(stream),
     )
+
+
+_UNITS = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1),
+          "d": timedelta(days=1)}
+
+
+def _max_future_skew(stream: KafkaSource) -> timedelta:
+    text = stream.tags.get("max_future_skew")
+    if text is None:
+        return ViewDefinition.max_future_skew
+    number, unit = text.strip()[:-1], text.strip()[-1:]
+    if not number.isdigit() or unit not in _UNITS:
+        raise DefinitionError(
+            f"KafkaSource {stream.name!r}: tag max_future_skew={text!r} must read "
+            "'<whole number><s|m|h|d>', e.g. '5m'"
+        )
+    return int(number) * _UNITS[unit]
+
+
+def _timestamp_range(stream: KafkaSource) -> tuple[int, int]:
+    text = stream.tags.get("timestamp_range")
+    if text is None:
+        return ViewDefinition.timestamp_range
+    first, sep, last = text.partition("..")
+    if not (sep and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) <= 9999):
+        raise DefinitionError(
+            f"KafkaSource {stream.name!r}: tag timestamp_range={text!r} must read "
+            "'<first year>..<last year>' within 1..9999, e.g. '2000..2100'"
+        )
+    return int(first), int(last)
 
 
 def _event_ranges(stream: KafkaSource) -> tuple[tuple[str, float, float], ...]:

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     stream_batch_ms: int = Field(100, gt=0)
     stream_batch_events: int = Field(20_000, gt=0)
     stream_checkpoint_seconds: float = Field(5.0, gt=0)
-    stream_max_message_bytes: int = Field(16_384, gt=0)
+    # Accepted events are forwarded whole: they must fit the worker's 1 MiB producer requests.
+    stream_max_message_bytes: int = Field(16_384, gt=0, le=1_000_000)
     stream_session_timeout_ms: int = Field(10_000, ge=6_000)
 
     spark_master: str = Field(

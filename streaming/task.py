@@ -8,10 +8,18 @@ log, the commit point. A replay after a crash restores the window state from the
 recomputes exactly the rows the lost run computed (windows depend only on the events, and
 lateness is decided per event in offset order), so every effect past the commit point is either
 removed (offline files) or rewritten with the same values (the online store).
+
+Containment: no record can stop the task. Whatever processing a batch raises, the state is put
+back as it was and the batch is processed again in halves, down to the single record that
+raises: that one becomes an `internal_error` dead letter (the exception logged with its
+traceback), the others are applied. A checkpoint covers only records applied or dead-lettered.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,8 +36,17 @@ from featurestore.materialize import latest_per_entity
 from featurestore.online.feast_layout import event_micros
 from streaming.log import OFFSET, PartitionLog
 from streaming.topology import Stage, Topology
-from streaming.validation import LATE, EventValidator, Rejected
-from streaming.windows import NO_WATERMARK, FeatureRows, WindowState
+from streaming.validation import (
+    FUTURE_TIMESTAMP,
+    INTERNAL_ERROR,
+    KEY_MISMATCH,
+    LATE,
+    EventValidator,
+    Rejected,
+)
+from streaming.windows import NO_WATERMARK, FeatureRows, WindowState, duration_us
+
+log = logging.getLogger("featurestore.stream")
 
 # Headers a forwarded event carries: where it was consumed, so the next stage drops the copies
 # a crashed source stage forwards twice.
@@ -43,7 +60,7 @@ class Record(Protocol):
     offset: int
     timestamp: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: Sequence[tuple[str, bytes]]
 
 
@@ -51,6 +68,7 @@ class Record(Protocol):
 class DeadLetter:
     record: Record
     rejected: Rejected
+    exception: str | None = None  # for `internal_error`: the exception's class and message
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,15 @@ class Step:
     forwards: list[Forward] = field(default_factory=list)
     applied_timestamps_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     duplicates: int = 0
+
+    def extend(self, other: Step) -> None:
+        self.online += other.online
+        self.dead_letters += other.dead_letters
+        self.forwards += other.forwards
+        self.applied_timestamps_ms = np.concatenate(
+            [self.applied_timestamps_ms, other.applied_timestamps_ms]
+        )
+        self.duplicates += other.duplicates
 
 
 def stream_file_name(topic: str, partition: int, first: int, last: int) -> str:
@@ -91,7 +118,8 @@ class PartitionTask:
         self.partition = partition
         self.log = PartitionLog(log_root, stage.topic, partition)
         self.validator = validator
-        self.lateness_us = topology.lateness // timedelta(microseconds=1)
+        self.lateness_us = duration_us(topology.lateness)
+        self.future_skew_us = duration_us(topology.max_future_skew)
         self.states = {v.name: WindowState(v.aggregations, topology.lateness) for v in stage.views}
         self.retention_us = max(
             (s.retention_us for s in self.states.values()), default=self.lateness_us
@@ -166,35 +194,114 @@ class PartitionTask:
 
     # --- process -------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> Step:
+    def process(self, records: Sequence[Record], now_us: int | None = None) -> Step:
+        """Apply or dead-letter every record; `now_us`: processing time (default: the clock)."""
         step = Step()
         if not records:
             return step
+        now_us = time.time_ns() // 1_000 if now_us is None else now_us
+        self._contained(records, now_us, step)
+        # Only now are the records applied or dead-lettered: a checkpoint may cover them.
         self.first = records[0].offset if self.first is None else self.first
         self.last = records[-1].offset
+        return step
+
+    def _contained(self, records: Sequence[Record], now_us: int, step: Step) -> None:
+        """`_apply` the records; if that raises, undo it and apply the halves, down to the
+        single record that raises, which becomes an `internal_error` dead letter."""
+        saved = self._saved()
+        try:
+            step.extend(self._apply(records, now_us))
+            return
+        except Exception as exc:  # whatever it is, one record must not stop the stream
+            self._restore(saved)
+            if len(records) > 1:
+                middle = len(records) // 2
+                self._contained(records[:middle], now_us, step)
+                self._contained(records[middle:], now_us, step)
+                return
+            record = records[0]
+            log.exception(
+                "processing %s-%d offset %d raised; the record goes to the dead-letter topic",
+                self.stage.topic, self.partition, record.offset,
+            )
+            name = type(exc).__qualname__
+            if type(exc).__module__ != "builtins":
+                name = f"{type(exc).__module__}.{name}"
+            error = f"{name}: {exc}"
+            step.dead_letters.append(
+                DeadLetter(record, Rejected(INTERNAL_ERROR, f"processing raised {error}"), error)
+            )
+
+    def _saved(self) -> tuple:
+        # A window state replaces its arrays rather than writing into them: a shallow copy
+        # is a snapshot.
+        return (
+            {name: copy.copy(state) for name, state in self.states.items()},
+            dict(self.watermarks),
+            dict(self.source_offsets),
+            len(self._events),
+            {name: len(rows) for name, rows in self._rows.items()},
+        )
+
+    def _restore(self, saved: tuple) -> None:
+        states, watermarks, source_offsets, events, rows = saved
+        self.states, self.watermarks, self.source_offsets = states, watermarks, source_offsets
+        del self._events[events:]
+        for name, count in rows.items():
+            del self._rows[name][count:]
+
+    def _apply(self, records: Sequence[Record], now_us: int) -> Step:
+        step = Step()
         if not self.stage.is_source:
             records, step.duplicates = self._new_records(records)
         parsed = self.validator.parse_batch([r.value for r in records])
         events, index = parsed.events, parsed.accepted
         step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
-
         ts = event_micros(events.column(self.topology.timestamp_field))
+
+        def drop(mask: np.ndarray, reject) -> None:
+            nonlocal events, index, ts
+            for i in np.flatnonzero(mask):
+                step.dead_letters.append(DeadLetter(records[index[i]], reject(i)))
+            if mask.any():
+                events, index, ts = events.filter(pa.array(~mask)), index[~mask], ts[~mask]
+
+        # The source stage vets what it forwards: a later stage must not judge an event by
+        # another worker's clock.
+        if self.stage.is_source:
+            expected = [str(k).encode() for k in events.column(self.stage.key).to_pylist()]
+            keys = [records[i].key for i in index]
+            drop(
+                np.fromiter((k != e for k, e in zip(keys, expected)), bool, len(index)),
+                lambda i: Rejected(KEY_MISMATCH, _key_mismatch(self.stage.key, keys[i],
+                                                              expected[i])),
+            )
+            drop(
+                ts > now_us + self.future_skew_us,
+                lambda i: Rejected(
+                    FUTURE_TIMESTAMP,
+                    f"event time {_iso(ts[i])} is more than {self.topology.max_future_skew} "
+                    f"ahead of the worker's clock, {_iso(now_us)}",
+                ),
+            )
         sources = self._sources(records, index)
         late, newest = self._late(ts, sources)
-        for i in np.flatnonzero(late):
-            rejected = Rejected(
+        drop(
+            late,
+            lambda i: Rejected(
                 LATE,
                 f"event time {_iso(ts[i])} is more than {self.topology.lateness} behind the "
                 f"newest event time seen before it, {_iso(newest[i])}",
-            )
-            step.dead_letters.append(DeadLetter(records[index[i]], rejected))
-        if late.any():
-            events, index, ts = events.filter(pa.array(~late)), index[~late], ts[~late]
-            sources = sources[~late]
+            ),
+        )
+        sources = sources[~late]
         for source in np.unique(sources):
             newest_here = int(ts[sources == source].max())
             self.watermarks[source] = max(self.watermarks.get(source, NO_WATERMARK), newest_here)
 
+        if not len(index):
+            return step
         created = datetime.now(UTC)
         for view in self.stage.views:
             state = self.states[view.name]
@@ -275,13 +382,19 @@ class PartitionTask:
         if self.first is None or self.last is None:
             return None
         name = stream_file_name(self.stage.topic, self.partition, self.first, self.last)
-        events = pa.concat_tables(self._events)
+        # No events when every record since the last checkpoint was dead-lettered: the log
+        # still records how far the partition got.
+        events = pa.concat_tables(
+            self._events
+            or [self.topology.schema.empty_table().append_column(OFFSET, pa.array([], pa.int64()))]
+        )
         if self.stage.is_source:
             archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
             offline.write_days(self.topology.raw.path, archive, self.topology.timestamp_field, name)
         for view in self.stage.views:
-            rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
-            offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
+            if self._rows[view.name]:
+                rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
+                offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
         self.log.append(
             self.first,
             self.last,
@@ -294,6 +407,12 @@ class PartitionTask:
         resume = self.last + 1
         self._reset()
         return resume
+
+
+def _key_mismatch(field: str, key: bytes | None, expected: bytes) -> str:
+    if key is None:
+        return f"the message has no key; it must be the event's {field}, {expected!r}"
+    return f"message key {key[:100]!r} is not the event's {field}, {expected!r}"
 
 
 def _iso(micros: int) -> str:

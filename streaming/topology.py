@@ -41,6 +41,8 @@ class Topology:
     lateness: timedelta
     ranges: dict[str, tuple[float, float]]
     stages: dict[str, Stage]
+    max_future_skew: timedelta = timedelta(minutes=5)
+    timestamp_range: tuple[int, int] = (2000, 2100)
 
     @property
     def topics(self) -> list[str]:
@@ -57,7 +59,8 @@ def build(views: list[ViewDefinition], group: str) -> Topology:
         raise DefinitionError("the registry has no stream feature views with aggregations")
     first = views[0]
     for view in views[1:]:
-        for attribute in ("topic", "raw_schema", "raw", "message_key", "lateness", "event_ranges"):
+        for attribute in ("topic", "raw_schema", "raw", "message_key", "lateness", "event_ranges",
+                          "max_future_skew", "timestamp_range"):
             if getattr(view, attribute) != getattr(first, attribute):
                 raise DefinitionError(
                     f"stream feature views {first.name!r} and {view.name!r} read one topic but "
@@ -103,4 +106,6 @@ def build(views: list[ViewDefinition], group: str) -> Topology:
         lateness=first.lateness,
         ranges={name: (low, high) for name, low, high in first.event_ranges},
         stages={stage.topic: stage for stage in (source, *forwards)},
+        max_future_skew=first.max_future_skew,
+        timestamp_range=first.timestamp_range,
     )

@@ -8,7 +8,11 @@ to those rows' windows too). Keeping the newest row per (key, event time) theref
 the rows the Spark backfill computes from the same events, whatever the arrival order.
 
 All keys' events live in one set of arrays sorted by (key, event time, arrival), so a batch is
-a handful of whole-array numpy operations rather than a loop over keys. Events must arrive within
+a handful of whole-array numpy operations rather than a loop over keys. Window bounds are found
+by a binary search within each key's run, comparing event times only: no arithmetic mixes keys
+or event times into one number, so nothing can overflow 64 bits (durations longer than
+`LONGEST_US` are clamped to it: a window that long covers any two timestamps the validator
+accepts, years 1 to 9999). Events must arrive within
 the allowed lateness of the newest event time seen (the watermark); the caller sends later ones
 to the dead-letter topic, and `apply` refuses them, because their windows may already be evicted.
 """
@@ -29,6 +33,14 @@ from featurestore.aggregations import (
 )
 
 NO_WATERMARK = int(np.iinfo(np.int64).min)
+# ~146,000 years: longer than the distance between any two event times of years 1 to 9999, and
+# small enough that an event time minus it stays inside int64.
+LONGEST_US = 2**62
+
+
+def duration_us(duration: timedelta) -> int:
+    """A window, lateness or retention in microseconds, clamped to `LONGEST_US`."""
+    return min(duration // timedelta(microseconds=1), LONGEST_US)
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,8 @@ class WindowState:
         self.aggregations = tuple(aggregations)
         self.columns = sorted({a.column for a in self.aggregations})
         longest = max(a.window for a in self.aggregations)
-        self.lateness_us = lateness // timedelta(microseconds=1)
-        self.retention_us = (longest + lateness) // timedelta(microseconds=1)
+        self.lateness_us = duration_us(lateness)
+        self.retention_us = min(duration_us(longest) + self.lateness_us, LONGEST_US)
         self.watermark = NO_WATERMARK  # newest event time applied so far
         # Keys are stored as int64 codes: int keys as themselves, others through this table.
         self._codes: dict[Hashable, int] = {}
@@ -197,19 +209,20 @@ class WindowState:
         starts: np.ndarray,
         changed: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        # Window bounds within each key's run: positions in one increasing "key-major" time axis.
-        origin = ts.min() if len(ts) else 0
-        span = int(ts.max() - origin) + max(a.window_us for a in self.aggregations) + 1
-        axis = segment.astype(np.int64) * span + (ts - origin)
-        at = axis[changed]
-        hi = np.searchsorted(axis, at, side="right")
+        # Each changed row's window is a range of its key's run: [first event time > t - w,
+        # last event time <= t].
+        ends = np.append(starts[1:], len(ts))
+        run_start, run_end = starts[segment[changed]], ends[segment[changed]]
+        at = ts[changed]
+        hi = _after(ts, run_start, run_end, at)
         valid = {c: _valid(v) for c, v in values.items()}
         features = {}
+        starts_of: dict[int, np.ndarray] = {}  # per window length: aggregations share them
         for agg in self.aggregations:
-            lo = np.maximum(
-                np.searchsorted(axis, at - agg.window_us, side="right"),
-                starts[segment[changed]],
-            )
+            span = duration_us(agg.window)
+            if span not in starts_of:
+                starts_of[span] = _after(ts, run_start, run_end, _minus(at, span))
+            lo = starts_of[span]
             ok = valid[agg.column]
             counts = np.concatenate(([0], np.cumsum(ok)))
             count = counts[hi] - counts[lo]
@@ -242,3 +255,25 @@ class WindowState:
                     len(lo),
                 )
         return features
+
+
+def _minus(at: np.ndarray, span_us: int) -> np.ndarray:
+    """`at - span_us`, saturating at the smallest int64 instead of wrapping."""
+    floor = NO_WATERMARK + span_us
+    return np.where(at < floor, NO_WATERMARK, at - span_us)
+
+
+def _after(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Per query i: the first index in [lo[i], hi[i]) whose `ts` is above `bound[i]` (else hi[i]).
+
+    `ts[lo[i]:hi[i]]` is ascending: a vectorized binary search over all queries at once.
+    """
+    lo, hi = lo.copy(), hi.copy()
+    open_ = np.flatnonzero(lo < hi)
+    while len(open_):
+        mid = (lo[open_] + hi[open_]) // 2
+        above = ts[mid] > bound[open_]
+        hi[open_[above]] = mid[above]
+        lo[open_[~above]] = mid[~above] + 1
+        open_ = open_[lo[open_] < hi[open_]]
+    return lo

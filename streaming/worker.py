@@ -37,6 +37,7 @@ from featurestore.definitions import select_views
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
 from monitors.capture import CaptureLog
+from streaming import deadletter
 from streaming import topology as topologies
 from streaming.metrics import StreamMetrics
 from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
@@ -48,6 +49,7 @@ T = TypeVar("T")
 _ONLINE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)
 _MAX_BACKOFF_SECONDS = 10.0
 _STATUS_SECONDS = 10.0
+_MAX_REQUEST_BYTES = 1_048_576  # kafka-python's default; dead letters are cut to fit it
 
 
 class Stopped(Exception):
@@ -102,7 +104,8 @@ class StreamWorker:
         views = select_views(store, None, aggregated_only=True)
         self.topology = topologies.build(views, settings.stream_group)
         self.validator = EventValidator(
-            self.topology.schema, settings.stream_max_message_bytes, self.topology.ranges
+            self.topology.schema, settings.stream_max_message_bytes, self.topology.ranges,
+            self.topology.timestamp_range,
         )
         self.metrics = metrics or StreamMetrics()
         self.tasks: dict[TopicPartition, PartitionTask] = {}
@@ -111,6 +114,8 @@ class StreamWorker:
         self.unwritten: list[_Pending] = []
         self.last_record_at = time.monotonic()
         self._send_failed: Exception | None = None
+        self._failed = False  # an unexpected error: leave partitions at their last checkpoint
+        self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, None)
         self.source_partitions = settings.stream_partitions
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -161,6 +166,13 @@ class StreamWorker:
             self._checkpoint(list(self.tasks), final=True)
         except Stopped:
             pass
+        except Exception:
+            # Nothing more is checkpointed (what was processed may be half sent): the next
+            # worker replays from the log. The error is logged here, before the rebalance
+            # callbacks of the shutdown could bury it.
+            self._failed = True
+            log.exception("the stream worker failed; its partitions stay at their last checkpoint")
+            raise
         finally:
             self._close()
 
@@ -220,6 +232,7 @@ class StreamWorker:
             # Sends to a partition stay in order, so the next stage can drop replays by offset.
             max_in_flight_requests_per_connection=1,
             retries=5,
+            max_request_size=_MAX_REQUEST_BYTES,
             bootstrap_timeout_ms=10_000,
         )
 
@@ -245,6 +258,11 @@ class StreamWorker:
                 log.info("created topics %s with %d partitions", missing, partitions)
             # Read here, not in the rebalance listener, which must not block on the network.
             self.source_partitions = partitions
+            try:
+                topic_limit = deadletter.broker_limit(admin, self.settings.dead_letter_topic)
+            except KafkaError:
+                topic_limit = None  # a broker without DescribeConfigs: the producer's limit
+            self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, topic_limit)
         finally:
             admin.close()
 
@@ -279,10 +297,15 @@ class StreamWorker:
         for tp in mine:
             self.buffer.drop(tp)
         try:
-            self._checkpoint(mine)
+            if not self._failed:
+                self._checkpoint(mine)
         except (KafkaError, *_ONLINE_ERRORS) as exc:
             log.warning("could not checkpoint revoked partitions (%s); their next owner "
                         "replays them from the last checkpoint", exc)
+        except Exception:
+            # kafka-python would report only "User rebalance callback throws an error".
+            log.exception("checkpointing revoked partitions failed; their next owner replays "
+                          "them from the last checkpoint")
         finally:
             for tp in mine:
                 del self.tasks[tp]
@@ -312,24 +335,19 @@ class StreamWorker:
             self.metrics.duplicates.inc(step.duplicates)
             self.metrics.record_applied(tp.topic, len(step.applied_timestamps_ms))
             self.metrics.watermark.labels(tp.topic).set(max(task.watermark, 0) / 1e6)
-            self._send(tp, step)
+            # Pending before sending: a send that raises leaves the partition uncheckpointed.
             self.unwritten.append(_Pending(tp, step))
+            self._send(tp, step)
         self._write_online()
 
     def _send(self, tp: TopicPartition, step: Step) -> None:
         for letter in step.dead_letters:
-            record = letter.record
             self.metrics.record_dead_letter(letter.rejected.reason)
-            headers = [
-                ("reason", letter.rejected.reason.encode()),
-                ("detail", letter.rejected.detail.encode()),
-                ("source-topic", tp.topic.encode()),
-                ("source-partition", b"%d" % tp.partition),
-                ("source-offset", b"%d" % record.offset),
-            ]
+            key, value, headers = deadletter.message(
+                letter, tp.topic, tp.partition, self.dead_letter_limit
+            )
             self.producer.send(
-                self.settings.dead_letter_topic, value=record.value, key=record.key,
-                headers=headers,
+                self.settings.dead_letter_topic, value=value, key=key, headers=headers
             ).add_errback(self._on_send_error)
         for forward in step.forwards:
             record = forward.record

@@ -39,14 +39,21 @@ local function instant(proto)
   while i <= n do
     local tag = string.byte(proto, i)
     i = i + 1
-    local value, scale = 0, 1
+    -- A negative int64 (before 1970) is a ten-byte varint; its complement (`flipped`, the
+    -- low 63 bits inverted) stays exact in a Lua number where the unsigned value would not.
+    local value, flipped, scale, bytes = 0, 0, 1, 0
     while true do
       local byte = string.byte(proto, i)
       i = i + 1
-      value = value + (byte % 128) * scale
+      bytes = bytes + 1
+      if bytes < 10 then
+        value = value + (byte % 128) * scale
+        flipped = flipped + (127 - byte % 128) * scale
+      end
       if byte < 128 then break end
       scale = scale * 128
     end
+    if bytes == 10 then value = -(flipped + 1) end
     if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
   end
   return seconds, nanos

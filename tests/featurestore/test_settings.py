@@ -47,6 +47,7 @@ def test_kafka_bootstrap_servers_from_the_standard_variable(monkeypatch) -> None
         ("redis_url", "http://x", "redis_url"),
         ("redis_url", "redis://:pw@host:6379/0", "must not contain a password"),
         ("unknown_field", "1", "unknown_field"),
+        ("stream_max_message_bytes", "2000000", "stream_max_message_bytes"),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path, monkeypatch, field, value, message) -> None:

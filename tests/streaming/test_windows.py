@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, time, timedelta
 
 import numpy as np
@@ -9,7 +10,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from featurestore.aggregations import WindowedAggregation
 from streaming.windows import WindowState
 from tests.featurestore import oracle, pipeline
 
@@ -133,3 +137,112 @@ def test_idle_keys_do_not_keep_old_events(views) -> None:
     state.apply(np.array([1]), np.array([0]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
     state.apply(np.array([2]), np.array([3 * day]), {"amount": np.array([1.0]), "merchant_id": np.array([1])})
     assert state.events(1) == 0 and state.events(2) == 1
+
+
+# --- property: any event times the validator accepts, incl. years 1 and 9999 ----------------
+
+_YEAR_1 = (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1
+)
+_YEAR_9999_END = (
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+) // timedelta(microseconds=1)
+_AGGREGATIONS = [
+    WindowedAggregation(f"{function}_{label}", column, function, window)
+    for label, window in (("10m", timedelta(minutes=10)), ("1d", timedelta(days=1)),
+                          ("all", timedelta.max))
+    for function, column in (("count", "amount"), ("sum", "amount"), ("mean", "amount"),
+                             ("max", "amount"), ("min", "amount"),
+                             ("count_distinct", "merchant_id"))
+]
+_MINUTE = 60_000_000
+_TIMES = st.one_of(
+    st.integers(_YEAR_1, _YEAR_9999_END),
+    st.sampled_from([_YEAR_1, _YEAR_1 + 1, _YEAR_9999_END, _YEAR_9999_END - 1, 0, -1]),
+    # Clusters, so windows hold several events and edges (exactly 10 min apart) occur.
+    st.integers(0, 30).map(lambda m: 1_772_000_000_000_000 + m * _MINUTE),
+    st.integers(0, 30).map(lambda m: _YEAR_1 + m * _MINUTE),
+)
+_EVENTS = st.lists(
+    st.tuples(st.one_of(st.integers(0, 3), st.integers(0, 40)), _TIMES,
+              st.one_of(st.floats(0, 1_000_000), st.just(float("nan"))), st.integers(0, 3)),
+    max_size=40,
+)
+
+
+def _oracle_rows(events: list[tuple[int, int, float, int]]) -> dict[tuple[int, int], dict]:
+    """Every (key, event time) with its aggregations over (t - w, t], straight from the rule."""
+    rows = {}
+    for key, t, _, _ in events:
+        mine = [e for e in events if e[0] == key]
+        row = {}
+        for agg in _AGGREGATIONS:
+            w = agg.window // timedelta(microseconds=1)
+            inside = [e for e in mine if t - w < e[1] <= t]
+            values = [e[2] if agg.column == "amount" else e[3] for e in inside]
+            row[agg.name] = oracle.aggregate(agg.function, values)
+        rows[key, t] = row
+    return rows
+
+
+def _streamed_rows(state: WindowState, events: list, cuts: list[int]) -> dict:
+    got: dict[tuple[int, int], dict] = {}
+    begin = 0
+    for size in [*cuts, len(events)]:
+        chunk = events[begin : begin + size]
+        begin += size
+        if not chunk:
+            continue
+        keys, ts, amounts, merchants = (np.array(c) for c in zip(*chunk))
+        rows = state.apply(keys.astype(np.int64), ts.astype(np.int64),
+                           {"amount": amounts.astype(float), "merchant_id": merchants})
+        for i in range(len(rows)):
+            got[int(rows.keys[i]), int(rows.ts[i])] = {
+                name: values[i].item() for name, values in rows.features.items()
+            }
+    return got
+
+
+def _assert_rows_equal(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for at, row in expected.items():
+        for name, want in row.items():
+            have = got[at][name]
+            if want is None:
+                assert math.isnan(have), (at, name, have)  # an empty window
+            elif name.startswith("mean"):
+                assert have == pytest.approx(want, rel=1e-12, abs=1e-9), (at, name)
+            else:
+                assert have == want, (at, name, have, want)
+
+
+def test_year_1_and_9999_events_do_not_corrupt_other_keys() -> None:
+    """Defect: `segment * span` overflowed int64 with a year-1 or year-9999 event in a batch
+    (24 h counts below 1, negative counts for other cards)."""
+    events = [(k, 1_772_000_000_000_000 + k * _MINUTE, 1.0, k) for k in range(2, 40)] * 2
+    events += [(0, _YEAR_1, 2.0, 0), (1, _YEAR_9999_END, 3.0, 1)]
+    state = WindowState(_AGGREGATIONS[:12], lateness=timedelta(days=3_700_000))
+    got = _streamed_rows(state, events, [])
+    expected = {at: {n: v for n, v in row.items() if not n.endswith("_all")}
+                for at, row in _oracle_rows(events).items()}
+    _assert_rows_equal(got, expected)
+    assert {row["count_1d"] for row in got.values()} == {1, 2}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(events=_EVENTS, cuts=st.lists(st.integers(1, 40), max_size=5))
+def test_windows_equal_the_oracle_on_any_event_times(events, cuts) -> None:
+    # A lateness beyond any two event times apart (clamped inside): every arrival order is on
+    # time, so every event is applied.
+    state = WindowState(_AGGREGATIONS, lateness=timedelta.max)
+    _assert_rows_equal(_streamed_rows(state, events, cuts), _oracle_rows(events))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(events=_EVENTS, cuts=st.lists(st.integers(1, 40), max_size=5))
+def test_windows_with_eviction_equal_the_oracle_on_ordered_event_times(events, cuts) -> None:
+    state = WindowState(_AGGREGATIONS[:6] + _AGGREGATIONS[6:12], lateness=timedelta(minutes=5))
+    ordered = sorted(events, key=lambda e: e[1])
+    expected = _oracle_rows(ordered)
+    expected = {at: {n: row[n] for n in row if not n.endswith("_all")} for at, row in expected.items()}
+    _assert_rows_equal(_streamed_rows(state, ordered, cuts), expected)
