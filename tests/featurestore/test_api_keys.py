@@ -1,0 +1,100 @@
+"""API keys from the in-memory copy of the key table: stale-while-error and its bound (a real
+SQLite table made unreadable, a clock the test moves), and no SQL read per made-up key id
+(statements counted on the real PostgreSQL engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.featurestore.conftest import FRESH_CARD
+
+LOOKUP = {"features": ["card_profile:credit_limit"], "entities": {"card_id": [FRESH_CARD]}}
+
+
+def _made_up_token() -> str:
+    return f"fsk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
+def test_keys_read_before_an_outage_keep_working_for_a_bounded_time(configure) -> None:
+    from featurestore.apikeys import KeyStoreUnavailable, KeyVerifier, create_key, revoke_key
+    from featurestore.db import engine
+
+    database = engine(configure())
+    token, key = create_key(database, "reader", ["features:read"])
+    now = [1000.0]
+    verifier = KeyVerifier(database, refresh_seconds=5, stale_seconds=60, clock=lambda: now[0])
+    verifier.read()
+
+    def verify(candidate: str) -> tuple[str | None, bool]:
+        found, stale = asyncio.run(verifier.verify(candidate))
+        return (found.key_id if found else None), stale
+
+    assert verify(token) == (key.key_id, False)
+    assert verify(token[:-1] + ("A" if token[-1] != "A" else "B")) == (None, False)
+    with database.begin() as connection:  # the table unreadable, as in an outage
+        connection.execute(sa.text("ALTER TABLE featurestore_api_keys RENAME TO keys_away"))
+    now[0] += 5
+    verifier.read()
+    assert verify(token) == (key.key_id, True)  # stale, and counted as such
+    with pytest.raises(KeyStoreUnavailable):
+        verify(_made_up_token())  # maybe created since: cannot say 401
+    now[0] = 1000.0 + 60.5
+    with pytest.raises(KeyStoreUnavailable):
+        verify(token)  # past the bound, counted from the last good read
+    with database.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE keys_away RENAME TO featurestore_api_keys"))
+    revoke_key(database, key.key_id)
+    now[0] += 1
+    verifier.read()
+    assert verify(token) == (None, False)
+
+
+@pytest.mark.spark
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_made_up_key_ids_cost_no_sql_read_each_and_new_keys_work_at_once(served) -> None:
+    from featurestore.api.app import create_app
+    from featurestore.apikeys import MISS_READ_SECONDS, create_key
+    from featurestore.db import engine
+
+    database = engine(served)
+    reads = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if "featurestore_api_keys" in statement:
+            reads.append(statement)
+
+    app = create_app(served)
+
+    async def scan() -> tuple[list[int], float, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                sa.event.listen(database, "before_cursor_execute", count)
+                try:
+                    started = time.monotonic()
+                    answers = await asyncio.gather(*(
+                        client.post("/v1/online-features", json=LOOKUP,
+                                    headers={"Authorization": f"Bearer {_made_up_token()}"})
+                        for _ in range(300)
+                    ))
+                    elapsed = time.monotonic() - started
+                finally:
+                    sa.event.remove(database, "before_cursor_execute", count)
+                token, _ = create_key(database, "new", ["features:read"])
+                fresh = await client.post("/v1/online-features", json=LOOKUP,
+                                          headers={"Authorization": f"Bearer {token}"})
+        return [a.status_code for a in answers], elapsed, fresh.status_code
+
+    statuses, elapsed, fresh = asyncio.run(scan())
+    assert set(statuses) == {401}
+    # At most one read per MISS_READ_SECONDS for all of them, plus the periodic re-read.
+    allowed = 2 + elapsed / MISS_READ_SECONDS + elapsed / served.serve_key_refresh_seconds
+    assert len(reads) <= allowed, (len(reads), elapsed)
+    assert fresh == 200
