@@ -187,7 +187,10 @@ class KeyVerifier:
     async def keep_fresh(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_seconds)
-            await asyncio.to_thread(self.read)
+            try:
+                await asyncio.to_thread(self.read)
+            except Exception:  # a bug here must not end the re-reads (and so every key)
+                log.exception("cannot re-read the API key table")
 
     async def verify(self, token: str) -> tuple[ApiKey | None, bool]:
         """(the key or None, whether the verdict came from a copy older than a failed read).

@@ -94,6 +94,7 @@ def _admit(settings: Settings, job_id: str, feature_service: str | None) -> bool
     """Record the job as running; False (and the record removed) when that makes more than
     `serve_max_dataset_jobs` running. Each job counts after its own insert is committed, so two
     at once may both be refused, but never both admitted past the limit."""
+    recover(settings)  # a job whose process died (say, its end not recorded) holds no place
     database = engine(settings)
     with database.begin() as connection:
         connection.execute(JOBS.insert().values(
