@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, Response
 from featurestore.api.http import ApiError, json_response
 from featurestore.api.schemas import DatasetJob, DatasetRequest
 from featurestore.db import METADATA, engine
-from featurestore.errors import FeatureStoreError, InputDataError
+from featurestore.errors import FeatureStoreError, InputDataError, TooManyFeaturesError
 from featurestore.settings import Settings
 
 TIMESTAMP = "event_timestamp"
@@ -44,8 +44,11 @@ JOBS = sa.Table(
 )
 
 
-# A fresh interpreter per job: forking a server process that runs threads can copy held locks.
-_PROCESSES = multiprocessing.get_context("spawn")
+# Jobs are forked from a fork server (started with the first job, the export engines imported
+# once): quick to start, and unlike forking the server process itself, whose threads may hold
+# locks, a clean single-threaded parent.
+_PROCESSES = multiprocessing.get_context("forkserver")
+_PROCESSES.set_forkserver_preload(["featurestore.export"])
 
 
 def _worker(pid: int | None = None) -> str:
@@ -203,6 +206,11 @@ def router(settings: Settings) -> APIRouter:
     def create(body: DatasetRequest, request: Request) -> Response:
         from featurestore.export import check_entities, plan_export
 
+        if body.features is not None and len(body.features) > settings.serve_max_features:
+            raise TooManyFeaturesError(
+                f"{len(body.features)} features in one request; the limit is "
+                f"{settings.serve_max_features} (serve_max_features; a feature service has none)"
+            )
         table = entity_table(body.entities, settings.serve_max_dataset_rows)
         # Unknown features and bad entity columns are the caller's 4xx now, not a failed job.
         plan = plan_export(

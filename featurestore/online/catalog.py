@@ -126,7 +126,7 @@ class Catalog:
         if self.max_features is not None and len(refs) > self.max_features:
             raise TooManyFeaturesError(
                 f"{len(refs)} features in one request; the limit is {self.max_features} "
-                "(serve_max_features; a feature service has no limit)"
+                "(serve_max_features; a feature service has none)"
             )
         return self._cached_plan(refs)
 

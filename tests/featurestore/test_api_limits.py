@@ -93,12 +93,13 @@ def test_a_422_names_the_problem_without_echoing_the_input(keyed) -> None:
 
 def test_too_many_features_is_413_naming_the_limit(served) -> None:
     refs = ["card_profile:credit_limit"] * 20_000
+    entities = {"card_id": [1], "event_timestamp": ["2026-03-02T00:00:00Z"]}
     with _keyed_client(served) as client:
-        response = client.post("/v1/online-features",
-                               json={"features": refs, "entities": {"card_id": [1]}})
-    assert response.status_code == 413, response.text
-    assert response.json()["error"]["code"] == "too_many_features"
-    assert "serve_max_features" in response.json()["error"]["message"]
+        for path in ("/v1/online-features", "/v1/datasets"):
+            response = client.post(path, json={"features": refs, "entities": entities})
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["code"] == "too_many_features"
+            assert "serve_max_features" in response.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")
