@@ -152,6 +152,16 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
+    def _key_copy_outlives_its_refresh(self) -> Settings:
+        if self.serve_key_stale_seconds <= self.serve_key_refresh_seconds:
+            raise ValueError(
+                f"serve_key_stale_seconds ({self.serve_key_stale_seconds:g}) must be longer than "
+                f"serve_key_refresh_seconds ({self.serve_key_refresh_seconds:g}), or keys fail "
+                "between re-reads"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if not self.registry_url:
             if self.profile == "embedded":

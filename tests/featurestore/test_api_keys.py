@@ -21,6 +21,13 @@ def _made_up_token() -> str:
     return f"fsk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
 
 
+def test_the_stale_bound_must_outlive_the_refresh(configure) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="serve_key_stale_seconds"):
+        configure(serve_key_refresh_seconds="10", serve_key_stale_seconds="10")
+
+
 def test_keys_read_before_an_outage_keep_working_for_a_bounded_time(configure) -> None:
     from featurestore.apikeys import KeyStoreUnavailable, KeyVerifier, create_key, revoke_key
     from featurestore.db import engine
