@@ -144,15 +144,19 @@ def _partial_upload(server: Server, path: str, token: str | None, *, chunked: bo
     end) of which only a part is ever sent: an answer proves the body was not read whole."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {100 << 20}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"{auth}{framing}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     f"{auth}{framing}\r\n\r\n".encode())
-        if chunked:  # a little over the limit, in chunks, and never the last chunk
+        if chunked:  # the limit in chunks, then one byte over it; never the last chunk
+            sock.sendall(head)
             piece = b"[" * 65536
-            for _ in range(MAX_BODY // len(piece) + 1):
+            for _ in range(MAX_BODY // len(piece)):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-        else:  # less than the server buffers by itself, so nothing it refuses is left unread
-            sock.sendall(b"{" * 16384)
+            sock.sendall(b"1\r\n[\r\n")  # one write: the server reads all it answers to
+        else:
+            # One write, less than the server reads at once: it has all of it when it answers
+            # and closes, so nothing is left unread (which would reset the connection).
+            sock.sendall(head + b"{" * 16384)
         return _status(sock)
 
 
