@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.featurestore.conftest import FRESH_CARD
 
@@ -105,3 +107,73 @@ def test_made_up_key_ids_cost_no_sql_read_each_and_new_keys_work_at_once(served)
     allowed = 2 + elapsed / MISS_READ_SECONDS + elapsed / served.serve_key_refresh_seconds
     assert len(reads) <= allowed, (len(reads), elapsed)
     assert fresh == 200
+
+
+_OPERATIONS = st.lists(
+    st.one_of(
+        st.sampled_from(["fail", "recover", "known", "unknown"]),
+        # Clock steps of 0 or >= MISS_READ_SECONDS: a made-up id never waits in real time.
+        st.sampled_from([0.0, 1.0, 59.0, 60.0, 61.0, 250.0]),
+    ),
+    min_size=2,
+    max_size=14,
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_OPERATIONS)
+@example([61.0, "known"])  # no read for longer than the bound, database up or not
+@example(["fail", 59.0, "known", 1.0, "known", 1.0, "known"])
+@example(["fail", "unknown", 1.0, "unknown", "recover", "unknown"])
+def test_verdicts_follow_a_naive_model_of_reads_and_outages(configure, operations) -> None:
+    """Outages, recoveries, clock steps and verifications in any order: each verdict is what a
+    model of two facts says (when the last good read was; whether the table is readable)."""
+    from featurestore.apikeys import KeyStoreUnavailable, KeyVerifier, create_key
+    from featurestore.db import engine
+
+    database = engine(configure())
+    with database.begin() as connection:  # examples share the fixture's database
+        connection.execute(sa.text("DROP TABLE IF EXISTS keys_away"))
+        connection.execute(sa.text("DELETE FROM featurestore_api_keys"))
+    token, key = create_key(database, "model", ["features:read"])
+    now = [0.0]
+    verifier = KeyVerifier(database, refresh_seconds=5, stale_seconds=60, clock=lambda: now[0])
+    verifier.read()
+    last_good, readable = 0.0, True
+
+    def rename(old: str, new: str) -> None:
+        with database.begin() as connection:
+            connection.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    try:
+        for operation in operations:
+            if isinstance(operation, float):
+                now[0] += operation
+            elif operation == "fail" and readable:
+                rename("featurestore_api_keys", "keys_away")
+                readable = False
+                verifier.read()
+            elif operation == "recover" and not readable:
+                rename("keys_away", "featurestore_api_keys")
+                readable, last_good = True, now[0]
+                verifier.read()
+            elif operation in ("known", "unknown"):
+                candidate = token if operation == "known" else _made_up_token()
+                if operation == "unknown" and readable:
+                    last_good = now[0]  # a made-up id makes the verifier read the table
+                if operation == "unknown" and not readable and last_good < now[0]:
+                    expected = "unavailable"  # it may be a key created since the last good read
+                elif now[0] - last_good > 60:
+                    expected = "unavailable"
+                else:
+                    expected = (key.key_id if operation == "known" else None, not readable)
+                try:
+                    found, stale = asyncio.run(verifier.verify(candidate))
+                    verdict = (found.key_id if found else None, stale)
+                except KeyStoreUnavailable:
+                    verdict = "unavailable"
+                assert verdict == expected, (operation, now[0], last_good)
+    finally:
+        if not readable:
+            rename("keys_away", "featurestore_api_keys")
