@@ -31,3 +31,7 @@ class EntityKeyError(FeatureStoreError):
 
 class TooManyEntitiesError(FeatureStoreError):
     """A lookup asks for more entities than the server allows in one request."""
+
+
+class TooManyFeaturesError(FeatureStoreError):
+    """A lookup names more features than the server allows in one request."""

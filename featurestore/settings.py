@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     serve_retry_after_seconds: int = Field(1, gt=0)
     serve_registry_refresh_seconds: float = Field(10.0, gt=0)
     serve_max_dataset_rows: int = Field(1_000_000, gt=0)
+    # Limits that keep one request from hurting others: a body over `serve_max_body_bytes` is
+    # refused before it is read whole; a lookup names at most `serve_max_features` features; at
+    # most `serve_max_dataset_jobs` dataset jobs run at once (all workers on one database).
+    serve_max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    serve_max_features: int = Field(500, gt=0)
+    serve_max_dataset_jobs: int = Field(2, gt=0)
+    # API keys: each worker re-reads the key table every `serve_key_refresh_seconds` (a revoked
+    # key stops working within that time); while the database is down, keys read before keep
+    # working for `serve_key_stale_seconds` after the last good read.
+    serve_key_refresh_seconds: float = Field(5.0, gt=0)
+    serve_key_stale_seconds: float = Field(300.0, gt=0)
     # The model `POST /v1/score` serves (written by `featurestore train`). Empty = under data_dir.
     model_path: Path | None = None
     # Where this API is reached from outside (links to drift reports in alerts).
@@ -140,6 +151,16 @@ class Settings(BaseSettings):
         if urlsplit(url).scheme not in ("redis", "rediss"):
             raise ValueError(f"redis_url must start with redis:// or rediss://, got {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _key_copy_outlives_its_refresh(self) -> Settings:
+        if self.serve_key_stale_seconds <= self.serve_key_refresh_seconds:
+            raise ValueError(
+                f"serve_key_stale_seconds ({self.serve_key_stale_seconds:g}) must be longer than "
+                f"serve_key_refresh_seconds ({self.serve_key_refresh_seconds:g}), or keys fail "
+                "between re-reads"
+            )
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

@@ -40,3 +40,54 @@ def redis_server(port: int, directory) -> subprocess.Popen:
     )
     wait_for(lambda: pings(redis.Redis(port=port)), 10, "redis-server")
     return server
+
+
+class PostgresServer:
+    """A PostgreSQL of the test's own (initdb into a temporary directory, trust auth, one free
+    port), to stop and start again; never the shared one. As root, its commands run as the
+    `postgres` user (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        import glob
+        import os
+        import shutil
+        import tempfile
+
+        self._bin = max(glob.glob("/usr/lib/postgresql/*/bin"))
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="featurestore-pg-")
+        self._as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+            self._as_owner = ["runuser", "-u", "postgres", "--"]
+        self.data = f"{self.directory}/data"
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync",
+                  "-E", "UTF8")
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self._as_owner, f"{self._bin}/{program}", *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off")
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", f"{self.directory}/log",
+                  "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """Immediate shutdown: open connections drop, new ones are refused."""
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "60", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.directory, ignore_errors=True)

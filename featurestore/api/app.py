@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from featurestore.api import datasets, scoring
 from featurestore.api.http import (
     ApiError,
     MetricsMiddleware,
+    RequestGuard,
     install_error_handlers,
     json_response,
     scope_checker,
@@ -32,11 +34,14 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "Missing, invalid or revoked API key."},
     403: {"model": ErrorBody, "description": "The API key lacks the scope."},
     404: {"model": ErrorBody, "description": "Unknown feature service, view or feature (named)."},
-    413: {"model": ErrorBody, "description": "More entities than `serve_max_entities`."},
+    413: {"model": ErrorBody, "description": "More entities than `serve_max_entities`, more "
+          "features than `serve_max_features`, or a body over `serve_max_body_bytes`."},
     422: {"model": ErrorBody, "description": "Malformed body."},
-    503: {"model": ErrorBody, "description": "Online store down; retry after Retry-After."},
+    503: {"model": ErrorBody, "description": "Online store or key table down; retry after "
+          "Retry-After."},
 }
 read_features = Depends(scope_checker("features:read"))
+log = logging.getLogger("featurestore.api")
 
 
 def _catalog_view(view) -> dict:
@@ -68,10 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = await asyncio.to_thread(ServingState, settings)
         app.state.serving = state
-        refresher = asyncio.create_task(state.refresh_forever())
+        refreshers = [asyncio.create_task(state.refresh_forever())]
+        if state.verifier is not None:
+            refreshers.append(asyncio.create_task(state.verifier.keep_fresh()))
         datasets.recover(settings)
         yield
-        refresher.cancel()
+        for refresher in refreshers:
+            refresher.cancel()
         if state.pool is not None:
             state.pool.close()
         if state.capture is not None:
@@ -88,7 +96,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware)
+    open_paths = {"/healthz", "/readyz", app.openapi_url, app.docs_url, app.redoc_url,
+                  app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(
+        RequestGuard, open_paths=frozenset(open_paths - {None}),
+        max_body_bytes=settings.serve_max_body_bytes,
+    )
+    app.add_middleware(MetricsMiddleware)  # outermost: counts what the guard refuses too
     install_error_handlers(app, settings.serve_retry_after_seconds)
 
     check_read = scope_checker("features:read")
@@ -168,14 +182,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.check_online_store()
             checks["online_store"] = "ok"
         except RedisUnavailable as exc:
-            checks["online_store"] = str(exc)
+            checks["online_store"] = f"unavailable: {exc.reason}"
         try:
             await asyncio.wait_for(
                 asyncio.to_thread(state.refresh), settings.serve_redis_timeout_seconds * 5
             )
             checks["registry"] = "ok"
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            checks["registry"] = f"{type(exc).__name__}: {exc}"
+            # This body is open to anyone: the driver's message (host, port, database) is logged.
+            log.warning("readiness: cannot read the registry: %s", exc)
+            checks["registry"] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
         headers = None if ready else {"Retry-After": str(settings.serve_retry_after_seconds)}
         return json_response(

@@ -1,12 +1,15 @@
 """`/v1/datasets`: point-in-time exports as asynchronous jobs, their status and their download.
 
-Jobs live in our SQL database, so any worker process answers for any job; each runs in a thread
-of the process that accepted it and writes `<exports_dir>/<job id>.parquet`. A job whose process
-died is marked failed when a server starts on the same host.
+Jobs live in our SQL database, so any worker process answers for any job. Each runs in a child
+process of its own (so its memory goes back to the system when it ends, and a job that runs out
+of memory takes only itself down) and writes `<exports_dir>/<job id>.parquet`; at most
+`serve_max_dataset_jobs` run at once (429 beyond). A job whose process died is marked failed when
+a server starts on the same host.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import socket
@@ -22,7 +25,7 @@ from fastapi.responses import FileResponse, Response
 from featurestore.api.http import ApiError, json_response
 from featurestore.api.schemas import DatasetJob, DatasetRequest
 from featurestore.db import METADATA, engine
-from featurestore.errors import FeatureStoreError, InputDataError
+from featurestore.errors import FeatureStoreError, InputDataError, TooManyFeaturesError
 from featurestore.settings import Settings
 
 TIMESTAMP = "event_timestamp"
@@ -41,8 +44,15 @@ JOBS = sa.Table(
 )
 
 
-def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+# Jobs are forked from a fork server (started with the first job, the export engines imported
+# once): quick to start, and unlike forking the server process itself, whose threads may hold
+# locks, a clean single-threaded parent.
+_PROCESSES = multiprocessing.get_context("forkserver")
+_PROCESSES.set_forkserver_preload(["featurestore.export"])
+
+
+def _worker(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -81,6 +91,51 @@ def entity_table(columns: dict[str, list], max_rows: int) -> pa.Table:
         except (ValueError, TypeError, pa.ArrowException) as exc:
             raise InputDataError(f"entity column {name!r}: {exc}") from exc
     return pa.table(arrays)
+
+
+def _admit(settings: Settings, job_id: str, feature_service: str | None) -> bool:
+    """Record the job as running; False (and the record removed) when that makes more than
+    `serve_max_dataset_jobs` running. Each job counts after its own insert is committed, so two
+    at once may both be refused, but never both admitted past the limit."""
+    recover(settings)  # a job whose process died (say, its end not recorded) holds no place
+    database = engine(settings)
+    with database.begin() as connection:
+        connection.execute(JOBS.insert().values(
+            id=job_id, status="running", feature_service=feature_service,
+            worker=_worker(), created_at=datetime.now(UTC),
+        ))
+    with database.connect() as connection:
+        running = connection.execute(
+            sa.select(sa.func.count()).select_from(JOBS).where(JOBS.c.status == "running")
+        ).scalar_one()
+    if running <= settings.serve_max_dataset_jobs:
+        return True
+    with database.begin() as connection:
+        connection.execute(JOBS.delete().where(JOBS.c.id == job_id))
+    return False
+
+
+def _supervise(settings: Settings, job_id: str, table: pa.Table, body: DatasetRequest) -> None:
+    """Run the job in a child process (in a thread of the server process, which waits for it)."""
+    process = _PROCESSES.Process(
+        target=_run, args=(settings, job_id, table, body), name=job_id, daemon=True
+    )
+    process.start()
+    with engine(settings).begin() as connection:
+        # `recover` judges the process that runs the job.
+        connection.execute(
+            JOBS.update().where(JOBS.c.id == job_id).values(worker=_worker(process.pid))
+        )
+    process.join()
+    if process.exitcode:
+        with engine(settings).begin() as connection:
+            connection.execute(
+                JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running").values(
+                    status="failed", finished_at=datetime.now(UTC),
+                    error=f"the export process ended with exit code {process.exitcode} "
+                          "(out of memory?)",
+                )
+            )
 
 
 def _run(settings: Settings, job_id: str, table: pa.Table, body: DatasetRequest) -> None:
@@ -151,6 +206,11 @@ def router(settings: Settings) -> APIRouter:
     def create(body: DatasetRequest, request: Request) -> Response:
         from featurestore.export import check_entities, plan_export
 
+        if body.features is not None and len(body.features) > settings.serve_max_features:
+            raise TooManyFeaturesError(
+                f"{len(body.features)} features in one request; the limit is "
+                f"{settings.serve_max_features} (serve_max_features; a feature service has none)"
+            )
         table = entity_table(body.entities, settings.serve_max_dataset_rows)
         # Unknown features and bad entity columns are the caller's 4xx now, not a failed job.
         plan = plan_export(
@@ -159,13 +219,15 @@ def router(settings: Settings) -> APIRouter:
         )
         check_entities(table, plan)
         job_id = f"ds-{secrets.token_hex(6)}"
-        with engine(settings).begin() as connection:
-            connection.execute(JOBS.insert().values(
-                id=job_id, status="running", feature_service=body.feature_service,
-                worker=_worker(), created_at=datetime.now(UTC),
-            ))
+        if not _admit(settings, job_id, body.feature_service):
+            raise ApiError(
+                429, "too_many_jobs",
+                f"{settings.serve_max_dataset_jobs} dataset job(s) are running, the limit "
+                "(serve_max_dataset_jobs); retry later",
+                {"Retry-After": str(settings.serve_retry_after_seconds)},
+            )
         threading.Thread(
-            target=_run, args=(settings, job_id, table, body), name=job_id, daemon=True
+            target=_supervise, args=(settings, job_id, table, body), name=job_id, daemon=True
         ).start()
         return json_response(
             _job(load(job_id)), 202, {"Location": f"/v1/datasets/{job_id}"}

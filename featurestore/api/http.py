@@ -7,7 +7,6 @@ bounded), 500 only for our own bugs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,13 +16,17 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.datastructures import Headers
 
-from featurestore.apikeys import ApiKey
+from featurestore.apikeys import ApiKey, KeyStoreUnavailable
 from featurestore.errors import (
     EntityKeyError,
     FeatureStoreError,
     InputDataError,
     TooManyEntitiesError,
+    TooManyFeaturesError,
     UnknownNameError,
 )
 from featurestore.online.redis_pool import RedisUnavailable
@@ -40,6 +43,14 @@ LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
 )
 ERRORS = Counter("featurestore_api_errors", "API error responses by code", ["route", "code"])
+STALE_KEYS = Counter(
+    "featurestore_api_stale_key_checks",
+    "Requests admitted by the last good read of the API key table while it cannot be read",
+)
+# A malformed body's 422 lists this many problems at most, each location part cut this short:
+# it names what is wrong without echoing the input back.
+_MAX_PROBLEMS = 20
+_MAX_LOCATION_CHARS = 80
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -68,6 +79,7 @@ def error_response(error: ApiError) -> Response:
 _INPUT_ERRORS: tuple[tuple[type[FeatureStoreError], int, str], ...] = (
     (UnknownNameError, 404, "unknown_name"),
     (TooManyEntitiesError, 413, "too_many_entities"),
+    (TooManyFeaturesError, 413, "too_many_features"),
     (EntityKeyError, 400, "bad_entities"),
     (InputDataError, 400, "bad_input"),
     (FeatureStoreError, 400, "bad_request"),
@@ -88,47 +100,80 @@ def install_error_handlers(app, retry_after_seconds: int) -> None:
     async def _redis_down(request: Request, exc: RedisUnavailable) -> Response:
         log.warning("online store unavailable: %s", exc)
         return error_response(ApiError(
-            503, "online_store_unavailable", f"the online store is unavailable: {exc}",
+            503, "online_store_unavailable", f"the online store is unavailable: {exc.reason}",
             {"Retry-After": str(retry_after_seconds)},
         ))
 
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        # The driver's message names the database's host, port and name: logged, not sent.
+        log.warning("SQL database unavailable: %s", exc)
+        return error_response(ApiError(
+            503, "database_unavailable",
+            f"the SQL database is unavailable ({type(exc).__name__}); retry later",
+            {"Retry-After": str(retry_after_seconds)},
+        ))
+
+    for kind in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(kind, _database_down)
+
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        errors = exc.errors()
+        details = [
+            {"loc": [p if isinstance(p, int) else str(p)[:_MAX_LOCATION_CHARS] for p in e["loc"]],
+             "msg": e["msg"], "type": e["type"]}
+            for e in errors[:_MAX_PROBLEMS]
+        ]
+        problems = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details)
+        if len(errors) > _MAX_PROBLEMS:
+            problems += f"; and {len(errors) - _MAX_PROBLEMS} more"
         return json_response(
-            {"error": {"code": "malformed_request", "message": problems,
-                       "details": orjson.loads(orjson.dumps(exc.errors(), default=str))}},
-            422,
+            {"error": {"code": "malformed_request", "message": problems, "details": details}}, 422
         )
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_KEY = "featurestore.api_key"  # where RequestGuard leaves the caller's key in the ASGI scope
+
+
+def _bearer(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+async def authenticate(serving, authorization: str | None) -> ApiKey:
+    """The live key of an `Authorization` header (api_auth: keys), else a 401, or a 503 while
+    the key table cannot be read and its last good copy cannot decide."""
+    token = _bearer(authorization)
+    if token is None:
+        raise ApiError(401, "unauthenticated",
+                       "missing API key: send 'Authorization: Bearer <key>'", _CHALLENGE)
+    try:
+        key, stale = await serving.verifier.verify(token)
+    except KeyStoreUnavailable as exc:
+        raise ApiError(
+            503, "key_store_unavailable", f"API keys cannot be checked now: {exc}",
+            {"Retry-After": str(serving.settings.serve_retry_after_seconds)},
+        ) from None
+    if key is None:
+        raise ApiError(401, "unauthenticated", "invalid or revoked API key", _CHALLENGE)
+    if stale:
+        STALE_KEYS.inc()
+    return key
+
+
 def scope_checker(scope: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
     """A dependency that admits requests whose bearer key holds `scope` (or `admin`)."""
 
     async def check(request: Request) -> ApiKey | None:
-        verifier = request.app.state.serving.verifier
-        if verifier is None:  # api_auth: off
+        serving = request.app.state.serving
+        if serving.verifier is None:  # api_auth: off
             return None
-        token = bearer_token(request)
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if token is None:
-            raise ApiError(401, "unauthenticated",
-                           "missing API key: send 'Authorization: Bearer <key>'", challenge)
-        found, key = verifier.cached(token)
-        if not found:
-            key = await asyncio.to_thread(verifier.verify, token)
-        if key is None:
-            raise ApiError(401, "unauthenticated", "invalid or revoked API key", challenge)
+        key = request.scope.get(_KEY)
+        if key is None:  # an app without RequestGuard
+            key = await authenticate(serving, request.headers.get("authorization"))
         if not key.allows(scope):
             raise ApiError(403, "forbidden",
                            f"API key {key.key_id!r} lacks the scope {scope!r} "
@@ -136,6 +181,70 @@ def scope_checker(scope: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
         return key
 
     return check
+
+
+class RequestGuard:
+    """What every request passes before the app parses anything: its API key is checked (but
+    on `open_paths`), then its body is read, at most `max_body_bytes` of it (413 beyond, told by
+    Content-Length first, else by counting what arrives). So a caller without a key costs no
+    body read, and no body is held or parsed past the limit. (Pure ASGI: microseconds.)"""
+
+    def __init__(self, app, *, open_paths: frozenset[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.open_paths = open_paths
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            serving = scope["app"].state.serving
+            if serving.verifier is not None and scope["path"] not in self.open_paths:
+                scope[_KEY] = await authenticate(serving, headers.get("authorization"))
+            body = await self._body(headers, receive)
+        except ApiError as error:
+            if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+                # The unread rest of the body is not worth receiving: close after the answer.
+                error.headers = {**(error.headers or {}), "Connection": "close"}
+            await error_response(error)(scope, receive, send)
+            return
+        if body is None:  # the client went away
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _body(self, headers: Headers, receive) -> bytes | None:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "body_too_large",
+                        f"the request body is over {self.max_body_bytes:,} bytes "
+                        "(serve_max_body_bytes)")
+
+
+def _replay(body: bytes, receive):
+    """`receive` for the app: the body already read, then the client's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed():
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 class MetricsMiddleware:

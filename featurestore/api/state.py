@@ -36,10 +36,17 @@ class ServingState:
         # worker here (SchemaError names the command to run), not at its first export.
         database = engine(settings)
         self.store: FeatureStore = feature_store(settings)
-        self.catalog = Catalog(self.store)
+        self.catalog = Catalog(self.store, settings.serve_max_features)
         self.registry_version = self._registry_version()
         self.registry_error: str | None = None
-        self.verifier = KeyVerifier(database) if settings.api_auth == "keys" else None
+        self.verifier: KeyVerifier | None = None
+        if settings.api_auth == "keys":
+            self.verifier = KeyVerifier(
+                database,
+                refresh_seconds=settings.serve_key_refresh_seconds,
+                stale_seconds=settings.serve_key_stale_seconds,
+            )
+            self.verifier.read()
         self.pool: RedisPool | None = None
         if settings.online_store_kind == "redis":
             password = settings.redis_password
@@ -65,7 +72,7 @@ class ServingState:
         if version == self.registry_version:
             return False
         store = feature_store(self.settings)
-        catalog = Catalog(store)
+        catalog = Catalog(store, self.settings.serve_max_features)
         self.store, self.catalog, self.registry_version = store, catalog, version
         return True
 

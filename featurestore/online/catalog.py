@@ -9,7 +9,7 @@ snapshot of the registry that the server swaps when the registry changes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,7 +24,7 @@ from featurestore.definitions import (
     parse_reference,
     view_feature,
 )
-from featurestore.errors import UnknownNameError
+from featurestore.errors import TooManyFeaturesError, UnknownNameError
 from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.resp import bulk
 
@@ -92,10 +92,12 @@ def _hmget(fields: list[bytes]) -> tuple[bytes, bytes]:
 
 
 class Catalog:
-    """Feature views, on-demand views and services of one registry snapshot."""
+    """Feature views, on-demand views and services of one registry snapshot. A request's own
+    feature list holds at most `max_features` references (a service's are the registry's)."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, max_features: int | None = None) -> None:
         project = store.project
+        self.max_features = max_features
         self.config: RepoConfig = store.config
         self.views: dict[str, ViewDefinition] = load_views(store)
         self.on_demand: dict[str, OnDemandFeatureView] = {
@@ -118,9 +120,17 @@ class Catalog:
             for projection in service.feature_view_projections
             for feature in projection.features
         ]
-        return self.plan_for_features(refs)
+        return self._cached_plan(refs)
 
     def plan_for_features(self, refs: list[str]) -> ReadPlan:
+        if self.max_features is not None and len(refs) > self.max_features:
+            raise TooManyFeaturesError(
+                f"{len(refs)} features in one request; the limit is {self.max_features} "
+                "(serve_max_features; a feature service has none)"
+            )
+        return self._cached_plan(refs)
+
+    def _cached_plan(self, refs: list[str]) -> ReadPlan:
         key = tuple(refs)
         plan = self._plans.get(key)
         if plan is None:
@@ -148,7 +158,7 @@ class Catalog:
         if not refs:
             raise UnknownNameError("no features requested")
         outputs = [self._parse(ref) for ref in refs]
-        duplicates = sorted({r for r in refs if refs.count(r) > 1})
+        duplicates = sorted(r for r, count in Counter(refs).items() if count > 1)
         if duplicates:
             raise UnknownNameError(f"features requested more than once: {duplicates}")
         wanted: dict[str, dict[str, bool]] = {}  # view -> feature -> is an output

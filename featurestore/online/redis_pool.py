@@ -22,7 +22,13 @@ from featurestore.online.resp import pack
 
 
 class RedisUnavailable(Exception):
-    """Redis could not be reached, or did not answer within the timeout."""
+    """Redis could not be reached, did not answer within the timeout, or answered an error
+    (NOAUTH after a password change, LOADING, READONLY, MASTERDOWN, ...): our commands are
+    fixed reads, so an error reply is the server's state, not the request's fault."""
+
+    def __init__(self, address: RedisAddress, reason: str) -> None:
+        super().__init__(f"Redis at {address!r}: {reason}")
+        self.reason = reason  # without the address, for answers anyone may read
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,15 @@ class RedisAddress:
 
     def __repr__(self) -> str:  # never shows the password
         return f"redis{'s' if self.tls else ''}://{self.host}:{self.port}/{self.db}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, hiredis.ReplyError):
+        return f"answered {str(exc).split(' ', 1)[0] or 'an error'}"
+    # An OSError's text names the address; its type says enough (ConnectionRefusedError, ...).
+    return type(exc).__name__
 
 
 class _Connection:
@@ -106,14 +121,15 @@ class RedisPool:
                 if connection is None:
                     connection = await self._connect()
                 replies = await connection.execute(b"".join(commands), len(commands))
-        except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+        except (OSError, TimeoutError, hiredis.ProtocolError, hiredis.ReplyError) as exc:
+            # After an error reply the rest of the replies are unread: the connection goes, and
+            # the next request opens (and authenticates) a fresh one.
             if connection is not None:
                 connection.close()
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-            raise RedisUnavailable(f"Redis at {self.address!r}: {reason}") from exc
+            raise RedisUnavailable(self.address, _reason(exc)) from exc
         except BaseException:
-            # Cancelled mid-read (client went away) or a Redis error reply: the connection's
-            # read position is unknown, so it is not reused.
+            # Cancelled mid-read (client went away): the connection's read position is
+            # unknown, so it is not reused.
             if connection is not None:
                 connection.close()
             raise
@@ -124,7 +140,9 @@ class RedisPool:
         return replies
 
     async def ping(self) -> None:
-        await self.execute([pack(b"PING")])
+        """A read Redis refuses while it cannot serve data (unlike PING, which a loading or
+        stale replica answers)."""
+        await self.execute([pack(b"EXISTS", b"featurestore:readiness-probe")])
 
     def close(self) -> None:
         while self._idle:
