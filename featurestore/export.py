@@ -62,6 +62,7 @@ TOP_CATEGORIES = 50
 # The offline tables' event times, as every writer of them stores them.
 _ROW_UNIT = "us"
 _ROW_TIMESTAMP = pa.timestamp(_ROW_UNIT, tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The raw sources the training entity table is made of (names in feature_repo/).
 TRANSACTIONS_SOURCE = "transactions_raw"
 LABELS_SOURCE = "transaction_labels"
@@ -327,35 +328,22 @@ def _row_schema(request: ViewRequest) -> pa.Schema:
 def _offline_files(request: ViewRequest, lowest: int, highest: int) -> list[Path]:
     """The view's validated offline files of the days holding event times [lowest, highest] µs."""
     table = request.view.offline
-    if lowest == pointintime.INT64_MIN:
-        first = _first_partition_day(table)
-        if first is None:
-            return []
-    else:
-        first = _day(lowest)
-    files = offline.data_files(table, first, _day(highest) + timedelta(days=1), required=False)
+    files = offline.data_files(
+        table, _day(lowest), offline.day_after(_day(highest)), required=False
+    )
     offline.validate_files(files, table, _row_schema(request))
     return files
 
 
-def _first_partition_day(table: Table) -> date | None:
-    """The earliest day partition of `table` (a view without ttl reads all its history)."""
-    if not table.path.is_dir():
-        raise InputDataError(
-            f"offline table {table.name!r}: {table.path} does not exist "
-            "(generate or backfill it first)"
-        )
-    found = []
-    for path in table.path.glob(f"{offline.PARTITION}=*"):
-        try:
-            found.append(date.fromisoformat(path.name.partition("=")[2]))
-        except ValueError:
-            continue
-    return min(found, default=None)
+_FIRST_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def _day(micros: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).date()
+    """The UTC day of `micros`; the first day datetime holds for anything before it (a lower
+    bound a ttl puts before year 1, or none: INT64_MIN)."""
+    if micros < _FIRST_MICROS:
+        return date.min
+    return (_EPOCH + timedelta(microseconds=micros)).date()
 
 
 def _offline_rows(request: ViewRequest, files: list[Path], lowest: int, highest: int) -> pa.Table:

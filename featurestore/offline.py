@@ -67,16 +67,32 @@ def partition_dir(table: Path, day: date) -> Path:
     return table / f"{PARTITION}={day.isoformat()}"
 
 
-def days(start: date, end: date) -> Iterator[date]:
-    """Each day of the half-open range [start, end)."""
-    day = start
-    while day < end:
-        yield day
-        day += timedelta(days=1)
+def day_after(day: date) -> date | None:
+    """The next day, None after the last day datetime can hold (an open end for `data_files`)."""
+    return None if day == date.max else day + timedelta(days=1)
 
 
-def data_files(table: Table, start: date, end: date, *, required: bool = True) -> list[Path]:
-    """The Parquet files of `table` in partitions [start, end); errors name what is missing.
+def partition_days(table: Path, start: date = date.min, end: date | None = None) -> list[date]:
+    """The days in [start, end) (end None: no end) that `table` has a partition of, in order.
+
+    Listed from the directory, so the cost is the partitions there, not the days of the range
+    (a range to year 9999 costs no more than a week)."""
+    found = []
+    for path in table.glob(f"{PARTITION}=*"):
+        try:
+            day = date.fromisoformat(path.name.partition("=")[2])
+        except ValueError:
+            continue
+        if start <= day and (end is None or day < end):
+            found.append(day)
+    return sorted(found)
+
+
+def data_files(
+    table: Table, start: date, end: date | None, *, required: bool = True
+) -> list[Path]:
+    """The Parquet files of `table` in partitions [start, end) (end None: no end); errors name
+    what is missing.
 
     With `required=False` an existing table with no files in the range gives an empty list.
     """
@@ -87,13 +103,14 @@ def data_files(table: Table, start: date, end: date, *, required: bool = True) -
         )
     files = [
         f
-        for day in days(start, end)
+        for day in partition_days(table.path, start, end)
         for f in sorted(partition_dir(table.path, day).glob("*.parquet"))
     ]
     if not files and required:
+        until = f"to {end} (exclusive)" if end is not None else "on"
         raise InputDataError(
             f"offline table {table.name!r}: no Parquet files in {table.path} "
-            f"for {start} to {end} (exclusive)"
+            f"for {start} {until}"
         )
     return files
 
@@ -181,7 +198,8 @@ def swap_in(staging: Path, table: Path, start: date, end: date) -> list[date]:
     A day of the range with no staged partition is removed: its source data no longer exists.
     """
     written = []
-    for day in days(start, end):
+    replaced = {*partition_days(table, start, end), *partition_days(staging, start, end)}
+    for day in sorted(replaced):
         target = partition_dir(table, day)
         staged = partition_dir(staging, day)
         trash = table / f"_trash-{uuid.uuid4().hex}"

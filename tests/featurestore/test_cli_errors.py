@@ -116,7 +116,7 @@ def test_end_before_start(repo, command) -> None:
 def test_unparseable_date(repo) -> None:
     result = _run("backfill", "--start", "yesterday", "--end", "2026-02-01")
     assert result.exit_code == 2
-    assert "--start must be a date" in result.output
+    assert "--start must be a day YYYY-MM-DD" in result.output
 
 
 def test_materialize_without_offline_table(repo) -> None:

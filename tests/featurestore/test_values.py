@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -159,3 +160,33 @@ def test_the_reported_columns_decode_value_by_value() -> None:
     ages = [None, 2811, 1285, None, 1675, 222]
     raw = [None if a is None else Value(int64_val=a).SerializeToString() for a in ages]
     assert decode_column(raw, ValueType.INT64) == ages
+
+
+_YEAR_1_MICROS = (datetime.min.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1
+)
+_YEAR_9999_MICROS = (datetime.max.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1
+)
+_MICROS = st.one_of(
+    st.integers(_YEAR_1_MICROS, _YEAR_9999_MICROS),
+    st.sampled_from([_YEAR_1_MICROS, _YEAR_9999_MICROS, 0, -1, 1, 999_999, -1_000_000]),
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(micros=st.lists(_MICROS, min_size=1, max_size=12))
+def test_event_times_decode_and_print_as_utc_over_years_1_to_9999(micros) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    raw = [
+        Timestamp(seconds=m // 1_000_000, nanos=m % 1_000_000 * 1_000).SerializeToString()
+        for m in micros
+    ]
+    assert [decode_timestamp_micros(r) for r in raw] == micros
+    expected = [
+        (epoch + timedelta(microseconds=m)).replace(tzinfo=None).isoformat(timespec="microseconds")
+        + "Z"
+        for m in micros
+    ]
+    assert _iso(micros) == expected  # numpy's vector formatting above 8 values
+    assert [s for m in micros for s in _iso([m])] == expected
