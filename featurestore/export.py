@@ -32,6 +32,7 @@ from feast import FeatureStore
 from feast.errors import FeatureServiceNotFoundException
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
 from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.type_map import feast_value_type_to_pa
 from feast.types import from_feast_to_pyarrow_type
 
 from featurestore import offline, pointintime
@@ -103,7 +104,6 @@ class ExportPlan:
     # (view name, feature) of each output column, in output order; the column is the feature.
     outputs: tuple[tuple[str, Feature], ...]
     join_keys: tuple[Feature, ...]
-    request_fields: tuple[str, ...]
 
     @property
     def feature_names(self) -> list[str]:
@@ -176,9 +176,6 @@ def plan_export(
     for request in view_requests:
         for key in request.view.join_keys:
             join_keys.setdefault(key.name, key)
-    request_fields: dict[str, None] = {}
-    for name in on_demand:
-        request_fields.update(dict.fromkeys(on_demand_views[name].get_request_data_schema()))
     return ExportPlan(
         feature_service=feature_service,
         references=tuple(references),
@@ -189,7 +186,6 @@ def plan_export(
         ),
         outputs=tuple(outputs),
         join_keys=tuple(join_keys.values()),
-        request_fields=tuple(request_fields),
     )
 
 
@@ -281,19 +277,40 @@ def check_entities(table: pa.Table, plan: ExportPlan) -> Entities:
             )
         else:
             keys[key.name] = cast
-    missing_fields = [name for name in plan.request_fields if name not in columns]
     for request in plan.on_demand:
-        for name in request.view.get_request_data_schema():
-            if name in missing_fields:
+        for name, value_type in request.view.get_request_data_schema().items():
+            of_view = f"request field of on-demand view {request.view.name!r}"
+            expected = feast_value_type_to_pa(value_type)
+            if name not in columns:
+                problems.append(f"no column {name!r} ({of_view})")
+            elif not _holds(table.column(name).type, expected):
                 problems.append(
-                    f"no column {name!r} (request field of on-demand view {request.view.name!r})"
+                    f"column {name!r} is {table.column(name).type}, expected {expected} ({of_view})"
                 )
     clashing = sorted(columns.intersection(plan.feature_names))
     if clashing:
         problems.append(f"columns {clashing} have the names of exported features")
+    if not table.num_rows:
+        problems.append("it has no rows (nothing to export)")
     if problems:
         raise InputDataError("entity table: " + "; ".join(problems))
     return Entities(table, keys)
+
+
+def _holds(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a request field of type `found` holds values of `expected` as they are: integers
+    for a float field, any integer width, large strings; never booleans for numbers."""
+    if found == expected:
+        return True
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(found)
+    if pa.types.is_string(expected):
+        return pa.types.is_large_string(found)
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    return False
 
 
 def _key_column(column: pa.ChunkedArray, expected: pa.DataType) -> pa.Array | None:
@@ -693,9 +710,7 @@ def export(
     table = read_entities(entities) if isinstance(entities, Path | str) else entities
     checked = check_entities(table, plan)
     rows = table.num_rows
-    if not rows:
-        chunks: Iterator[Joined] = iter([])
-    elif engine == "spark":
+    if engine == "spark":
         chunks = _join_spark(settings, plan, checked, report)
     else:
         chunks = _join_local(plan, checked, report)
