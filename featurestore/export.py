@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from feast import FeatureStore
-from feast.errors import FeatureServiceNotFoundException
+from feast.errors import DataSourceObjectNotFoundException, FeatureServiceNotFoundException
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.type_map import feast_value_type_to_pa
@@ -342,13 +342,15 @@ def _row_schema(request: ViewRequest) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _offline_files(request: ViewRequest, lowest: int, highest: int) -> list[Path]:
+def _offline_files(
+    request: ViewRequest, lowest: int, highest: int, *, for_spark: bool = False
+) -> list[Path]:
     """The view's validated offline files of the days holding event times [lowest, highest] µs."""
     table = request.view.offline
     files = offline.data_files(
         table, _day(lowest), offline.day_after(_day(highest)), required=False
     )
-    offline.validate_files(files, table, _row_schema(request))
+    offline.validate_files(files, table, _row_schema(request), for_spark=for_spark)
     return files
 
 
@@ -448,7 +450,7 @@ def _join_spark(
         view = request.view
         progress(f"joining {view.name} with Spark")
         lower, upper = pointintime.bounds(entities.times, view.ttl, _ROW_UNIT)
-        files = _offline_files(request, int(lower.min()), int(upper.max()))
+        files = _offline_files(request, int(lower.min()), int(upper.max()), for_spark=True)
         if not files:
             for feature in request.features:
                 joined[view.name, feature.name] = pa.nulls(
@@ -798,7 +800,15 @@ def labeled_transactions(settings: Settings, start: date, end: date) -> pa.Table
 
 
 def _source_table(store: FeatureStore, name: str) -> Table:
-    source = store.get_data_source(name)
+    try:
+        source = store.get_data_source(name)
+    except DataSourceObjectNotFoundException:
+        known = sorted(s.name for s in store.list_data_sources())
+        raise UnknownNameError(
+            f"the training entity table is made of the fraud example's data sources "
+            f"{[TRANSACTIONS_SOURCE, LABELS_SOURCE]}; project {store.project!r} has no data "
+            f"source {name!r} (it has: {known or 'none'})"
+        ) from None
     return Table(
         name=source.name,
         path=Path(source.path),

@@ -7,6 +7,7 @@ sees a half-written partition.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -115,8 +116,25 @@ def data_files(
     return files
 
 
-def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> int:
-    """Check each file's footer against `required`; returns the total row count."""
+def _nanosecond_columns(metadata: pq.FileMetaData, names: Iterable[str]) -> list[str]:
+    """The columns of `names` stored as Parquet TIMESTAMP(NANOS), which Spark cannot read (it
+    reads millis, micros and the legacy INT96)."""
+    wanted = set(names)
+    return [
+        column.path
+        for column in (metadata.schema.column(i) for i in range(len(metadata.schema)))
+        if column.path in wanted
+        and json.loads(column.logical_type.to_json()).get("timeUnit") == "nanoseconds"
+    ]
+
+
+def validate_files(
+    files: Iterable[Path], table: Table, required: pa.Schema, *, for_spark: bool = False
+) -> int:
+    """Check each file's footer against `required`; returns the total row count.
+
+    `for_spark`: the files are read by Spark, so their timestamps must be in a unit it reads.
+    """
     rows = 0
     for path in files:
         try:
@@ -126,6 +144,14 @@ def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> 
             raise InputDataError(
                 f"offline table {table.name!r}: {path} is not a readable Parquet file ({exc})"
             ) from exc
+        timestamps = [f.name for f in required if pa.types.is_timestamp(f.type)]
+        nanos = _nanosecond_columns(metadata, timestamps) if for_spark else []
+        if nanos:
+            raise InputDataError(
+                f"offline table {table.name!r}: column {nanos[0]!r} in {path} holds nanosecond "
+                "timestamps, which Spark cannot read; write it in microseconds (pyarrow: "
+                "pq.write_table(..., coerce_timestamps='us'))"
+            )
         for field in required:
             index = schema.get_field_index(field.name)
             if index < 0:
