@@ -165,6 +165,8 @@ def test_incremental_starts_where_the_last_run_ended(store, redis_client) -> Non
         ("2026-03-02T20:00:00-05:00", "2026-03-02T23:59:00-05:00"),
         # The other way round: the offset-local date is the day after.
         ("2026-03-03T10:00:00+14:00", "2026-03-03T23:00:00+14:00"),
+        # The whole datetime range: the partitions there are read, no day is walked.
+        ("0001-01-01", "9999-12-31T23:59:59.999999Z"),
     ],
 )
 def test_cli_times_with_an_offset_read_the_utc_days(store, redis_client, start, end) -> None:
@@ -173,10 +175,11 @@ def test_cli_times_with_an_offset_read_the_utc_days(store, redis_client, start, 
     from featurestore.cli import app
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
+    from featurestore.timestamps import to_utc
 
     settings, feast = store
     view = select_views(feast, ["card_transaction_features"])[0]
-    utc_start, utc_end = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    utc_start, utc_end = (to_utc(datetime.fromisoformat(t)) for t in (start, end))
     offline = _offline_rows(view)
     in_range = offline[(offline.event_timestamp >= utc_start) & (offline.event_timestamp < utc_end)]
     assert len(in_range) > 0
