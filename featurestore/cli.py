@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -191,29 +191,23 @@ def db_revision(
     console.print(f"wrote {new_revision(message, METADATA)}")
 
 
-def _parse_day(value: str, option: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise FeatureStoreError(f"{option} must be a date YYYY-MM-DD, got {value!r}") from exc
-
-
 @app.command()
 @_clear_errors
 def backfill(
-    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD), inclusive.")],
-    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD), exclusive.")],
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD, UTC), inclusive.")],
+    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD, UTC), exclusive.")],
     view: Views = None,
 ) -> None:
-    """Compute offline feature tables from raw events with Spark, for days [start, end)."""
+    """Compute offline feature tables from raw events with Spark, for UTC days [start, end)."""
     from featurestore.batch.backfill import backfill as run_backfill
     from featurestore.batch.spark import spark_session
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
     from featurestore.settings import get_settings
+    from featurestore.timestamps import parse_day
 
     settings = get_settings()
-    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
     views = select_views(feature_store(settings), view, aggregated_only=True)
     with console.status(f"backfilling {len(views)} feature view(s) with Spark"):
         results = run_backfill(lambda: spark_session(settings), views, first, last)
@@ -223,21 +217,15 @@ def backfill(
         )
 
 
-def _parse_moment(value: str, option: str) -> datetime:
-    """An ISO date or time; without an offset it is UTC (materialization normalizes it)."""
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise FeatureStoreError(
-            f"{option} must be an ISO date or time (2026-01-31 or 2026-01-31T12:00), got {value!r}"
-        ) from exc
-
-
 @app.command()
 @_clear_errors
 def materialize(
-    start: Annotated[str | None, typer.Option(help="Event time from (inclusive).")] = None,
-    end: Annotated[str | None, typer.Option(help="Event time to (exclusive); default now.")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Event time from (inclusive; ISO-8601, no offset = UTC).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Event time to (exclusive; ISO-8601); default now.")
+    ] = None,
     incremental: Annotated[
         bool, typer.Option(help="Start each view where its last materialization ended.")
     ] = False,
@@ -250,15 +238,16 @@ def materialize(
     from featurestore.materialize import materialize as run_materialize
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
+    from featurestore.timestamps import parse_time
 
     if incremental == (start is not None):
         raise FeatureStoreError("give either --start or --incremental (exactly one)")
     settings = get_settings()
     store = feature_store(settings)
-    until = _parse_moment(end, "--end") if end else datetime.now(UTC)
+    until = parse_time(end, "--end") if end else datetime.now(UTC)
     views = select_views(store, view)
     ranges = [
-        (v, incremental_start(v, until) if incremental else _parse_moment(start, "--start"), until)
+        (v, incremental_start(v, until) if incremental else parse_time(start, "--start"), until)
         for v in views
     ]
     with row_progress("materializing rows") as advance:
@@ -704,8 +693,8 @@ def export_command(
 @app.command("entities")
 @_clear_errors
 def entities_command(
-    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD), inclusive.")],
-    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD), exclusive.")],
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD, UTC), inclusive.")],
+    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD, UTC), exclusive.")],
     out: Annotated[str, typer.Option(help="Where to write the entity table (Parquet).")],
 ) -> None:
     """Write the training entity table: transactions of [start, end) with their fraud label."""
@@ -714,8 +703,9 @@ def entities_command(
     from featurestore.export import LABEL_COLUMN, labeled_transactions
     from featurestore.offline import write_atomically
     from featurestore.settings import get_settings
+    from featurestore.timestamps import parse_day
 
-    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
     table = labeled_transactions(get_settings(), first, last)
     write_atomically(table, Path(out))
     unlabeled = table.column(LABEL_COLUMN).null_count

@@ -29,9 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from feast import FeatureStore
-from feast.errors import FeatureServiceNotFoundException
+from feast.errors import DataSourceObjectNotFoundException, FeatureServiceNotFoundException
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
 from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.type_map import feast_value_type_to_pa
 from feast.types import from_feast_to_pyarrow_type
 
 from featurestore import offline, pointintime
@@ -62,6 +63,7 @@ TOP_CATEGORIES = 50
 # The offline tables' event times, as every writer of them stores them.
 _ROW_UNIT = "us"
 _ROW_TIMESTAMP = pa.timestamp(_ROW_UNIT, tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The raw sources the training entity table is made of (names in feature_repo/).
 TRANSACTIONS_SOURCE = "transactions_raw"
 LABELS_SOURCE = "transaction_labels"
@@ -102,7 +104,6 @@ class ExportPlan:
     # (view name, feature) of each output column, in output order; the column is the feature.
     outputs: tuple[tuple[str, Feature], ...]
     join_keys: tuple[Feature, ...]
-    request_fields: tuple[str, ...]
 
     @property
     def feature_names(self) -> list[str]:
@@ -175,9 +176,6 @@ def plan_export(
     for request in view_requests:
         for key in request.view.join_keys:
             join_keys.setdefault(key.name, key)
-    request_fields: dict[str, None] = {}
-    for name in on_demand:
-        request_fields.update(dict.fromkeys(on_demand_views[name].get_request_data_schema()))
     return ExportPlan(
         feature_service=feature_service,
         references=tuple(references),
@@ -188,7 +186,6 @@ def plan_export(
         ),
         outputs=tuple(outputs),
         join_keys=tuple(join_keys.values()),
-        request_fields=tuple(request_fields),
     )
 
 
@@ -280,19 +277,40 @@ def check_entities(table: pa.Table, plan: ExportPlan) -> Entities:
             )
         else:
             keys[key.name] = cast
-    missing_fields = [name for name in plan.request_fields if name not in columns]
     for request in plan.on_demand:
-        for name in request.view.get_request_data_schema():
-            if name in missing_fields:
+        for name, value_type in request.view.get_request_data_schema().items():
+            of_view = f"request field of on-demand view {request.view.name!r}"
+            expected = feast_value_type_to_pa(value_type)
+            if name not in columns:
+                problems.append(f"no column {name!r} ({of_view})")
+            elif not _holds(table.column(name).type, expected):
                 problems.append(
-                    f"no column {name!r} (request field of on-demand view {request.view.name!r})"
+                    f"column {name!r} is {table.column(name).type}, expected {expected} ({of_view})"
                 )
     clashing = sorted(columns.intersection(plan.feature_names))
     if clashing:
         problems.append(f"columns {clashing} have the names of exported features")
+    if not table.num_rows:
+        problems.append("it has no rows (nothing to export)")
     if problems:
         raise InputDataError("entity table: " + "; ".join(problems))
     return Entities(table, keys)
+
+
+def _holds(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a request field of type `found` holds values of `expected` as they are: integers
+    for a float field, any integer width, large strings; never booleans for numbers."""
+    if found == expected:
+        return True
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(found)
+    if pa.types.is_string(expected):
+        return pa.types.is_large_string(found)
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    return False
 
 
 def _key_column(column: pa.ChunkedArray, expected: pa.DataType) -> pa.Array | None:
@@ -324,38 +342,27 @@ def _row_schema(request: ViewRequest) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _offline_files(request: ViewRequest, lowest: int, highest: int) -> list[Path]:
+def _offline_files(
+    request: ViewRequest, lowest: int, highest: int, *, for_spark: bool = False
+) -> list[Path]:
     """The view's validated offline files of the days holding event times [lowest, highest] µs."""
     table = request.view.offline
-    if lowest == pointintime.INT64_MIN:
-        first = _first_partition_day(table)
-        if first is None:
-            return []
-    else:
-        first = _day(lowest)
-    files = offline.data_files(table, first, _day(highest) + timedelta(days=1), required=False)
-    offline.validate_files(files, table, _row_schema(request))
+    files = offline.data_files(
+        table, _day(lowest), offline.day_after(_day(highest)), required=False
+    )
+    offline.validate_files(files, table, _row_schema(request), for_spark=for_spark)
     return files
 
 
-def _first_partition_day(table: Table) -> date | None:
-    """The earliest day partition of `table` (a view without ttl reads all its history)."""
-    if not table.path.is_dir():
-        raise InputDataError(
-            f"offline table {table.name!r}: {table.path} does not exist "
-            "(generate or backfill it first)"
-        )
-    found = []
-    for path in table.path.glob(f"{offline.PARTITION}=*"):
-        try:
-            found.append(date.fromisoformat(path.name.partition("=")[2]))
-        except ValueError:
-            continue
-    return min(found, default=None)
+_FIRST_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def _day(micros: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).date()
+    """The UTC day of `micros`; the first day datetime holds for anything before it (a lower
+    bound a ttl puts before year 1, or none: INT64_MIN)."""
+    if micros < _FIRST_MICROS:
+        return date.min
+    return (_EPOCH + timedelta(microseconds=micros)).date()
 
 
 def _offline_rows(request: ViewRequest, files: list[Path], lowest: int, highest: int) -> pa.Table:
@@ -443,7 +450,7 @@ def _join_spark(
         view = request.view
         progress(f"joining {view.name} with Spark")
         lower, upper = pointintime.bounds(entities.times, view.ttl, _ROW_UNIT)
-        files = _offline_files(request, int(lower.min()), int(upper.max()))
+        files = _offline_files(request, int(lower.min()), int(upper.max()), for_spark=True)
         if not files:
             for feature in request.features:
                 joined[view.name, feature.name] = pa.nulls(
@@ -705,9 +712,7 @@ def export(
     table = read_entities(entities) if isinstance(entities, Path | str) else entities
     checked = check_entities(table, plan)
     rows = table.num_rows
-    if not rows:
-        chunks: Iterator[Joined] = iter([])
-    elif engine == "spark":
+    if engine == "spark":
         chunks = _join_spark(settings, plan, checked, report)
     else:
         chunks = _join_local(plan, checked, report)
@@ -795,7 +800,15 @@ def labeled_transactions(settings: Settings, start: date, end: date) -> pa.Table
 
 
 def _source_table(store: FeatureStore, name: str) -> Table:
-    source = store.get_data_source(name)
+    try:
+        source = store.get_data_source(name)
+    except DataSourceObjectNotFoundException:
+        known = sorted(s.name for s in store.list_data_sources())
+        raise UnknownNameError(
+            f"the training entity table is made of the fraud example's data sources "
+            f"{[TRANSACTIONS_SOURCE, LABELS_SOURCE]}; project {store.project!r} has no data "
+            f"source {name!r} (it has: {known or 'none'})"
+        ) from None
     return Table(
         name=source.name,
         path=Path(source.path),

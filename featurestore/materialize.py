@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.feast_writer import FeastFeatureWriter
 from featurestore.online.redis_writer import RedisFeatureWriter
 from featurestore.settings import Settings
+from featurestore.timestamps import to_utc
 
 
 class FeatureWriter(Protocol):
@@ -95,7 +96,7 @@ def offline_files(
     """The view's validated offline files that may hold rows with event time in [start, end)."""
     last_day = (end - timedelta(microseconds=1)).date()
     files = offline.data_files(
-        view.offline, start.date(), last_day + timedelta(days=1), required=required
+        view.offline, start.date(), offline.day_after(last_day), required=required
     )
     offline.validate_files(files, view.offline, required_schema(view))
     return files
@@ -169,7 +170,7 @@ def materialize(
     (result with 0 rows) instead of being an error.
     """
     if incremental:
-        ranges = [(v, start, end) for v, start, end in ranges if _utc(start) < _utc(end)]
+        ranges = [(v, start, end) for v, start, end in ranges if to_utc(start) < to_utc(end)]
     checked = [(view, *check_range(start, end)) for view, start, end in ranges]
     inputs = [
         (view, offline_files(view, start, end, required=not incremental), start, end)
@@ -184,19 +185,16 @@ def materialize(
 
 
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    start, end = _utc(start), _utc(end)
+    """The range in UTC (day partitions are UTC days), checked to be non-empty."""
+    start, end = to_utc(start, "start"), to_utc(end, "end")
     if end <= start:
         raise RangeError(f"end {end.isoformat()} must be after start {start.isoformat()}")
     return start, end
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def incremental_start(view: ViewDefinition, end: datetime) -> datetime:
     """Where an incremental run of `view` starts: its last materialized end, else end - ttl."""
     last = view.feast_view.most_recent_end_time
     if last is not None:
-        return _utc(last)
+        return to_utc(last)
     return end - (view.ttl if view.ttl > timedelta(0) else timedelta(days=1))

@@ -7,6 +7,7 @@ sees a half-written partition.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -67,16 +68,32 @@ def partition_dir(table: Path, day: date) -> Path:
     return table / f"{PARTITION}={day.isoformat()}"
 
 
-def days(start: date, end: date) -> Iterator[date]:
-    """Each day of the half-open range [start, end)."""
-    day = start
-    while day < end:
-        yield day
-        day += timedelta(days=1)
+def day_after(day: date) -> date | None:
+    """The next day, None after the last day datetime can hold (an open end for `data_files`)."""
+    return None if day == date.max else day + timedelta(days=1)
 
 
-def data_files(table: Table, start: date, end: date, *, required: bool = True) -> list[Path]:
-    """The Parquet files of `table` in partitions [start, end); errors name what is missing.
+def partition_days(table: Path, start: date = date.min, end: date | None = None) -> list[date]:
+    """The days in [start, end) (end None: no end) that `table` has a partition of, in order.
+
+    Listed from the directory, so the cost is the partitions there, not the days of the range
+    (a range to year 9999 costs no more than a week)."""
+    found = []
+    for path in table.glob(f"{PARTITION}=*"):
+        try:
+            day = date.fromisoformat(path.name.partition("=")[2])
+        except ValueError:
+            continue
+        if start <= day and (end is None or day < end):
+            found.append(day)
+    return sorted(found)
+
+
+def data_files(
+    table: Table, start: date, end: date | None, *, required: bool = True
+) -> list[Path]:
+    """The Parquet files of `table` in partitions [start, end) (end None: no end); errors name
+    what is missing.
 
     With `required=False` an existing table with no files in the range gives an empty list.
     """
@@ -87,19 +104,37 @@ def data_files(table: Table, start: date, end: date, *, required: bool = True) -
         )
     files = [
         f
-        for day in days(start, end)
+        for day in partition_days(table.path, start, end)
         for f in sorted(partition_dir(table.path, day).glob("*.parquet"))
     ]
     if not files and required:
+        until = f"to {end} (exclusive)" if end is not None else "on"
         raise InputDataError(
             f"offline table {table.name!r}: no Parquet files in {table.path} "
-            f"for {start} to {end} (exclusive)"
+            f"for {start} {until}"
         )
     return files
 
 
-def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> int:
-    """Check each file's footer against `required`; returns the total row count."""
+def _nanosecond_columns(metadata: pq.FileMetaData, names: Iterable[str]) -> list[str]:
+    """The columns of `names` stored as Parquet TIMESTAMP(NANOS), which Spark cannot read (it
+    reads millis, micros and the legacy INT96)."""
+    wanted = set(names)
+    return [
+        column.path
+        for column in (metadata.schema.column(i) for i in range(len(metadata.schema)))
+        if column.path in wanted
+        and json.loads(column.logical_type.to_json()).get("timeUnit") == "nanoseconds"
+    ]
+
+
+def validate_files(
+    files: Iterable[Path], table: Table, required: pa.Schema, *, for_spark: bool = False
+) -> int:
+    """Check each file's footer against `required`; returns the total row count.
+
+    `for_spark`: the files are read by Spark, so their timestamps must be in a unit it reads.
+    """
     rows = 0
     for path in files:
         try:
@@ -109,6 +144,14 @@ def validate_files(files: Iterable[Path], table: Table, required: pa.Schema) -> 
             raise InputDataError(
                 f"offline table {table.name!r}: {path} is not a readable Parquet file ({exc})"
             ) from exc
+        timestamps = [f.name for f in required if pa.types.is_timestamp(f.type)]
+        nanos = _nanosecond_columns(metadata, timestamps) if for_spark else []
+        if nanos:
+            raise InputDataError(
+                f"offline table {table.name!r}: column {nanos[0]!r} in {path} holds nanosecond "
+                "timestamps, which Spark cannot read; write it in microseconds (pyarrow: "
+                "pq.write_table(..., coerce_timestamps='us'))"
+            )
         for field in required:
             index = schema.get_field_index(field.name)
             if index < 0:
@@ -181,7 +224,8 @@ def swap_in(staging: Path, table: Path, start: date, end: date) -> list[date]:
     A day of the range with no staged partition is removed: its source data no longer exists.
     """
     written = []
-    for day in days(start, end):
+    replaced = {*partition_days(table, start, end), *partition_days(staging, start, end)}
+    for day in sorted(replaced):
         target = partition_dir(table, day)
         staged = partition_dir(staging, day)
         trash = table / f"_trash-{uuid.uuid4().hex}"

@@ -19,6 +19,7 @@ refuses them by name rather than leave them out of the drifted share unnoticed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,8 @@ class ColumnDrift:
     current_rows: int
     reference_nulls: int  # rows left out of the test: null or NaN, or +-inf of numeric columns
     current_nulls: int
+    # Why the verdict is not a plain reading of the statistic (a type change, a NaN statistic).
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,9 @@ def _check_options(
         raise DriftInputError(f"drift_share {drift_share!r} is not a share between 0 and 1")
 
 
-def _numeric_sample(name: str, reference: Column, current: Column) -> tuple[Sample, int, int]:
+def _numeric_sample(
+    name: str, reference: Column, current: Column
+) -> tuple[Sample, int, int, str | None]:
     sides = []
     for side, column in (("reference", reference), ("current", current)):
         try:
@@ -181,10 +186,31 @@ def _numeric_sample(name: str, reference: Column, current: Column) -> tuple[Samp
             raise DriftInputError(f"numeric column {name!r} in the {side} data {exc}") from None
     (ref, ref_left_out), (cur, cur_left_out) = sides
     integral = is_integer(reference) and is_integer(current)
-    return NumericSample(ref, cur, integral), ref_left_out, cur_left_out
+    return NumericSample(ref, cur, integral), ref_left_out, cur_left_out, None
 
 
-def _category_sample(name: str, reference: Column, current: Column) -> tuple[Sample, int, int]:
+def _comparable(ref_values: pa.Array, cur_values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Both sides' values in one type when they are the same kind of value, compared as Python
+    (and so Evidently) compares them: numbers and booleans by value (1 == 1.0 == True), strings
+    by text. Values of different kinds are left apart: 1 and "1" are different categories."""
+    if ref_values.type == cur_values.type:
+        return ref_values, cur_values
+    for family, common in (
+        (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t),
+         pa.float64()),
+        (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), pa.large_string()),
+    ):
+        if family(ref_values.type) and family(cur_values.type):
+            try:
+                return ref_values.cast(common), cur_values.cast(common)
+            except pa.ArrowInvalid:  # integers beyond 2**53 have no exact float
+                return ref_values, cur_values
+    return ref_values, cur_values
+
+
+def _category_sample(
+    name: str, reference: Column, current: Column
+) -> tuple[Sample, int, int, str | None]:
     counted = []
     for side, column in (("reference", reference), ("current", current)):
         try:
@@ -192,14 +218,19 @@ def _category_sample(name: str, reference: Column, current: Column) -> tuple[Sam
         except TypeError as exc:
             raise DriftInputError(f"categorical column {name!r} in the {side} data {exc}") from None
     (ref_values, ref_counts, ref_left_out), (cur_values, cur_counts, cur_left_out) = counted
+    ref_values, cur_values = _comparable(ref_values, cur_values)
     if ref_values.type != cur_values.type:
-        try:
-            ref_values = ref_values.cast(cur_values.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DriftInputError(
-                f"categorical column {name!r} holds {ref_values.type} values in the reference "
-                f"data and {cur_values.type} values in the current data"
-            ) from None
+        # A type change is a change: no category is shared, so the test sees the sides apart
+        # (as Evidently's, where 1 != "1"), never a cast that would make them equal.
+        sample = CategoryCounts(
+            np.concatenate([ref_counts, np.zeros(len(cur_values), np.int64)]),
+            np.concatenate([np.zeros(len(ref_values), np.int64), cur_counts]),
+        )
+        warning = (
+            f"the reference holds {ref_values.type} values and the current data "
+            f"{cur_values.type} values: no category is shared"
+        )
+        return sample, ref_left_out, cur_left_out, warning
     union = pc.unique(pa.concat_arrays([ref_values, cur_values]))
     union = union.take(pc.array_sort_indices(union))  # ascending: the Z-test's order
     aligned = []
@@ -207,7 +238,7 @@ def _category_sample(name: str, reference: Column, current: Column) -> tuple[Sam
         slots = np.zeros(len(union), np.int64)
         slots[pc.index_in(values, value_set=union).to_numpy()] = counts
         aligned.append(slots)
-    return CategoryCounts(*aligned), ref_left_out, cur_left_out
+    return CategoryCounts(*aligned), ref_left_out, cur_left_out, None
 
 
 def _check_column(
@@ -219,7 +250,7 @@ def _check_column(
     threshold: float | None,
 ) -> ColumnDrift:
     build = _numeric_sample if kind == "numeric" else _category_sample
-    sample, ref_left_out, cur_left_out = build(name, reference, current)
+    sample, ref_left_out, cur_left_out, warning = build(name, reference, current)
     if isinstance(sample, NumericSample):
         ref_size, cur_size = sample.reference.size, sample.current.size
         n_unique = distinct_union(sample, FEW_VALUES)
@@ -240,19 +271,47 @@ def _check_column(
     else:
         method = get_method(method_name, kind)
     threshold = method.default_threshold if threshold is None else float(threshold)
-    statistic = method.statistic(sample)
+    span = _overflowing_span(sample)
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            statistic = method.statistic(sample)
+        except ValueError:  # bin edges of an infinite width
+            if span is None:
+                raise
+            statistic = math.nan
+    drifted = method.drifted(statistic, threshold)
+    if math.isnan(statistic):
+        # No reading is no evidence of sameness: flagged as drifted for someone to look.
+        drifted = True
+        warning = f"the {method.name} statistic is NaN" + (
+            f": the values span {span}, wider than float64 holds" if span else ""
+        )
     return ColumnDrift(
         column=name,
         kind=kind,
         method=method.name,
         statistic=statistic,
         threshold=threshold,
-        drifted=method.drifted(statistic, threshold),
+        drifted=drifted,
         reference_rows=len(reference),
         current_rows=len(current),
         reference_nulls=ref_left_out,
         current_nulls=cur_left_out,
+        warning=warning,
     )
+
+
+def _overflowing_span(sample: Sample) -> str | None:
+    """The range of a numeric sample whose width float64 cannot hold (-1e308 to 1e308), which
+    every numeric method's arithmetic (differences, spreads, bin widths) overflows on."""
+    if not isinstance(sample, NumericSample):
+        return None
+    low = min(sample.reference[0], sample.current[0])
+    high = max(sample.reference[-1], sample.current[-1])
+    with np.errstate(over="ignore"):
+        if np.isfinite(high - low):
+            return None
+    return f"{low:.3g} to {high:.3g}"
 
 
 def check_drift(

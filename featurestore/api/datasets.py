@@ -16,7 +16,6 @@ import socket
 import threading
 from datetime import UTC, datetime
 
-import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, status
@@ -27,6 +26,7 @@ from featurestore.api.schemas import DatasetJob, DatasetRequest
 from featurestore.db import METADATA, engine
 from featurestore.errors import FeatureStoreError, InputDataError, TooManyFeaturesError
 from featurestore.settings import Settings
+from featurestore.timestamps import utc_micros
 
 TIMESTAMP = "event_timestamp"
 JOBS = sa.Table(
@@ -84,8 +84,7 @@ def entity_table(columns: dict[str, list], max_rows: int) -> pa.Table:
     for name, values in columns.items():
         try:
             if name == TIMESTAMP:
-                times = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601")
-                arrays[name] = pa.array(times, pa.timestamp("us", tz="UTC"))
+                arrays[name] = pa.array(utc_micros(values, name), pa.timestamp("us", tz="UTC"))
             else:
                 arrays[name] = pa.array(values)
         except (ValueError, TypeError, pa.ArrowException) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -19,6 +20,8 @@ from featurestore.api.schemas import ScoreRequest, ScoreResponse
 from featurestore.api.state import ServingState
 from featurestore.settings import Settings
 from featurestore.training.model import FraudModel, load_model
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ModelHolder:
@@ -45,6 +48,30 @@ class ModelHolder:
         return self._model
 
 
+def _check_scored(
+    scores: np.ndarray, features: dict[str, list], entities: dict[str, list]
+) -> None:
+    """Every score a number: the model encodes features as float32, so a value a request makes
+    beyond its range (amount 1e308 over a mean of 50) gives no score; that is an error naming
+    the entity, its request values and the features out of range, never a null score."""
+    unscored = np.flatnonzero(~np.isfinite(scores))
+    if not unscored.size:
+        return
+    row = int(unscored[0])
+    out_of_range = sorted(
+        name for name, values in features.items()
+        if isinstance(values[row], int | float) and not abs(values[row]) <= _FLOAT32_MAX
+    )
+    request = {name: values[row] for name, values in entities.items()}
+    culprits = (
+        f"features {out_of_range} are beyond the model's float32 range (±{_FLOAT32_MAX:.3g})"
+        if out_of_range
+        else f"its features { {name: values[row] for name, values in features.items()} } do "
+        "not fit the model's float32 encoding"
+    )
+    raise ApiError(400, "bad_entities", f"entity {row} ({request}) cannot be scored: {culprits}")
+
+
 def router(settings: Settings) -> APIRouter:
     routes = APIRouter(tags=["scoring"])
     holder = ModelHolder(settings.model_path)
@@ -63,7 +90,10 @@ def router(settings: Settings) -> APIRouter:
         state: ServingState = request.app.state.serving
         plan = state.catalog.plan_for_service(model.feature_service)
         result = await state.lookup(plan, body.entities)
-        scores = model.score({name: result.column(name) for name in model.features}).tolist()
+        features = {name: result.column(name) for name in model.features}
+        scores = model.score(features)
+        _check_scored(scores, features, body.entities)
+        scores = scores.tolist()
         if state.capture is not None:
             state.capture_served(model.feature_service, plan, result, scores=scores)
         return json_response({

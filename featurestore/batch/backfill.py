@@ -93,7 +93,7 @@ def raw_inputs(view: ViewDefinition, start: date, end: date) -> list[str]:
         raise InputDataError(
             f"raw source {view.raw.name!r}: no events between {start} and {end} in {view.raw.path}"
         )
-    if offline.validate_files(files, view.raw, required_raw_schema(view)) == 0:
+    if offline.validate_files(files, view.raw, required_raw_schema(view), for_spark=True) == 0:
         raise InputDataError(f"raw source {view.raw.name!r}: the files for {start} to {end} are empty")
     return [str(f) for f in files]
 

@@ -9,6 +9,7 @@ the same whatever the store.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
 
 from featurestore.errors import EntityKeyError, TooManyEntitiesError
-from featurestore.online.catalog import ReadPlan
+from featurestore.online.catalog import OnDemandRead, ReadPlan
 from featurestore.online.redis_pool import RedisPool
 from featurestore.online.resp import bulk
 from featurestore.online.values import decode_column, decode_timestamp_micros
@@ -60,8 +61,8 @@ class LookupResult:
 _EXPECTED = {
     ValueType.INT64: ("64-bit integers", (int,), 1 << 63),
     ValueType.INT32: ("32-bit integers", (int,), 1 << 31),
-    ValueType.DOUBLE: ("numbers", (int, float), None),
-    ValueType.FLOAT: ("numbers", (int, float), None),
+    ValueType.DOUBLE: ("finite numbers", (int, float), None),
+    ValueType.FLOAT: ("finite numbers", (int, float), None),
     ValueType.STRING: ("strings", (str,), None),
 }
 
@@ -69,9 +70,37 @@ _EXPECTED = {
 def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
     expected, types, bound = _EXPECTED.get(value_type, ("", (), None))
     for value in values if types else ():
-        # Exact types: True is not an entity id.
-        if type(value) not in types or (bound is not None and not -bound <= value < bound):
+        # Exact types: True is not an entity id. JSON parsers take Infinity, NaN and 1e309 (inf).
+        if (
+            type(value) not in types
+            or (bound is not None and not -bound <= value < bound)
+            or (type(value) is float and not math.isfinite(value))
+        ):
             raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
+
+
+def _not_finite(value: object) -> bool:
+    return isinstance(value, float | np.floating) and not math.isfinite(value)
+
+
+def _finite_on_demand(
+    read: OnDemandRead, feature: str, values: list[object], entities: dict[str, list]
+) -> list[object]:
+    """`values` of an on-demand feature, none of them infinite or NaN.
+
+    A view that reads request fields computed it from the caller's values (an amount of 1e308
+    divided by a mean below 1 is infinite): an error naming them. Otherwise the view itself
+    cannot compute it from the stored features: no value (NULL_VALUE), never a PRESENT inf."""
+    if not any(map(_not_finite, values)):
+        return values
+    if read.request_fields:
+        row = next(i for i, v in enumerate(values) if _not_finite(v))
+        given = {name: entities[name][row] for name in read.request_fields}
+        raise EntityKeyError(
+            f"request field(s) {given} of entity {row} make on-demand feature "
+            f"{read.odfv.name}:{feature} {values[row]!r}; it must be a finite number"
+        )
+    return [None if _not_finite(v) else v for v in values]
 
 
 def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int) -> None:
@@ -194,7 +223,7 @@ async def read_redis(
         inputs.update({name: entities[name] for name in odfv_read.request_fields})
         outputs = _on_demand(odfv, inputs)
         for feature in odfv_read.features:
-            values = outputs[feature]
+            values = _finite_on_demand(odfv_read, feature, outputs[feature], entities)
             statuses = [NULL_VALUE if v is None else PRESENT for v in values]
             columns[(odfv.name, feature)] = (values, statuses, [None] * count)
 
@@ -229,6 +258,16 @@ def _feast_read(
             if ts.seconds or ts.nanos else None
             for ts in column.event_timestamps
         ])
+    at = {name: i for i, name in enumerate(result.feature_names)}
+    for read in plan.on_demand:
+        for feature in read.features:
+            i = at[_output_name(read.odfv.name, feature, full_feature_names)]
+            values = _finite_on_demand(read, feature, result.values[i], entities)
+            result.statuses[i] = [
+                NULL_VALUE if v is None and s == PRESENT else s
+                for v, s in zip(values, result.statuses[i])
+            ]
+            result.values[i] = values
     return result
 
 

@@ -23,6 +23,11 @@ _PACKED_SMALL_INTS = np.dtype([("tag", "u1"), ("value", "u1")])  # varints below
 _TAG_INT32, _TAG_INT64, _TAG_DOUBLE, _TAG_FLOAT, _TAG_BOOL = 0x18, 0x20, 0x29, 0x35, 0x38
 _TAG_STRING = 0x12
 _TAG_NANOS = 0x10
+_FIXED_WIDTH = {
+    ValueType.DOUBLE: (_PACKED_DOUBLES, _TAG_DOUBLE),
+    ValueType.INT64: (_PACKED_SMALL_INTS, _TAG_INT64),
+    ValueType.INT32: (_PACKED_SMALL_INTS, _TAG_INT32),
+}
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:
@@ -63,14 +68,31 @@ def decode_value(data: bytes | None) -> object:
     return feast_value_type_to_python_type(Value.FromString(data))
 
 
+def _fixed_width_values(raw: Sequence[bytes | None], value_type: ValueType) -> list | None:
+    """The column decoded in one go when every value is proven to be one tag byte and a payload
+    of one width (doubles; ints below 128, one varint byte); None when any value is not.
+
+    Each value's own length, tag and (for ints) varint byte are checked: a byte total alone can
+    match with missing values and longer varints adding up to it."""
+    if None in raw:
+        return None
+    packed, tag = _FIXED_WIDTH[value_type]
+    if set(map(len, raw)) != {packed.itemsize}:
+        return None
+    values = np.frombuffer(b"".join(raw), packed)
+    if not (values["tag"] == tag).all():
+        return None
+    if packed is _PACKED_SMALL_INTS and (values["value"] >= 0x80).any():
+        return None
+    return values["value"].tolist()
+
+
 def decode_column(raw: Sequence[bytes | None], value_type: ValueType) -> list[object]:
     """A column of serialized values (one per entity) as Python values."""
-    # Columns of one fixed width with every value present decode in one go.
-    if len(raw) > 4 and value_type in (ValueType.DOUBLE, ValueType.INT64, ValueType.INT32):
-        joined = b"".join([r or b"" for r in raw])
-        packed = _PACKED_DOUBLES if value_type == ValueType.DOUBLE else _PACKED_SMALL_INTS
-        if len(joined) == packed.itemsize * len(raw):
-            return np.frombuffer(joined, packed)["value"].tolist()
+    if len(raw) > 4 and value_type in _FIXED_WIDTH:
+        decoded = _fixed_width_values(raw, value_type)
+        if decoded is not None:
+            return decoded
     return [decode_value(r) for r in raw]
 
 

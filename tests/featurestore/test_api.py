@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
@@ -88,6 +89,88 @@ def test_feature_list_full_names_and_statuses(client) -> None:
     assert columns["card_profile__card_tier"]["statuses"][0] == "NULL_VALUE"
 
 
+def _write_online(settings, view_name: str, key: str, values: dict[int, float]) -> None:
+    """Fresh online rows of `view_name` for the ids of `values`: every numeric feature holds the
+    id's value (integers rounded down), every other feature is null."""
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.materialize import required_schema, writer_for
+
+    store = feature_store(settings)
+    view = select_views(store, [view_name])[0]
+    schema = required_schema(view)
+    now = [datetime.now(UTC)] * len(values)
+    columns = {key: list(values), view.offline.timestamp_field: now}
+    created = view.offline.created_timestamp_column
+    if created:  # Feast's writer (other online stores) reads it
+        schema = schema.append(pa.field(created, pa.timestamp("us", tz="UTC")))
+        columns[created] = now
+    for field in schema:
+        if field.name in columns:
+            continue
+        if pa.types.is_integer(field.type):
+            columns[field.name] = [int(v) for v in values.values()]
+        elif pa.types.is_floating(field.type):
+            columns[field.name] = [float(v) for v in values.values()]
+        else:
+            columns[field.name] = [None] * len(values)
+    writer = writer_for(settings, store, view)
+    writer.write(pa.table(columns, schema=schema))
+    writer.flush()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("features", "key", "ids"),
+    [
+        # Issue 12's repros: unknown entities among values of 2-byte varints, whose bytes add up
+        # to what as many 1-byte values would take.
+        (["card_profile:card_age_days"], "card_id",
+         [987_654_321, 7_000_001, 7_000_002, 987_654_322, 7_000_003, 7_000_004]),
+        (["merchant_transaction_features:merchant_txn_count_24h",
+          "merchant_transaction_features:merchant_amount_sum_24h"], "merchant_id",
+         [7_000_021, 62_000_000, 999_999_999, 7_000_005, 7_000_006]),
+    ],
+)
+def test_a_batch_lookup_equals_lookups_one_by_one_and_feasts_reader(
+    settings, client, features, key, ids
+) -> None:
+    from featurestore.feast_config import feature_store
+
+    _write_online(settings, "card_profile", "card_id",
+                  {7_000_001: 2811, 7_000_002: 1285, 7_000_003: 1675, 7_000_004: 222})
+    _write_online(settings, "merchant_transaction_features", "merchant_id",
+                  {7_000_021: 16_384, 7_000_005: 128, 7_000_006: 200})
+
+    def lookup(batch: list[int]) -> dict[str, dict]:
+        response = client.post(
+            "/v1/online-features", json={"features": features, "entities": {key: batch}}
+        )
+        assert response.status_code == 200, response.text
+        return _columns(response.json())
+
+    batch = lookup(ids)
+    alone = [lookup([i]) for i in ids]
+    feast = feature_store(settings).get_online_features(
+        features=features, entity_rows=[{key: i} for i in ids]
+    ).to_dict()
+    for reference in features:
+        name = reference.partition(":")[2]
+        column = batch[name]
+        assert column["values"] == [one[name]["values"][0] for one in alone], name
+        assert column["statuses"] == [one[name]["statuses"][0] for one in alone], name
+        assert column["values"] == feast[name], name
+        for value, status in zip(column["values"], column["statuses"]):
+            assert (value is None) == (status in ("NOT_FOUND", "NULL_VALUE")), (name, value, status)
+    if key == "card_id":
+        assert batch["card_age_days"]["values"] == [None, 2811, 1285, None, 1675, 222]
+        assert batch["card_age_days"]["statuses"][:2] == ["NOT_FOUND", "PRESENT"]
+    else:
+        counts = batch["merchant_txn_count_24h"]
+        assert counts["values"] == [16_384, None, None, 128, 200]
+        assert counts["statuses"][1:3] == ["NOT_FOUND"] * 2
+
+
 @pytest.mark.parametrize(
     ("body", "status", "named"),
     [
@@ -121,6 +204,72 @@ def test_bad_input_gets_a_4xx_naming_it(client, body, status, named) -> None:
     response = client.post("/v1/online-features", json=body)
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
+
+
+SMALL_MEAN_CARD, LARGE_MEAN_CARD, ZERO_LIMIT_CARD = 7_000_010, 7_000_011, 7_000_012
+
+
+def _post_raw(client, path: str, body: str):
+    """A body as written: Python's json would not write these literals the way clients do."""
+    return client.post(path, content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e309"])
+def test_non_finite_request_values_are_a_400_naming_the_field(client, literal) -> None:
+    response = _post_raw(client, "/v1/online-features", (
+        f'{{"feature_service": "{SERVICE}", "entities": {{"card_id": [1, 2], '
+        f'"merchant_id": [1, 2], "amount": [10.0, {literal}]}}}}'
+    ))
+    assert response.status_code == 400, response.text
+    assert "'amount' must hold finite numbers" in response.json()["error"]["message"]
+
+
+def test_an_on_demand_value_a_request_makes_infinite_is_a_400_naming_the_field(
+    settings, client
+) -> None:
+    _write_online(settings, "card_transaction_features", "card_id", {SMALL_MEAN_CARD: 0.5})
+    response = client.post("/v1/online-features", json={
+        "features": ["transaction_amount_ratio:amount_to_card_mean_24h"],
+        "entities": {"card_id": [SMALL_MEAN_CARD, SMALL_MEAN_CARD], "amount": [1.0, 1e308]},
+    })
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "{'amount': 1e+308} of entity 1" in message
+    assert "amount_to_card_mean_24h inf" in message
+
+
+def test_an_on_demand_value_stored_features_make_infinite_has_no_value(settings, client) -> None:
+    from feast import Field
+    from feast.on_demand_feature_view import on_demand_feature_view
+    from feast.types import Float64
+
+    from featurestore.feast_config import feature_store
+
+    store = feature_store(settings)
+
+    @on_demand_feature_view(
+        sources=[store.get_feature_view("card_profile")],
+        schema=[Field(name="limit_inverse", dtype=Float64)],
+        mode="pandas",
+    )
+    def limit_inverse(inputs: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"limit_inverse": 1 / inputs["credit_limit"]})
+
+    _write_online(settings, "card_profile", "card_id", {ZERO_LIMIT_CARD: 0})
+    time.sleep(1.1)  # the registry stamps changes to the second
+    store.apply([limit_inverse])
+    try:
+        client.app.state.serving.refresh()
+        response = client.post("/v1/online-features", json={
+            "features": ["limit_inverse:limit_inverse"],
+            "entities": {"card_id": [FRESH_CARD, ZERO_LIMIT_CARD]},
+        })
+        assert response.status_code == 200, response.text
+        column = _columns(response.json())["limit_inverse"]
+        assert column["values"] == [1 / 5000, None]
+        assert column["statuses"] == ["PRESENT", "NULL_VALUE"]
+    finally:
+        store.delete_feature_view("limit_inverse")
 
 
 def test_malformed_json_is_422(client) -> None:
@@ -286,10 +435,10 @@ def _latest_transactions(settings) -> pa.Table:
     return pa.Table.from_pandas(chosen.head(8), preserve_index=False)
 
 
-def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) -> None:
+def _trained_model(settings, tmp_path):
+    """A model file of the service (seeded weights) on an export of the latest transactions."""
     import torch
 
-    from featurestore.api.app import create_app
     from featurestore.export import export
     from featurestore.training.dataset import open_export
     from featurestore.training.encoding import FeatureEncoding
@@ -303,6 +452,13 @@ def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) ->
     torch.manual_seed(3)
     model = FraudModel(fraud_mlp(encoding.width), encoding, out.export_id, {}, SERVICE)
     save_model(model, tmp_path / "model.pt")
+    return model, out, entities
+
+
+def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) -> None:
+    from featurestore.api.app import create_app
+
+    model, out, entities = _trained_model(settings, tmp_path)
     offline = model.score(pq.read_table(out.path))
 
     own = settings.model_copy(update={"api_auth": "off", "model_path": tmp_path / "model.pt"})
@@ -317,6 +473,37 @@ def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) ->
     assert response.json()["model"] == {"export_id": out.export_id, "feature_service": SERVICE}
     assert response.json()["scores"] == offline.tolist()
     assert len(set(offline.tolist())) > 1  # a real comparison, not constants
+
+
+def test_a_score_is_a_number_or_a_400_naming_the_request(settings, tmp_path) -> None:
+    from featurestore.api.app import create_app
+
+    _trained_model(settings, tmp_path)
+    _write_online(settings, "card_transaction_features", "card_id",
+                  {SMALL_MEAN_CARD: 0.5, LARGE_MEAN_CARD: 50})
+    own = settings.model_copy(update={"api_auth": "off", "model_path": tmp_path / "model.pt"})
+
+    def score(card: int, amount: str):
+        return _post_raw(client, "/v1/score", (
+            f'{{"entities": {{"card_id": [{card}], "merchant_id": [1], "amount": [{amount}]}}}}'
+        ))
+
+    with TestClient(create_app(own)) as client:
+        for literal in ("Infinity", "NaN", "1e309"):
+            response = score(LARGE_MEAN_CARD, literal)
+            assert response.status_code == 400, response.text
+            assert "'amount' must hold finite numbers" in response.json()["error"]["message"]
+        # The ratio to a mean below 1 is infinite; to a mean of 50 beyond float32.
+        response = score(SMALL_MEAN_CARD, "1e308")
+        assert response.status_code == 400, response.text
+        assert "{'amount': 1e+308}" in response.json()["error"]["message"]
+        response = score(LARGE_MEAN_CARD, "1e308")
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]["message"]
+        assert "'amount': 1e+308" in message and "['amount_to_card_mean_24h']" in message
+        response = score(LARGE_MEAN_CARD, "100.0")
+        assert response.status_code == 200, response.text
+        assert 0 <= response.json()["scores"][0] <= 1
 
 
 def test_score_without_a_model_is_a_clear_503(settings, tmp_path) -> None:
@@ -403,3 +590,11 @@ def test_other_online_stores_go_through_feasts_reader(configure) -> None:
         bad = client.post("/v1/online-features", json={
             "features": ["card_profile:nope"], "entities": {"card_id": [1]}})
         assert bad.status_code == 404
+        # Feast's reader computes on-demand features itself: the same check of its results.
+        _write_online(embedded, "card_transaction_features", "card_id", {SMALL_MEAN_CARD: 0.5})
+        ratio = client.post("/v1/online-features", json={
+            "features": ["transaction_amount_ratio:amount_to_card_mean_24h"],
+            "entities": {"card_id": [SMALL_MEAN_CARD, SMALL_MEAN_CARD], "amount": [1.0, 1e308]},
+        })
+        assert ratio.status_code == 400, ratio.text
+        assert "{'amount': 1e+308} of entity 1" in ratio.json()["error"]["message"]

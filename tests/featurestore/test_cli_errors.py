@@ -89,6 +89,20 @@ def test_schema_mismatch(repo) -> None:
     _assert_untouched(repo)
 
 
+def test_nanosecond_timestamps_are_named_before_spark_starts(repo) -> None:
+    events = _good_events()
+    events = events.set_column(
+        8, "event_timestamp", events.column("event_timestamp").cast(pa.timestamp("ns", tz="UTC"))
+    )
+    _raw_transactions(repo, date(2026, 2, 1), events)
+    result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "column 'event_timestamp'" in output and "nanosecond timestamps" in output
+    assert "coerce_timestamps='us'" in output
+    _assert_untouched(repo)
+
+
 def test_missing_column(repo) -> None:
     _raw_transactions(repo, date(2026, 2, 1), _good_events().drop_columns(["merchant_id"]))
     result = _run("backfill", "--start", "2026-02-01", "--end", "2026-02-02")
@@ -116,7 +130,7 @@ def test_end_before_start(repo, command) -> None:
 def test_unparseable_date(repo) -> None:
     result = _run("backfill", "--start", "yesterday", "--end", "2026-02-01")
     assert result.exit_code == 2
-    assert "--start must be a date" in result.output
+    assert "--start must be a day YYYY-MM-DD" in result.output
 
 
 def test_materialize_without_offline_table(repo) -> None:
@@ -144,3 +158,32 @@ def test_incremental_with_nothing_new_is_not_an_error(repo) -> None:
     result = _run("materialize", "--incremental", "--end", "2026-02-02")
     assert result.exit_code == 0, result.output
     assert "read 0 rows" in result.output
+
+
+_OTHER_REPO = '''
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource
+from feast.types import Int64
+
+user = Entity(name="user", join_keys=["user_id"])
+users_raw = FileSource(name="users_raw", path="users", timestamp_field="event_timestamp")
+users = FeatureView(name="users", entities=[user], source=users_raw, ttl=timedelta(days=1),
+                    schema=[Field(name="user_id", dtype=Int64), Field(name="age", dtype=Int64)])
+'''
+
+
+def test_entities_on_a_repo_without_the_examples_sources(configure, tmp_path) -> None:
+    from featurestore.feast_config import apply
+
+    repo = tmp_path / "other_repo"
+    repo.mkdir()
+    (repo / "users.py").write_text(_OTHER_REPO)
+    apply(configure(feature_repo=str(repo), project="other"))
+    result = _run("entities", "--start", "2026-02-01", "--end", "2026-02-02",
+                  "--out", str(tmp_path / "entities.parquet"))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "no data source 'transactions_raw' (it has: ['users_raw'])" in lines[0]
+    assert not (tmp_path / "entities.parquet").exists()

@@ -268,10 +268,56 @@ def test_feature_references_export_only_what_they_name(repo, entities, tmp_path)
         assert got.column(name).equals(full.column(name))
 
 
-def test_empty_entity_table(repo, entities, tmp_path) -> None:
+def test_an_empty_entity_table_is_bad_input(repo, entities, tmp_path) -> None:
+    """Empty input is bad input, as for every command: an export of nothing is a mistake."""
+    from featurestore.errors import InputDataError
+
     settings, _ = repo
-    got = _export(settings, entities.slice(0, 0), tmp_path / "out.parquet", feature_service=SERVICE)
-    assert got.num_rows == 0 and "card_tier" in got.column_names
+    with pytest.raises(InputDataError, match=r"entity table: it has no rows \(nothing to export\)"):
+        _export(settings, entities.slice(0, 0), tmp_path / "out.parquet", feature_service=SERVICE)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+YEAR_1, YEAR_3000 = datetime(1, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+YEAR_9999_END = datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("engine", "edges"),
+    [
+        ("local", [YEAR_3000]),  # no overflow on the way: the scan alone
+        ("local", [YEAR_1, YEAR_3000, YEAR_9999_END]),
+        ("spark", [YEAR_1, YEAR_3000, YEAR_9999_END]),
+    ],
+)
+def test_entity_times_at_the_ends_of_the_datetime_range(
+    repo, entities, tmp_path, monkeypatch, engine, edges
+) -> None:
+    """Years 1, 3000 and 9999 have no feature rows in any ttl: nulls, the other rows untouched,
+    and the day partitions are listed, not walked day by day to year 9999."""
+    from pathlib import Path as PathType
+
+    settings, _ = repo
+    sample = entities.slice(0, 20)
+    far = pa.concat_tables([sample.slice(0, 1)] * len(edges))
+    far = _replace(far, "event_timestamp", pa.array(edges, US))
+    globs = []
+    glob = PathType.glob
+
+    def counted(path, pattern):
+        globs.append(path)
+        assert len(globs) < 1_000, "day partitions walked one by one"
+        return glob(path, pattern)
+
+    expected = _export(settings, sample, tmp_path / "near.parquet", feature_service=SERVICE)
+    monkeypatch.setattr(PathType, "glob", counted)
+    got = _export(settings, pa.concat_tables([sample, far]), tmp_path / "far.parquet",
+                  feature_service=SERVICE, engine=engine)
+    monkeypatch.undo()
+    features = [n for n in got.column_names if n not in entities.column_names]
+    assert got.slice(0, sample.num_rows).select(features).equals(expected.select(features))
+    for name in features:
+        assert got.column(name).slice(sample.num_rows).null_count == len(edges), name
 
 
 def test_labeled_transactions_join_raw_events_with_labels(repo) -> None:
@@ -407,6 +453,15 @@ def _replace(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
             lambda t: t.append_column("card_tier", pa.array(["x"] * t.num_rows)),
             "columns ['card_tier'] have the names of exported features",
         ),
+        (
+            lambda t: _replace(t, "amount", pc.cast(t.column("amount"), pa.string())),
+            "column 'amount' is string, expected double (request field of on-demand view",
+        ),
+        (
+            lambda t: _replace(t, "amount", pa.array([i % 2 == 0 for i in range(t.num_rows)])),
+            "column 'amount' is bool, expected double",
+        ),
+        (lambda t: t.slice(0, 0), "it has no rows (nothing to export)"),
     ],
 )
 def test_cli_names_what_is_wrong_with_the_entities(bad_entities, entities, change, message) -> None:

@@ -45,12 +45,16 @@ def _materialize(settings, store, start, end, names=None):
 
 
 def _latest_offline(view) -> pd.DataFrame:
-    frame = ds.dataset(str(view.offline.path), format="parquet", partitioning="hive").to_table().to_pandas()
+    frame = _offline_rows(view)
     order = [view.offline.timestamp_field] + (
         [view.offline.created_timestamp_column] if view.offline.created_timestamp_column else []
     )
     key = view.join_keys[0].name
     return frame.sort_values([key, *order]).groupby(key).tail(1).set_index(key)
+
+
+def _offline_rows(view) -> pd.DataFrame:
+    return ds.dataset(str(view.offline.path), format="parquet", partitioning="hive").to_table().to_pandas()
 
 
 def _values(view) -> list[str]:
@@ -152,3 +156,41 @@ def test_incremental_starts_where_the_last_run_ended(store, redis_client) -> Non
     later = _moment(pipeline.END) + timedelta(days=5)
     # Not `later - ttl`: the recorded end of the last run.
     assert incremental_start(view, later) == _moment(pipeline.END)
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        # Issue 12's case: the offset-local date is the day before the UTC one.
+        ("2026-03-02T20:00:00-05:00", "2026-03-02T23:59:00-05:00"),
+        # The other way round: the offset-local date is the day after.
+        ("2026-03-03T10:00:00+14:00", "2026-03-03T23:00:00+14:00"),
+        # The whole datetime range: the partitions there are read, no day is walked.
+        ("0001-01-01", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_cli_times_with_an_offset_read_the_utc_days(store, redis_client, start, end) -> None:
+    from typer.testing import CliRunner
+
+    from featurestore.cli import app
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.timestamps import to_utc
+
+    settings, feast = store
+    view = select_views(feast, ["card_transaction_features"])[0]
+    utc_start, utc_end = (to_utc(datetime.fromisoformat(t)) for t in (start, end))
+    offline = _offline_rows(view)
+    in_range = offline[(offline.event_timestamp >= utc_start) & (offline.event_timestamp < utc_end)]
+    assert len(in_range) > 0
+    result = CliRunner().invoke(
+        app, ["materialize", "--start", start, "--end", end, "--view", view.name]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"read {len(in_range):,} rows" in result.output
+    expected = in_range.sort_values("event_timestamp").groupby("card_id").tail(1).set_index("card_id")
+    got = _online(feast, view, expected.index.tolist())
+    for name in _values(view):
+        assert got[name].loc[expected.index].tolist() == expected[name].tolist(), name
+    recorded = select_views(feature_store(settings), [view.name])[0].feast_view
+    assert recorded.materialization_intervals[-1] == (utc_start, utc_end)

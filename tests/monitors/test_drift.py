@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -273,3 +274,65 @@ def test_given_kinds_override_the_inferred_kind_and_bad_kinds_are_named() -> Non
     assert kept.kind == "numeric"
     with pytest.raises(DriftInputError, match="'n': kind 'text'"):
         check_drift(reference, current, kinds={"n": "text"})
+
+
+def _labels(seed: int, n: int = 2_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 3, n), rng.integers(0, 3, n), rng.integers(0, 2, n)
+
+
+@pytest.mark.parametrize(
+    ("change", "drifted", "apart"),
+    [
+        # Labels of another kind of value share no category: drift, as in Evidently.
+        (lambda ref, cur, binary: (ref, cur.astype(str)), True, True),
+        (lambda ref, cur, binary: (ref[:20], cur[:20].astype(str)), True, True),  # chi-squared
+        # Numbers and booleans compare by value, as in Python (1 == True): the 2s are gone.
+        (lambda ref, cur, binary: (ref, binary.astype(bool)), True, False),
+        (lambda ref, cur, binary: (binary, binary[::-1].astype(bool)), False, False),
+        (lambda ref, cur, binary: (ref.astype(np.int32), cur), False, False),
+        (lambda ref, cur, binary: (ref.astype(str), pd.Categorical(cur.astype(str))), False, False),
+    ],
+)
+def test_a_type_change_between_the_sides_is_judged_as_evidently_judges_it(
+    change, drifted, apart
+) -> None:
+    reference, current = change(*_labels(4))
+    reference, current = pd.DataFrame({"c": reference}), pd.DataFrame({"c": current})
+    theirs, _ = evidently_report(reference, current)
+    [ours] = check_drift(reference, current).columns
+    their = theirs["c"]
+    assert (ours.method, ours.drifted) == (their.method, their.drifted)
+    assert ours.statistic == pytest.approx(their.statistic, rel=1e-9, abs=1e-12)
+    assert ours.drifted is drifted
+    assert (ours.warning is not None and "no category is shared" in ours.warning) is apart
+    # Arrow tables say the same.
+    [arrow] = check_drift(pa.table(reference), pa.table(current)).columns
+    assert (arrow.statistic, arrow.drifted) == pytest.approx((ours.statistic, ours.drifted))
+
+
+@pytest.mark.parametrize("method", [None, "wasserstein", "psi", "jensenshannon"])
+def test_a_statistic_the_values_overflow_is_flagged_never_clean(method) -> None:
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"x": np.append(rng.normal(0, 1, 1_999), -1e308)})
+    current = pd.DataFrame({"x": np.append(rng.normal(0, 1, 1_999), 1e308)})
+    [column] = check_drift(reference, current, methods={"x": method} if method else None).columns
+    assert math.isnan(column.statistic)
+    assert column.drifted
+    assert "statistic is NaN: the values span -1e+308 to 1e+308" in column.warning
+
+
+def test_a_rank_statistic_of_the_same_values_is_still_read() -> None:
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"x": np.append(rng.normal(0, 1, 1_999), -1e308)})
+    current = pd.DataFrame({"x": np.append(rng.normal(0, 1, 1_999), 1e308)})
+    [column] = check_drift(reference, current, methods={"x": "ks"}).columns
+    assert not column.drifted and column.warning is None and column.statistic > 0.05
+
+
+def test_a_nan_statistic_of_a_single_value_is_flagged() -> None:
+    """Chi-squared has no degrees of freedom on one value: scipy's NaN, flagged for a look."""
+    frame = pd.DataFrame({"c": ["a"] * 30})
+    [column] = check_drift(frame, frame, methods={"c": "chisquare"}).columns
+    assert math.isnan(column.statistic) and column.drifted
+    assert column.warning == "the chisquare statistic is NaN"
