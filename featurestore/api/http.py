@@ -105,8 +105,9 @@ def install_error_handlers(app, retry_after_seconds: int) -> None:
         ))
 
     async def _database_down(request: Request, exc: Exception) -> Response:
-        # The driver's message names the database's host, port and name: logged, not sent.
-        log.warning("SQL database unavailable: %s", exc)
+        # The driver's message names the database's host, port and name: logged, not sent. (Only
+        # the driver's: SQLAlchemy's own adds the statement's parameters.)
+        log.warning("SQL database unavailable: %s", getattr(exc, "orig", None) or type(exc).__name__)
         return error_response(ApiError(
             503, "database_unavailable",
             f"the SQL database is unavailable ({type(exc).__name__}); retry later",
