@@ -4,9 +4,11 @@ the monitor worker's checks never waiting for a notifier."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -35,6 +37,19 @@ from tests.servers import wait_for
 
 DRIP = Reply(200, "ok", drip_seconds=2.0)  # a header byte every 2 s: never a read timeout
 HANG = Reply(200, "ok", delay=3600)
+
+
+@contextlib.contextmanager
+def serving(outbox: Outbox) -> Iterator[None]:
+    """`outbox` delivering on a thread of its own (as the worker's), until the block ends."""
+    done = threading.Event()
+    thread = threading.Thread(target=outbox.serve, args=(done, 0.1))
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @pytest.fixture
@@ -147,10 +162,7 @@ def test_a_lease_is_renewed_while_its_row_waits_for_the_rate_limit(engine: sa.En
         for key in (KEY_A, KEY_B):
             queue(engine, notifiers, add_alert(engine, key), key=key)
         first = Outbox(engine, notifiers, deadline_seconds=1.0, lease_margin_seconds=2.0)
-        done = threading.Event()
-        serving = threading.Thread(target=first.serve, args=(done, 0.1))
-        serving.start()
-        try:
+        with serving(first):
             # The first has claimed both rows once it sent one (its lane takes two at a time).
             wait_for(lambda: receiver.received, 15, "the first deliverer's first send")
             second = Outbox(engine, notifiers, deadline_seconds=1.0)
@@ -158,9 +170,6 @@ def test_a_lease_is_renewed_while_its_row_waits_for_the_rate_limit(engine: sa.En
             while len(receiver.received) < 2 and time.monotonic() < deadline:
                 second.deliver_due()
                 time.sleep(0.1)
-        finally:
-            done.set()
-            serving.join()
         assert sorted(sent(receiver)) == [("trigger", KEY_A), ("trigger", KEY_B)]
         assert first.counts().delivered == 2 and second.counts().delivered == 0
 
@@ -289,15 +298,14 @@ def test_a_hanging_notifiers_backlog_does_not_crowd_out_the_others(engine: sa.En
         queue(engine, {"hanging": notifiers["hanging"]}, add_alert(engine, key), key=key)
     queue(engine, {"good": notifiers["good"]}, add_alert(engine, KEY_B), key=KEY_B)
     outbox = Outbox(engine, notifiers, deadline_seconds=60, batch=3)
-    done = threading.Event()
-    serving = threading.Thread(target=outbox.serve, args=(done, 0.1))
-    serving.start()
     try:
-        # Well before the hanging requests' deadline ends them.
-        wait_for(lambda: good.received, 30, "the good notifier's row sent")
-        assert len(hanging.received) == 2  # its lane's concurrency, held
+        with serving(outbox):
+            try:
+                # Well before the hanging requests' deadline ends them.
+                wait_for(lambda: good.received, 30, "the good notifier's row sent")
+                wait_for(lambda: len(hanging.received) >= 2, 30, "the hanging lane full")
+                assert len(hanging.received) == 2  # its concurrency: no third while two hang
+            finally:
+                hanging.stop()  # releases the hanging answers: their requests end at once
     finally:
-        hanging.stop()  # releases the hanging answers: their requests end at once
-        done.set()
-        serving.join()
         good.stop()

@@ -181,8 +181,8 @@ def _damping_oracle(verdicts, auto_resolve_after: int, min_open_windows: int) ->
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     verdicts=st.lists(st.sampled_from(VERDICTS), max_size=80),
-    auto_resolve_after=st.integers(1, 5),
-    min_open_windows=st.integers(1, 8),
+    auto_resolve_after=st.integers(1, 5) | st.just(2**62),  # huge: past any 64-bit product
+    min_open_windows=st.integers(1, 8) | st.just(2**63 - 1),
 )
 def test_flap_damping_matches_the_oracle(verdicts, auto_resolve_after, min_open_windows) -> None:
     assert _lifecycle(verdicts, auto_resolve_after, min_open_windows) == _damping_oracle(
