@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast.types import from_feast_to_pyarrow_type
 
 from featurestore import offline
@@ -41,6 +42,7 @@ from streaming.validation import (
     INTERNAL_ERROR,
     KEY_MISMATCH,
     LATE,
+    WRONG_TYPE,
     EventValidator,
     Rejected,
 )
@@ -270,6 +272,12 @@ class PartitionTask:
         # The source stage vets what it forwards: a later stage must not judge an event by
         # another worker's clock.
         if self.stage.is_source:
+            # An entity key must be there, even where the schema lets the field be null.
+            for name in dict.fromkeys([self.stage.key, *(s.key for s in self.stage.forwards)]):
+                drop(
+                    pc.is_null(events.column(name)).to_numpy(zero_copy_only=False),
+                    lambda i, name=name: Rejected(WRONG_TYPE, f"{name} is null (an entity key)"),
+                )
             expected = [str(k).encode() for k in events.column(self.stage.key).to_pylist()]
             keys = [records[i].key for i in index]
             drop(

@@ -274,3 +274,22 @@ def test_a_tasks_outcome_does_not_depend_on_batching(topology, tmp_path, events,
     singly = _outcome(PartitionTask(topology, stage, 0, tmp_path, validator), sequence,
                       [1] * len(sequence))
     assert batched == singly
+
+
+def test_a_null_entity_key_is_rejected_even_where_the_schema_allows_it(topology, tmp_path) -> None:
+    import dataclasses
+
+    schema = pa.schema([f.with_nullable(True) for f in topology.schema])
+    lenient = dataclasses.replace(topology, schema=schema)
+    task = PartitionTask(lenient, lenient.stages[lenient.source_topic], 0, tmp_path,
+                         EventValidator(schema, 16_384, lenient.ranges))
+    at = NOW - timedelta(minutes=30)
+    step = task.process(
+        records([(b"None", event(1, at, card_id=None)), (b"1", event(1, at, merchant_id=None)),
+                 good(1, at)]),
+        now_us=NOW_US,
+    )
+    assert _reasons(step) == [(0, v.WRONG_TYPE), (1, v.WRONG_TYPE)]
+    assert {d.rejected.detail for d in step.dead_letters} == {
+        "card_id is null (an entity key)", "merchant_id is null (an entity key)"}
+    assert _card_state(task).events(1) == 1
