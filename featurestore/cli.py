@@ -296,7 +296,7 @@ def stream_run(
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
 ) -> None:
-    """Run a stream worker: consume the transactions topic, keep online and offline features fresh.
+    """Run a stream worker: consume every stream source topic, keep online and offline features fresh.
 
     Start more workers with the same settings to share the partitions. SIGTERM or Ctrl-C
     checkpoints and leaves the group.
@@ -323,7 +323,7 @@ def stream_run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.run(stop, idle_seconds=idle_seconds)
-    metrics, topics = worker.metrics, worker.topology.topics
+    metrics, topics = worker.metrics, worker.topics
     console.print(
         f"stopped: applied {metrics.applied_events(topics):,} events across {len(topics)} "
         f"topic(s); dead letters {sum(metrics.dead_letter_counts().values()):,}"

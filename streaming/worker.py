@@ -1,6 +1,7 @@
 """`featurestore stream run`: the consumer-group worker that keeps online features fresh.
 
-One loop per worker: poll the topology's topics, gather a micro-batch (up to
+One loop per worker: poll the topics of every source's topology (one per source topic, all in
+one consumer group), gather a micro-batch (up to
 `stream_batch_events` records or `stream_batch_ms`), let each partition's task compute what it
 changes, write the newest rows to the online store, send dead letters and repartitioned events,
 and every `stream_checkpoint_seconds` checkpoint each partition (offline files, then the
@@ -100,10 +101,19 @@ class StreamWorker:
         self.settings = settings
         self.store = store
         views = select_views(store, None, aggregated_only=True)
-        self.topology = topologies.build(views, settings.stream_group)
-        self.validator = EventValidator(
-            self.topology.schema, settings.stream_max_message_bytes, self.topology.ranges
-        )
+        self.topologies = topologies.build(views, settings.stream_group)
+        # Each consumed topic's topology and stage, and each source's event validator.
+        self.stages = {
+            topic: (topology, stage)
+            for topology in self.topologies
+            for topic, stage in topology.stages.items()
+        }
+        self.validators = {
+            topology.source_topic: EventValidator(
+                topology.schema, settings.stream_max_message_bytes, topology.ranges
+            )
+            for topology in self.topologies
+        }
         self.metrics = metrics or StreamMetrics()
         self.tasks: dict[TopicPartition, PartitionTask] = {}
         self.buffer = _Buffer()
@@ -111,7 +121,7 @@ class StreamWorker:
         self.unwritten: list[_Pending] = []
         self.last_record_at = time.monotonic()
         self._send_failed: Exception | None = None
-        self.source_partitions = settings.stream_partitions
+        self.partitions: dict[str, int] = {}  # per consumed topic, read at start
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -133,7 +143,7 @@ class StreamWorker:
             self.capture = CaptureLog(
                 self.settings, f"{self.settings.stream_group}-worker", registry=self.metrics.registry
             )
-        self.consumer.subscribe(self.topology.topics, listener=_Rebalance(self))
+        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         checkpoint_at = status_at = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -166,6 +176,11 @@ class StreamWorker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the worker consumes: each source topic and its repartition topics."""
+        return list(self.stages)
 
     def _close(self) -> None:
         if self.consumer is not None:
@@ -224,27 +239,32 @@ class StreamWorker:
         )
 
     def _ensure_topics(self) -> None:
-        """Create the source, repartition and dead-letter topics that do not exist yet."""
+        """Create the source, repartition and dead-letter topics that do not exist yet.
+
+        A missing source topic gets `stream_partitions` partitions; its repartition topics get
+        as many as it has.
+        """
         admin = KafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap_servers, bootstrap_timeout_ms=10_000
         )
         try:
             existing = set(admin.list_topics())
-            wanted = [self.topology.source_topic, *self.topology.topics[1:],
-                      self.settings.dead_letter_topic]
-            missing = [t for t in dict.fromkeys(wanted) if t not in existing]
-            partitions = self.settings.stream_partitions
-            if self.topology.source_topic in existing:
-                described = admin.describe_topics([self.topology.source_topic])
-                partitions = len(described[0]["partitions"])
+            wanted = {self.settings.dead_letter_topic: self.settings.stream_partitions}
+            for topology in self.topologies:
+                source = topology.source_topic
+                partitions = self.settings.stream_partitions
+                if source in existing:
+                    partitions = len(admin.describe_topics([source])[0]["partitions"])
+                wanted.update(dict.fromkeys(topology.topics, partitions))
+            missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
             if missing:
                 try:
-                    admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                    admin.create_topics(missing)
                 except TopicAlreadyExistsError:
                     pass  # another worker created it first
-                log.info("created topics %s with %d partitions", missing, partitions)
+                log.info("created topics %s", {t.name: t.num_partitions for t in missing})
             # Read here, not in the rebalance listener, which must not block on the network.
-            self.source_partitions = partitions
+            self.partitions = {topic: wanted[topic] for topic in self.stages}
         finally:
             admin.close()
 
@@ -252,14 +272,14 @@ class StreamWorker:
 
     def assign(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            stage = self.topology.stages[tp.topic]
+            topology, stage = self.stages[tp.topic]
             task = PartitionTask(
-                self.topology,
+                topology,
                 stage,
                 tp.partition,
                 self.settings.stream_log_dir,
-                self.validator,
-                sources=self.source_partitions,
+                self.validators[topology.source_topic],
+                sources=self.partitions[topology.source_topic],
             )
             resume = task.restore()
             if resume is not None:

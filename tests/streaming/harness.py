@@ -211,3 +211,17 @@ def assert_same_results(run: StreamRun, baseline: StreamRun) -> None:
     pd.testing.assert_frame_equal(run.raw(), baseline.raw())
     for view in ("card_transaction_features", "merchant_transaction_features"):
         pd.testing.assert_frame_equal(run.features(view), baseline.features(view))
+
+
+def assert_online_is_newest(store, view, rows: pd.DataFrame) -> None:
+    """Feast's online read of every entity in `rows` gives that entity's newest row."""
+    key = view.join_keys[0].name
+    latest = rows.sort_values([key, "event_timestamp"]).groupby(key).tail(1).set_index(key)
+    names = [a.name for a in view.aggregations]
+    online = store.get_online_features(
+        features=[f"{view.name}:{n}" for n in names],
+        entity_rows=[{key: int(k)} for k in latest.index],
+    ).to_df().set_index(key)
+    pd.testing.assert_frame_equal(
+        online[names].sort_index().astype(float), latest[names].sort_index().astype(float)
+    )

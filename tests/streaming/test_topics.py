@@ -1,0 +1,77 @@
+"""Source topics as the worker meets them: several per repo, and one deleted and recreated."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REDIS_URL
+from tests.featurestore.oracle import feature_rows
+from tests.streaming.harness import StreamRun, assert_online_is_newest, create_topic, send
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+TWO_TOPICS_REPO = Path(__file__).parent / "repos" / "two_topics"
+BEGIN = datetime(2026, 5, 4, 8, tzinfo=UTC)
+
+
+def _events(rng: np.random.Generator, n: int, columns: dict[str, object]) -> pd.DataFrame:
+    """`n` events over three hours in time order; each column drawn by its callable."""
+    seconds = np.sort(rng.integers(0, 3 * 3600, n))
+    frame = pd.DataFrame({name: draw(n) for name, draw in columns.items()})
+    frame["event_timestamp"] = [BEGIN + timedelta(seconds=int(s)) for s in seconds]
+    return frame
+
+
+def _messages(frame: pd.DataFrame, key: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (str(row[key]).encode(),
+         json.dumps({**row, "event_timestamp": row["event_timestamp"].isoformat()}).encode())
+        for row in frame.to_dict("records")
+    ]
+
+
+def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) -> None:
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+
+    rng = np.random.default_rng(21)
+    clicks = _events(rng, 500, {
+        "user_id": lambda n: rng.integers(1, 30, n),
+        "page_id": lambda n: rng.integers(1, 12, n),
+        "dwell": lambda n: np.round(rng.exponential(20, n), 3),
+    })
+    orders = _events(rng, 200, {
+        "shop_id": lambda n: rng.integers(1, 9, n),
+        "total": lambda n: np.round(rng.lognormal(3, 1, n), 2),
+    })
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL, feature_repo=str(TWO_TOPICS_REPO))
+    for topic, frame, key in ((f"{run.topic}-clicks", clicks, "user_id"),
+                              (f"{run.topic}-orders", orders, "shop_id")):
+        create_topic(kafka_bootstrap, topic, 2)
+        send(kafka_bootstrap, topic, _messages(frame, key))
+    worker = run.run_until_idle()
+
+    assert sorted(t.source_topic for t in worker.topologies) == [
+        f"{run.topic}-clicks", f"{run.topic}-orders"]
+    with run.settings() as settings:
+        store = feature_store(settings)
+        views = select_views(store, ["user_clicks", "page_clicks", "shop_orders"])
+    for view in views:
+        raw = clicks if view.topic.endswith("-clicks") else orders
+        key = view.join_keys[0].name
+        expected = feature_rows(raw, view, BEGIN, BEGIN + timedelta(days=1))
+        # Events of one key at one instant share their row (as training reads the table).
+        expected = expected.drop_duplicates([key, "event_timestamp"]).sort_values(
+            [key, "event_timestamp"]).reset_index(drop=True)
+        ours = run.features(view.name)
+        assert len(ours) == len(expected) > 0, view.name
+        for aggregation in view.aggregations:
+            np.testing.assert_allclose(ours[aggregation.name].astype(float),
+                                       expected[aggregation.name].astype(float), rtol=0, atol=1e-9)
+        assert_online_is_newest(store, view, expected)
