@@ -12,6 +12,10 @@ Faults:
   partitions), the same rows are retried with backoff, nothing is checkpointed until they land.
 - Kafka down: connecting retries with backoff and a log line; a failed send rewinds every
   partition to its last checkpoint, so what the failed send carried is produced again.
+- A partition with no log starts cold: its task seeds its window state from the offline store
+  (`streaming.coldstart`) and it is read from the topic's beginning.
+- A recreated or truncated topic (another topic id than its log's, or the log's offset no
+  longer in the topic) stops the worker with an error naming the command that starts over.
 - A rebalance checkpoints the revoked partitions whose online writes have landed and drops the
   others (their new owner replays them from the log), so a partition is handed over cleanly.
 """
@@ -24,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import redis
@@ -31,14 +36,16 @@ from feast import FeatureStore
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import select_views
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
 from monitors.capture import CaptureLog
+from streaming import reset as restarts
 from streaming import topology as topologies
+from streaming.coldstart import ColdStart
 from streaming.metrics import StreamMetrics
 from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
 from streaming.validation import EventValidator
@@ -114,6 +121,10 @@ class StreamWorker:
             )
             for topology in self.topologies
         }
+        self.cold_starts = {
+            topology.source_topic: ColdStart(topology, settings.stream_log_dir)
+            for topology in self.topologies
+        }
         self.metrics = metrics or StreamMetrics()
         self.tasks: dict[TopicPartition, PartitionTask] = {}
         self.buffer = _Buffer()
@@ -122,6 +133,9 @@ class StreamWorker:
         self.last_record_at = time.monotonic()
         self._send_failed: Exception | None = None
         self.partitions: dict[str, int] = {}  # per consumed topic, read at start
+        self.topic_ids: dict[str, str | None] = {}  # per consumed topic, read at start
+        self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
+        self._restarted: restarts.TopicRestartedError | None = None
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -216,7 +230,8 @@ class StreamWorker:
             group_id=self.settings.stream_group,
             client_id=f"{self.settings.stream_group}-worker",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Every partition is sought explicitly; an offset no longer in the topic is an error.
+            auto_offset_reset="none",
             session_timeout_ms=self.settings.stream_session_timeout_ms,
             heartbeat_interval_ms=max(1_000, self.settings.stream_session_timeout_ms // 6),
             max_poll_records=self.settings.stream_batch_events,
@@ -265,6 +280,9 @@ class StreamWorker:
                 log.info("created topics %s", {t.name: t.num_partitions for t in missing})
             # Read here, not in the rebalance listener, which must not block on the network.
             self.partitions = {topic: wanted[topic] for topic in self.stages}
+            self.topic_ids = {
+                t["name"]: restarts.topic_id(t) for t in admin.describe_topics(self.topics)
+            }
         finally:
             admin.close()
 
@@ -280,14 +298,35 @@ class StreamWorker:
                 self.settings.stream_log_dir,
                 self.validators[topology.source_topic],
                 sources=self.partitions[topology.source_topic],
+                cold_start=self.cold_starts[topology.source_topic],
+                partitions=self.partitions[tp.topic],
+                topic_id=self.topic_ids.get(tp.topic),
             )
             resume = task.restore()
-            if resume is not None:
+            if task.logged_topic_id and task.topic_id and task.logged_topic_id != task.topic_id:
+                # Raised by the loop: kafka-python would bury it under a rebalance error.
+                self._restarted = self._restarted or restarts.TopicRestartedError(
+                    self._restarted_detail(tp, f"its partition log ({task.log.directory}) "
+                                           f"applied offsets up to {resume - 1} of topic id "
+                                           f"{task.logged_topic_id}, the topic now has id "
+                                           f"{task.topic_id}")
+                )
+                continue
+            if resume is None:
+                self.consumer.seek_to_beginning(tp)  # cold start: hand over from batch
+                self.next_offsets.pop(tp, None)
+            else:
                 self.consumer.seek(tp, resume)
+                self.next_offsets[tp] = resume
             self.tasks[tp] = task
-            log.info("assigned %s-%d, resuming at %s", tp.topic, tp.partition,
-                     resume if resume is not None else "the committed offset")
+            log.info("assigned %s-%d, %s", tp.topic, tp.partition,
+                     f"resuming at {resume}" if resume is not None else
+                     f"cold start: {_handover_text(task.handover_us)}")
         self.last_record_at = time.monotonic()
+
+    def _restarted_detail(self, tp: TopicPartition, what: str) -> str:
+        source = self.stages[tp.topic][0].source_topic
+        return restarts.restarted(tp.topic, tp.partition, source, self.settings.stream_group, what)
 
     def revoke(self, revoked: list[TopicPartition]) -> None:
         """Checkpoint what can be, then forget the partitions; the buffer's records go too.
@@ -313,12 +352,27 @@ class StreamWorker:
     def _poll(self, timeout_ms: int | None = None) -> None:
         if timeout_ms is None:
             timeout_ms = self.settings.stream_batch_ms
-        polled = self.consumer.poll(
-            timeout_ms=timeout_ms,
-            max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
-        )
+        try:
+            polled = self.consumer.poll(
+                timeout_ms=timeout_ms,
+                max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
+            )
+        except OffsetOutOfRangeError as exc:
+            tp, offset = next(iter(exc.args[0].items()))
+            raise restarts.TopicRestartedError(self._restarted_detail(
+                tp, f"offset {offset}, where its partition log resumes, is no longer in the topic"
+            )) from exc
+        if self._restarted is not None:
+            raise self._restarted
         for tp, records in polled.items():
             if tp in self.tasks and records:
+                expected = self.next_offsets.get(tp, records[0].offset)
+                if records[0].offset < expected:
+                    raise restarts.TopicRestartedError(self._restarted_detail(
+                        tp, f"it delivered offset {records[0].offset} where {expected} was next "
+                        "(offsets below its partition log's)"
+                    ))
+                self.next_offsets[tp] = records[-1].offset + 1
                 self.buffer.add(tp, records)
                 self.metrics.consumed.labels(tp.topic).inc(len(records))
                 self.last_record_at = time.monotonic()
@@ -330,6 +384,7 @@ class StreamWorker:
                 continue
             step = task.process(records)
             self.metrics.duplicates.inc(step.duplicates)
+            self.metrics.handed_over.labels(tp.topic).inc(step.handed_over)
             self.metrics.record_applied(tp.topic, len(step.applied_timestamps_ms))
             self.metrics.watermark.labels(tp.topic).set(max(task.watermark, 0) / 1e6)
             self._send(tp, step)
@@ -470,3 +525,10 @@ class StreamWorker:
             "partitions %d, freshness p50 %.0f ms p99 %.0f ms, dead letters %s",
             len(self.tasks), p50, p99, dead or "none",
         )
+
+
+
+def _handover_text(micros: int | None) -> str:
+    if micros is None:
+        return "the offline store holds no events"
+    return f"events up to {datetime.fromtimestamp(micros / 1e6, UTC).isoformat()} are batch's"
