@@ -330,6 +330,32 @@ def stream_run(
     )
 
 
+@stream_app.command("reset")
+@_clear_errors
+def stream_reset(
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="Source topic to start over (repeatable; default: every one)."),
+    ] = None,
+) -> None:
+    """Start source topics over after they were recreated or truncated (stop the workers first).
+
+    Removes their partition logs, keeps what they wrote to the offline store as batch data, and
+    deletes their internal repartition topics; the next worker reads each topic from its
+    beginning and takes over from the offline store.
+    """
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.settings import get_settings
+    from streaming import reset, topology
+
+    settings = get_settings()
+    views = select_views(feature_store(settings), None, aggregated_only=True)
+    chosen = reset.select(topology.build(views, settings.stream_group), topic)
+    for line in reset.reset(settings, chosen) or ["nothing to reset"]:
+        console.print(line)
+
+
 @app.command()
 @_clear_errors
 def serve(

@@ -12,6 +12,11 @@ so every partition and every worker hands over at the same instant:
   counted, not applied, not archived. So the archive holds each event once and the Spark job
   over it computes exactly the rows the stream wrote.
 
+Only the batch data counts: files a stream worker wrote (`stream-*`, see
+`streaming.task.stream_file_name`) are the stream's own output, in its partition logs; so a
+partition that starts cold next to partitions already streaming hands over at the batch's end,
+not at their progress. (`stream reset` renames a reset topic's files, making them batch data.)
+
 A partition's keys are those Kafka's default partitioner (murmur2 of the key's text, as
 `stream produce` and Kafka clients send them) maps to it.
 """
@@ -35,6 +40,11 @@ from featurestore.online.feast_layout import event_micros
 from streaming.topology import Topology
 
 HANDOVER_FILE = "handover.json"
+STREAM_FILES = "stream-"
+
+
+def batch_files(files: list[Path]) -> list[Path]:
+    return [f for f in files if not f.name.startswith(STREAM_FILES)]
 
 
 def partition_of(key: object, partitions: int) -> int:
@@ -43,10 +53,10 @@ def partition_of(key: object, partitions: int) -> int:
 
 
 def newest_event_us(table: Path, timestamp_field: str) -> int | None:
-    """The newest event time (µs) in a day-partitioned table; None when it holds no event."""
+    """The newest event time (µs) of a day-partitioned table's batch files; None: no event."""
     days = sorted(table.glob(f"{offline.PARTITION}=*"), reverse=True) if table.is_dir() else []
     for day in days:
-        files = sorted(day.glob("*.parquet"))
+        files = batch_files(sorted(day.glob("*.parquet")))
         stamps = [event_micros(pq.read_table(f, columns=[timestamp_field]).column(0))
                   for f in files]
         stamps = [s for s in stamps if len(s)]
@@ -91,8 +101,9 @@ class ColdStart:
             return None
         raw = self.topology.raw
         first_day = _day(handover_us - retention_us)
-        files = offline.data_files(raw, first_day, _day(handover_us) + timedelta(days=1),
-                                   required=False)
+        files = batch_files(offline.data_files(
+            raw, first_day, _day(handover_us) + timedelta(days=1), required=False
+        ))
         schema = self.topology.schema
         tables = [pq.read_table(f, columns=schema.names).cast(schema) for f in files]
         if not tables:

@@ -311,6 +311,8 @@ class StreamWorker:
                                            f"{task.logged_topic_id}, the topic now has id "
                                            f"{task.topic_id}")
                 )
+                self.consumer.seek(tp, resume)  # a position, so the consumer has no error first
+                self.consumer.pause(tp)
                 continue
             if resume is None:
                 self.consumer.seek_to_beginning(tp)  # cold start: hand over from batch

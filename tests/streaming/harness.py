@@ -22,6 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from featurestore.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
+from tests.servers import wait_for
 
 FAST_WORKER = {
     "FEATURESTORE_STREAM_SESSION_TIMEOUT_MS": "6000",
@@ -126,6 +127,21 @@ class StreamRun:
     def run_until_idle(self, idle_seconds: float = 3.0):
         worker = self.worker()
         worker.run(idle_seconds=idle_seconds)
+        return worker
+
+    def run_until_applied(self, total: int, timeout: float = 240):
+        """A worker until it applied `total` events summed over its topics (a stage applies
+        every event it is sent), then stopped: it checkpoints everything and leaves the group."""
+        worker, thread = self.start()
+        wait_for(
+            lambda: worker.metrics.applied_events(worker.topics) >= total
+            or not thread.is_alive(),
+            timeout,
+            f"the worker to apply {total} events",
+        )
+        worker.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
         return worker
 
     def start(self, idle_seconds: float | None = None) -> tuple[object, threading.Thread]:

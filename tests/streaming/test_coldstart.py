@@ -58,7 +58,7 @@ def test_a_fresh_worker_hands_over_from_the_backfill(tmp_path, kafka_bootstrap, 
     *_, last_history_day, next_day = transactions(live)
     both_saw = list(event_messages(last_history_day, "card_id"))[-BOTH_SAW:]
     run.send(both_saw + list(event_messages(next_day, "card_id")))
-    worker = run.run_until_idle()
+    worker = run.run_until_applied(2 * next_day.num_rows)
     handed_over = worker.metrics.registry.get_sample_value(
         "featurestore_stream_handed_over_total", {"topic": run.topic})
     assert handed_over == BOTH_SAW

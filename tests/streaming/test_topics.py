@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from featurestore.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.featurestore.oracle import feature_rows
-from tests.streaming.harness import StreamRun, assert_online_is_newest, create_topic, send
+from tests.servers import wait_for
+from tests.streaming.harness import (
+    StreamRun,
+    assert_online_is_newest,
+    assert_same_results,
+    create_topic,
+    generated_messages,
+    send,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -55,7 +64,7 @@ def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) ->
                               (f"{run.topic}-orders", orders, "shop_id")):
         create_topic(kafka_bootstrap, topic, 2)
         send(kafka_bootstrap, topic, _messages(frame, key))
-    worker = run.run_until_idle()
+    worker = run.run_until_applied(2 * len(clicks) + len(orders))  # clicks feed two stages
 
     assert sorted(t.source_topic for t in worker.topologies) == [
         f"{run.topic}-clicks", f"{run.topic}-orders"]
@@ -75,3 +84,52 @@ def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) ->
             np.testing.assert_allclose(ours[aggregation.name].astype(float),
                                        expected[aggregation.name].astype(float), rtol=0, atol=1e-9)
         assert_online_is_newest(store, view, expected)
+
+
+def _recreate(bootstrap: str, topic: str, partitions: int) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.delete_topics([topic])
+    wait_for(lambda: topic not in admin.list_topics(), 30, f"{topic} to be deleted")
+    admin.close()
+    create_topic(bootstrap, topic, partitions)
+
+
+def test_a_recreated_topic_stops_the_worker_until_reset(tmp_path, kafka_bootstrap) -> None:
+    """Offsets restarting below the partition logs' stop the worker with an error naming the
+    topic, partition, offsets and the reset command; after the reset the new topic's events
+    take over from the offline store, ending as one uninterrupted run of both topics' events."""
+    from typer.testing import CliRunner
+
+    from featurestore.cli import app
+    from streaming.reset import TopicRestartedError
+
+    config = GeneratorConfig(start=date(2026, 3, 1), days=2, cards=60, merchants=8, seed=4)
+    messages = generated_messages(config)
+    first_day = sum(1 for _, v in messages if b'"2026-03-01T' in v)
+    old, new = messages[:first_day], messages[first_day:]
+    baseline = StreamRun.create(tmp_path / "baseline", kafka_bootstrap, REDIS_URL)
+    baseline.send(messages)
+    baseline.run_until_applied(2 * len(messages))
+
+    run = StreamRun.create(tmp_path / "run", kafka_bootstrap, REDIS_URL)
+    run.send(old)
+    run.run_until_applied(2 * len(old))
+    _recreate(kafka_bootstrap, run.topic, 3)
+    run.send(new[: len(new) // 4])  # fewer than the logs applied: offsets below theirs
+    with pytest.raises(TopicRestartedError) as stopped:
+        run.run_until_idle()
+    message = str(stopped.value)
+    assert f"topic {run.topic!r} partition " in message
+    assert "applied offsets up to " in message and "topic id" in message
+    assert f"featurestore stream reset --topic {run.topic}" in message
+    assert len(run.raw()) == len(old)  # nothing of the new topic was applied
+
+    with run.settings():
+        result = CliRunner().invoke(app, ["stream", "reset", "--topic", run.topic])
+    assert result.exit_code == 0, result.output
+    assert "removed the partition logs" in result.output
+    run.send(new[len(new) // 4 :])
+    run.run_until_applied(2 * len(new))
+    assert_same_results(run, baseline)
