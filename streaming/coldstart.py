@@ -105,6 +105,7 @@ class ColdStart:
             raw, first_day, _day(handover_us) + timedelta(days=1), required=False
         ))
         schema = self.topology.schema
+        offline.validate_files(files, raw, schema)  # an error naming the file, not a crash
         tables = [pq.read_table(f, columns=schema.names).cast(schema) for f in files]
         if not tables:
             return None

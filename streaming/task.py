@@ -155,15 +155,18 @@ class PartitionTask:
         self.handover_us = metadata.get("handover_us") if high is not None else self._hand_over()
         seed = self.log.seed()
         events = [t for t in self.log.events() if t.num_rows]
-        # The seed is older than every logged event: loaded first, it keeps the arrival order.
-        for table in ([seed] if seed is not None else []) + (
+        # The seed is older than every logged event: loaded first, it keeps the arrival order;
+        # the state watermark is only set by the last load (an earlier one would refuse the rest).
+        tables = ([seed] if seed is not None else []) + (
             [pa.concat_tables(events)] if events else []
-        ):
+        )
+        for n, table in enumerate(tables, 1):
             ts = event_micros(table.column(self.topology.timestamp_field))
+            watermark = self._state_watermark() if n == len(tables) else NO_WATERMARK
             for view in self.stage.views:
                 state = self.states[view.name]
                 keys, columns = self._window_inputs(table, view, state)
-                state.load(keys, ts, columns, watermark=self._state_watermark())
+                state.load(keys, ts, columns, watermark=watermark)
         return None if high is None else high + 1
 
     def _hand_over(self) -> int | None:

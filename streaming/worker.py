@@ -40,6 +40,7 @@ from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsEr
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import select_views
+from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
 from monitors.capture import CaptureLog
@@ -135,7 +136,9 @@ class StreamWorker:
         self.partitions: dict[str, int] = {}  # per consumed topic, read at start
         self.topic_ids: dict[str, str | None] = {}  # per consumed topic, read at start
         self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
-        self._restarted: restarts.TopicRestartedError | None = None
+        # An error found while assigning, raised by the loop: kafka-python would bury it under
+        # "User rebalance callback throws an error".
+        self._assign_error: FeatureStoreError | None = None
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -302,10 +305,15 @@ class StreamWorker:
                 partitions=self.partitions[tp.topic],
                 topic_id=self.topic_ids.get(tp.topic),
             )
-            resume = task.restore()
+            try:
+                resume = task.restore()
+            except FeatureStoreError as exc:  # e.g. unreadable offline data to seed from
+                self._assign_error = self._assign_error or exc
+                self.consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
+                self.consumer.pause(tp)
+                continue
             if task.logged_topic_id and task.topic_id and task.logged_topic_id != task.topic_id:
-                # Raised by the loop: kafka-python would bury it under a rebalance error.
-                self._restarted = self._restarted or restarts.TopicRestartedError(
+                self._assign_error = self._assign_error or restarts.TopicRestartedError(
                     self._restarted_detail(tp, f"its partition log ({task.log.directory}) "
                                            f"applied offsets up to {resume - 1} of topic id "
                                            f"{task.logged_topic_id}, the topic now has id "
@@ -364,8 +372,8 @@ class StreamWorker:
             raise restarts.TopicRestartedError(self._restarted_detail(
                 tp, f"offset {offset}, where its partition log resumes, is no longer in the topic"
             )) from exc
-        if self._restarted is not None:
-            raise self._restarted
+        if self._assign_error is not None:
+            raise self._assign_error
         for tp, records in polled.items():
             if tp in self.tasks and records:
                 expected = self.next_offsets.get(tp, records[0].offset)
