@@ -47,6 +47,23 @@ def batch_files(files: list[Path]) -> list[Path]:
     return [f for f in files if not f.name.startswith(STREAM_FILES)]
 
 
+def from_stream(ts_us: np.ndarray, handover_us: int | None) -> np.ndarray:
+    """Which events the stream applies: those after the hand-over point (all, without one)."""
+    if handover_us is None:
+        return np.ones(len(ts_us), dtype=bool)
+    return np.asarray(ts_us) > handover_us
+
+
+def in_seed(ts_us: np.ndarray, handover_us: int, retention_us: int) -> np.ndarray:
+    """Which archived events a cold partition is seeded with: those in (H - retention, H].
+
+    Every window of a stream event (after H) reaches back less than the longest window from
+    it, so these are all the batch events any stream row can see.
+    """
+    ts_us = np.asarray(ts_us)
+    return (ts_us > handover_us - retention_us) & (ts_us <= handover_us)
+
+
 def partition_of(key: object, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a message keyed by `key`'s text."""
     return (murmur2(str(key).encode()) & 0x7FFFFFFF) % partitions
@@ -114,7 +131,7 @@ class ColdStart:
         keys = events.column(key).to_pylist()
         codes = {k: partition_of(k, partitions) for k in set(keys)}
         mine = np.fromiter((codes[k] == partition for k in keys), bool, len(keys))
-        keep = mine & (ts > handover_us - retention_us) & (ts <= handover_us)
+        keep = mine & in_seed(ts, handover_us, retention_us)
         events = events.filter(pa.array(keep))
         order = np.argsort(event_micros(events.column(self.topology.timestamp_field)),
                            kind="stable")

@@ -26,7 +26,7 @@ from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.materialize import latest_per_entity
 from featurestore.online.feast_layout import event_micros
-from streaming.coldstart import ColdStart
+from streaming.coldstart import ColdStart, from_stream
 from streaming.log import OFFSET, PartitionLog
 from streaming.topology import Stage, Topology
 from streaming.validation import LATE, EventValidator, Rejected
@@ -213,11 +213,10 @@ class PartitionTask:
         step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
 
         ts = event_micros(events.column(self.topology.timestamp_field))
-        if self.handover_us is not None:
-            after = ts > self.handover_us
-            step.handed_over = len(ts) - int(np.count_nonzero(after))
-            if step.handed_over:
-                events, index, ts = events.filter(pa.array(after)), index[after], ts[after]
+        after = from_stream(ts, self.handover_us)
+        step.handed_over = len(ts) - int(np.count_nonzero(after))
+        if step.handed_over:
+            events, index, ts = events.filter(pa.array(after)), index[after], ts[after]
         sources = self._sources(records, index)
         late, newest = self._late(ts, sources)
         for i in np.flatnonzero(late):
