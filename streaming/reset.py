@@ -45,7 +45,7 @@ def restarted(topic: str, partition: int, source_topic: str, group: str, what: s
 def topic_id(described: dict) -> str | None:
     """The broker's id of a described topic; None when the broker has no topic ids."""
     value = described.get("topic_id")
-    return None if value in (None, NO_TOPIC_ID) else str(value)
+    return None if value is None or str(value) == NO_TOPIC_ID else str(value)
 
 
 def select(topologies: list[Topology], topics: list[str] | None) -> list[Topology]:
