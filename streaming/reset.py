@@ -1,9 +1,10 @@
 """Recreated or truncated topics: the error that stops the worker, and `stream reset`.
 
-A partition log records how far its topic partition was applied and the broker's id of the
-topic. A topic deleted and created again has a new id and restarts its offsets at 0; a truncated
-one no longer holds the offset the log resumes at. Either way resuming would skip or re-apply
-events silently, so the worker stops with `TopicRestartedError` instead.
+A partition log records how far its topic partition was applied, a digest of the last record
+it applied and the broker's id of the topic. A topic deleted and created again has a new id and
+restarts its offsets at 0, so the log's last offset holds another record or none; a truncated
+one no longer holds it. Either way resuming would skip or re-apply events silently, so the
+worker re-reads that record first and stops with `TopicRestartedError` unless it is the same.
 
 `featurestore stream reset` starts the named source topics over: it removes their partition logs
 and hand-over points (`streaming.coldstart`), keeps what they wrote to the offline store (as
@@ -14,6 +15,7 @@ worker reads each topic from its beginning and skips the events the offline stor
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from pathlib import Path
@@ -40,6 +42,14 @@ def restarted(topic: str, partition: int, source_topic: str, group: str, what: s
         f"as it is now, stop every worker of group {group!r} and run `featurestore stream "
         f"reset --topic {source_topic}`"
     )
+
+
+def record_digest(key: bytes | None, value: bytes | None) -> str:
+    """A digest of a record's key and value that tells a null key or value from an empty one."""
+    digest = hashlib.sha256()
+    for part in (key, value):
+        digest.update(b"\x00" if part is None else b"\x01%d:" % len(part) + part)
+    return digest.hexdigest()
 
 
 def topic_id(described: dict) -> str | None:

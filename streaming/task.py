@@ -113,6 +113,8 @@ class PartitionTask:
         self.partitions = partitions
         self.topic_id = topic_id
         self.logged_topic_id: str | None = None  # the id the log was written with
+        self.last_record_digest: str | None = None  # of the newest record processed (worker's)
+        self.logged_last_record: str | None = None  # the digest the log ends with
         self.handover_us: int | None = None
         self._reset()
 
@@ -152,6 +154,7 @@ class PartitionTask:
         self.source_offsets = metadata.get("source_offsets", {})
         self.watermarks = metadata.get("watermarks", {})
         self.logged_topic_id = metadata.get("topic_id")
+        self.logged_last_record = metadata.get("last_record")
         self.handover_us = metadata.get("handover_us") if high is not None else self._hand_over()
         seed = self.log.seed()
         events = [t for t in self.log.events() if t.num_rows]
@@ -326,7 +329,8 @@ class PartitionTask:
             events,
             self.topology.timestamp_field,
             {"source_offsets": self.source_offsets, "watermarks": self.watermarks,
-             "handover_us": self.handover_us, "topic_id": self.topic_id},
+             "handover_us": self.handover_us, "topic_id": self.topic_id,
+             "last_record": self.last_record_digest},
         )
         if self._state_watermark() != NO_WATERMARK:
             self.log.prune(self._state_watermark() - self.retention_us)

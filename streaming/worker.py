@@ -136,6 +136,8 @@ class StreamWorker:
         self.partitions: dict[str, int] = {}  # per consumed topic, read at start
         self.topic_ids: dict[str, str | None] = {}  # per consumed topic, read at start
         self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
+        # Partitions re-reading the last record their log applied: (its offset, its digest).
+        self.verifying: dict[TopicPartition, tuple[int, str]] = {}
         # An error found while assigning, raised by the loop: kafka-python would bury it under
         # "User rebalance callback throws an error".
         self._assign_error: FeatureStoreError | None = None
@@ -322,9 +324,15 @@ class StreamWorker:
                 self.consumer.seek(tp, resume)  # a position, so the consumer has no error first
                 self.consumer.pause(tp)
                 continue
+            self.verifying.pop(tp, None)
             if resume is None:
                 self.consumer.seek_to_beginning(tp)  # cold start: hand over from batch
                 self.next_offsets.pop(tp, None)
+            elif task.logged_last_record is not None:
+                # Resumes after re-reading the last applied record, which must be the same.
+                self.consumer.seek(tp, resume - 1)
+                self.next_offsets[tp] = resume - 1
+                self.verifying[tp] = (resume - 1, task.logged_last_record)
             else:
                 self.consumer.seek(tp, resume)
                 self.next_offsets[tp] = resume
@@ -347,6 +355,7 @@ class StreamWorker:
         mine = [tp for tp in revoked if tp in self.tasks]
         for tp in mine:
             self.buffer.drop(tp)
+            self.verifying.pop(tp, None)
         try:
             self._checkpoint(mine)
         except (KafkaError, *_ONLINE_ERRORS) as exc:
@@ -375,6 +384,8 @@ class StreamWorker:
         if self._assign_error is not None:
             raise self._assign_error
         for tp, records in polled.items():
+            if tp in self.verifying and records:
+                records = self._verified(tp, records)
             if tp in self.tasks and records:
                 expected = self.next_offsets.get(tp, records[0].offset)
                 if records[0].offset < expected:
@@ -387,12 +398,28 @@ class StreamWorker:
                 self.metrics.consumed.labels(tp.topic).inc(len(records))
                 self.last_record_at = time.monotonic()
 
+    def _verified(self, tp: TopicPartition, records: list) -> list:
+        """`records` without the re-read last applied record, once it proved the same."""
+        offset, digest = self.verifying.pop(tp)
+        first = records[0]
+        if first.offset != offset:
+            what = f"offset {offset}, the last its partition log applied, is no longer in the " \
+                f"topic (it delivered offset {first.offset} first)"
+        elif restarts.record_digest(first.key, first.value) != digest:
+            what = f"offset {offset}, the last its partition log applied, holds another record " \
+                "(offsets restarted below the log's)"
+        else:
+            self.next_offsets[tp] = offset + 1
+            return records[1:]
+        raise restarts.TopicRestartedError(self._restarted_detail(tp, what))
+
     def _process(self, batch: dict[TopicPartition, list]) -> None:
         for tp, records in batch.items():
             task = self.tasks.get(tp)
             if task is None:
                 continue
             step = task.process(records)
+            task.last_record_digest = restarts.record_digest(records[-1].key, records[-1].value)
             self.metrics.duplicates.inc(step.duplicates)
             self.metrics.handed_over.labels(tp.topic).inc(step.handed_over)
             self.metrics.record_applied(tp.topic, len(step.applied_timestamps_ms))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from featurestore.generator import GeneratorConfig
@@ -96,33 +97,76 @@ def _recreate(bootstrap: str, topic: str, partitions: int) -> None:
     create_topic(bootstrap, topic, partitions)
 
 
-def test_a_recreated_topic_stops_the_worker_until_reset(tmp_path, kafka_bootstrap) -> None:
-    """Offsets restarting below the partition logs' stop the worker with an error naming the
-    topic, partition, offsets and the reset command; after the reset the new topic's events
-    take over from the offline store, ending as one uninterrupted run of both topics' events."""
+def _split_between_instants(messages: list[tuple[bytes, bytes]], at: int) -> int:
+    """The first index from `at` whose event time differs from the one before it: a stream
+    event at exactly the hand-over instant is the batch's, so no event may straddle it."""
+    times = [json.loads(value)["event_timestamp"] for _, value in messages]
+    while times[at] == times[at - 1]:
+        at += 1
+    return at
+
+
+def _forget_topic_ids(run: StreamRun) -> None:
+    """Partition logs as a broker without topic ids (Kafka < 2.8) leaves them."""
+    with run.settings() as settings:
+        logs = [sorted(d.glob("[0-9]*.parquet")) for d in settings.stream_log_dir.glob("*/*")]
+    for path in [files[-1] for files in logs if files]:
+        table = pq.read_table(path)
+        stored = json.loads(table.schema.metadata[b"featurestore.checkpoint"])
+        stored.pop("topic_id")
+        pq.write_table(table.replace_schema_metadata(
+            {b"featurestore.checkpoint": json.dumps(stored).encode()}), path)
+
+
+@pytest.fixture(scope="module")
+def events_of_two_days() -> list[tuple[bytes, bytes]]:
+    return generated_messages(
+        GeneratorConfig(start=date(2026, 3, 1), days=2, cards=60, merchants=8, seed=4)
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, kafka_bootstrap, events_of_two_days) -> StreamRun:
+    baseline = StreamRun.create(tmp_path_factory.mktemp("uninterrupted"), kafka_bootstrap,
+                                REDIS_URL)
+    baseline.send(events_of_two_days)
+    baseline.run_until_applied(2 * len(events_of_two_days))
+    return baseline
+
+
+@pytest.mark.parametrize("topic_ids", [True, False], ids=["topic-ids", "no-topic-ids"])
+def test_a_recreated_topic_stops_the_worker_until_reset(
+    tmp_path, kafka_bootstrap, events_of_two_days, uninterrupted, topic_ids
+) -> None:
+    """A recreated topic stops the worker with an error naming the topic, partition, offsets
+    and the reset command, whether its offsets end below the logs' (shorter) or past them
+    (longer, where resuming would skip its first events); after the reset the new topic's
+    events take over from the offline store, ending as one uninterrupted run of all events."""
     from typer.testing import CliRunner
 
     from featurestore.cli import app
     from streaming.reset import TopicRestartedError
 
-    config = GeneratorConfig(start=date(2026, 3, 1), days=2, cards=60, merchants=8, seed=4)
-    messages = generated_messages(config)
-    first_day = sum(1 for _, v in messages if b'"2026-03-01T' in v)
-    old, new = messages[:first_day], messages[first_day:]
-    baseline = StreamRun.create(tmp_path / "baseline", kafka_bootstrap, REDIS_URL)
-    baseline.send(messages)
-    baseline.run_until_applied(2 * len(messages))
-
-    run = StreamRun.create(tmp_path / "run", kafka_bootstrap, REDIS_URL)
+    messages = events_of_two_days
+    # With topic ids the new topic is shorter than the logs; without, much longer.
+    split = _split_between_instants(messages, len(messages) // (2 if topic_ids else 5))
+    old, new = messages[:split], messages[split:]
+    before_reset = len(new) // 4 if topic_ids else len(new)
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.send(old)
     run.run_until_applied(2 * len(old))
+    if not topic_ids:
+        _forget_topic_ids(run)
     _recreate(kafka_bootstrap, run.topic, 3)
-    run.send(new[: len(new) // 4])  # fewer than the logs applied: offsets below theirs
+    run.send(new[:before_reset])
     with pytest.raises(TopicRestartedError) as stopped:
         run.run_until_idle()
     message = str(stopped.value)
     assert f"topic {run.topic!r} partition " in message
-    assert "applied offsets up to " in message and "topic id" in message
+    if topic_ids:
+        assert "applied offsets up to " in message and "topic id" in message
+    else:
+        assert "the last its partition log applied, holds another record" in message
     assert f"featurestore stream reset --topic {run.topic}" in message
     assert len(run.raw()) == len(old)  # nothing of the new topic was applied
 
@@ -130,6 +174,6 @@ def test_a_recreated_topic_stops_the_worker_until_reset(tmp_path, kafka_bootstra
         result = CliRunner().invoke(app, ["stream", "reset", "--topic", run.topic])
     assert result.exit_code == 0, result.output
     assert "removed the partition logs" in result.output
-    run.send(new[len(new) // 4 :])
+    run.send(new[before_reset:])
     run.run_until_applied(2 * len(new))
-    assert_same_results(run, baseline)
+    assert_same_results(run, uninterrupted)
