@@ -14,8 +14,9 @@ Faults:
   partition to its last checkpoint, so what the failed send carried is produced again.
 - A partition with no log starts cold: its task seeds its window state from the offline store
   (`streaming.coldstart`) and it is read from the topic's beginning.
-- A recreated or truncated topic (another topic id than its log's, or the log's offset no
-  longer in the topic) stops the worker with an error naming the command that starts over.
+- A recreated or truncated topic (another topic id than its log's, or the log's last offset
+  gone or holding another record) stops the worker with an error naming the command that
+  starts over (`streaming.reset`).
 - A rebalance checkpoints the revoked partitions whose online writes have landed and drops the
   others (their new owner replays them from the log), so a partition is handed over cleanly.
 """
@@ -379,7 +380,7 @@ class StreamWorker:
         except OffsetOutOfRangeError as exc:
             tp, offset = next(iter(exc.args[0].items()))
             raise restarts.TopicRestartedError(self._restarted_detail(
-                tp, f"offset {offset}, where its partition log resumes, is no longer in the topic"
+                tp, f"offset {offset}, where its partition log resumes, is not in the topic"
             )) from exc
         if self._assign_error is not None:
             raise self._assign_error
