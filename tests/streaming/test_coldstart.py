@@ -23,7 +23,7 @@ from tests.streaming.harness import StreamRun
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.spark]
 
 START = date(2026, 3, 1)
-HISTORY_DAYS = 2
+HISTORY_DAYS = 1
 VIEWS = ("card_transaction_features", "merchant_transaction_features")
 BOTH_SAW = 40  # events of day N sent to the stream too
 
@@ -48,7 +48,7 @@ def _batch(run: StreamRun, spark, days: int) -> None:
 
 
 def test_a_fresh_worker_hands_over_from_the_backfill(tmp_path, kafka_bootstrap, spark) -> None:
-    history = GeneratorConfig(start=START, days=HISTORY_DAYS, cards=150, merchants=15, seed=13)
+    history = GeneratorConfig(start=START, days=HISTORY_DAYS, cards=100, merchants=12, seed=13)
     live = dataclasses.replace(history, days=HISTORY_DAYS + 1)
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     with run.settings() as settings:
