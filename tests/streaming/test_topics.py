@@ -47,6 +47,9 @@ def _messages(frame: pd.DataFrame, key: str) -> list[tuple[bytes, bytes]]:
 
 
 def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) -> None:
+    from typer.testing import CliRunner
+
+    from featurestore.cli import app
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
 
@@ -69,6 +72,12 @@ def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) ->
 
     assert sorted(t.source_topic for t in worker.topologies) == [
         f"{run.topic}-clicks", f"{run.topic}-orders"]
+    with run.settings():
+        unknown = CliRunner().invoke(app, ["stream", "reset", "--topic", "no-such-topic"])
+    assert unknown.exit_code == 2
+    said = " ".join(unknown.output.split())  # however the console wrapped it
+    assert "no stream source reads topic(s) ['no-such-topic']" in said
+    assert f"['{run.topic}-clicks', '{run.topic}-orders']" in said
     with run.settings() as settings:
         store = feature_store(settings)
         views = select_views(store, ["user_clicks", "page_clicks", "shop_orders"])
