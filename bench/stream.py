@@ -128,7 +128,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
         time.sleep(0.01)
     began = time.monotonic()
     cpu_began = time.process_time()
-    finished = wait_applied(worker, worker.topology.topics, sent, timeout=1200)
+    finished = wait_applied(worker, worker.topics, sent, timeout=1200)
     throughput = sent / (finished - began)
     cpu_per_event_us = (time.process_time() - cpu_began) / sent * 1e6
     console.print(f"ours: {sent:,} events in {finished - began:.1f} s = {throughput:,.0f} events/s")
@@ -149,7 +149,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
          "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
         check=True, capture_output=True,
     )
-    wait_applied(worker, worker.topology.topics, sent + live, timeout=300)
+    wait_applied(worker, worker.topics, sent + live, timeout=300)
     p50, p99 = worker.metrics.freshness_percentiles([50, 99])
     stop.set()
     thread.join(timeout=120)

@@ -349,7 +349,7 @@ def stream_run(
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
 ) -> None:
-    """Run a stream worker: consume the transactions topic, keep online and offline features fresh.
+    """Run a stream worker: consume every stream source topic, keep online and offline features fresh.
 
     Start more workers with the same settings to share the partitions. SIGTERM or Ctrl-C
     checkpoints and leaves the group.
@@ -376,11 +376,37 @@ def stream_run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.run(stop, idle_seconds=idle_seconds)
-    metrics, topics = worker.metrics, worker.topology.topics
+    metrics, topics = worker.metrics, worker.topics
     console.print(
         f"stopped: applied {metrics.applied_events(topics):,} events across {len(topics)} "
         f"topic(s); dead letters {sum(metrics.dead_letter_counts().values()):,}"
     )
+
+
+@stream_app.command("reset")
+@_clear_errors
+def stream_reset(
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(help="Source topic to start over (repeatable; default: every one)."),
+    ] = None,
+) -> None:
+    """Start source topics over after they were recreated or truncated (stop the workers first).
+
+    Removes their partition logs, keeps what they wrote to the offline store as batch data, and
+    deletes their internal repartition topics; the next worker reads each topic from its
+    beginning and takes over from the offline store.
+    """
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.settings import get_settings
+    from streaming import reset, topology
+
+    settings = get_settings()
+    views = select_views(feature_store(settings), None, aggregated_only=True)
+    chosen = reset.select(topology.build(views, settings.stream_group), topic)
+    for line in reset.reset(settings, chosen) or ["nothing to reset"]:
+        console.print(line)
 
 
 @app.command()

@@ -151,10 +151,10 @@ def _stream_live_day(
             bootstrap_servers=bootstrap, acks="all", linger_ms=5,
             max_in_flight_requests_per_connection=1,
         )
-        sent = send_events(producer, worker.topology.source_topic, [day], "card_id")
+        sent = send_events(producer, settings.transactions_topic, [day], "card_id")
         producer.close()
         deadline = clock.monotonic() + 180
-        topics = worker.topology.topics
+        topics = worker.topics
         while worker.metrics.applied_events(topics) < sent * len(topics):
             if clock.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError(

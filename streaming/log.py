@@ -11,6 +11,10 @@ crashed worker wrote past it is removed or rewritten identically by the replay.
 
 Files whose events are all older than the window state's retention are pruned; the newest file
 is always kept (it holds the high-water offset and the checkpoint's metadata).
+
+A partition that started cold (`streaming.coldstart`) also keeps the events it was seeded with
+from the offline store, in `seed-<newest µs>.parquet`: they are the oldest part of its window
+state, restored before the checkpoints, and pruned like them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ def _name(first: int, last: int, newest_us: int) -> str:
     return f"{first:020d}-{last:020d}-{max(newest_us, 0):020d}.parquet"
 
 
+def _seed_name(newest_us: int) -> str:
+    return f"seed-{max(newest_us, 0):020d}.parquet"
+
+
 def _parts(path: Path) -> tuple[int, int, int]:
     first, last, newest = path.stem.split("-")
     return int(first), int(last), int(newest)
@@ -45,7 +53,19 @@ class PartitionLog:
     def _files(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("*.parquet"))
+        return sorted(self.directory.glob("[0-9]*.parquet"))
+
+    def _seeds(self) -> list[Path]:
+        return sorted(self.directory.glob("seed-*.parquet")) if self.directory.is_dir() else []
+
+    def seed(self) -> pa.Table | None:
+        """The events the partition was seeded with at its cold start, if any are retained."""
+        seeds = self._seeds()
+        return pq.read_table(seeds[0]) if seeds else None
+
+    def write_seed(self, events: pa.Table, timestamp_field: str) -> None:
+        newest = pc.max(events.column(timestamp_field)).cast(pa.int64()).as_py()
+        write_atomically(events, self.directory / _seed_name(newest))
 
     def high_water(self) -> int | None:
         """The last offset applied, or None if nothing was ever checkpointed."""
@@ -88,6 +108,10 @@ class PartitionLog:
         too many is harmless. Returns how many were removed.
         """
         removed = 0
+        for path in self._seeds():
+            if int(path.stem.removeprefix("seed-")) <= keep_after_us:
+                path.unlink()
+                removed += 1
         for path in self._files()[:-1]:
             if _parts(path)[2] > keep_after_us:
                 break

@@ -37,6 +37,12 @@ class StreamMetrics:
             "Forwarded events seen again after a crash of the stage that forwarded them.",
             registry=self.registry,
         )
+        self.handed_over = Counter(
+            "featurestore_stream_handed_over",
+            "Events at or before the cold-start hand-over point, left to the batch data.",
+            ["topic"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "featurestore_stream_dead_letters",
             "Events sent to the dead-letter topic, per reason.",

@@ -35,6 +35,7 @@ from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.materialize import latest_per_entity
 from featurestore.online.feast_layout import event_micros
+from streaming.coldstart import ColdStart, from_stream
 from streaming.log import OFFSET, PartitionLog
 from streaming.topology import Stage, Topology
 from streaming.validation import (
@@ -89,6 +90,7 @@ class Step:
     forwards: list[Forward] = field(default_factory=list)
     applied_timestamps_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     duplicates: int = 0
+    handed_over: int = 0  # events at or before the hand-over point: batch's, skipped
 
     def extend(self, other: Step) -> None:
         self.online += other.online
@@ -113,8 +115,14 @@ class PartitionTask:
         log_root: Path,
         validator: EventValidator,
         sources: int = 1,
+        cold_start: ColdStart | None = None,
+        partitions: int = 1,
+        topic_id: str | None = None,
     ) -> None:
-        """`sources`: how many source partitions feed this partition (repartition stages)."""
+        """`sources`: how many source partitions feed this partition (repartition stages).
+        `cold_start`: where a partition without a log takes its state over from, `partitions`
+        the partition count of its topic (which keys are its own); `topic_id`: the broker's id
+        of the topic, recorded with each checkpoint."""
         self.topology = topology
         self.stage = stage
         self.partition = partition
@@ -131,6 +139,13 @@ class PartitionTask:
         # each input is in order on its own, so lateness is judged per input.
         self.watermarks: dict[str, int] = {}
         self.source_offsets: dict[str, int] = {}
+        self.cold_start = cold_start
+        self.partitions = partitions
+        self.topic_id = topic_id
+        self.logged_topic_id: str | None = None  # the id the log was written with
+        self.last_record_digest: str | None = None  # of the newest record processed (worker's)
+        self.logged_last_record: str | None = None  # the digest the log ends with
+        self.handover_us: int | None = None
         self._reset()
 
     @property
@@ -168,15 +183,37 @@ class PartitionTask:
         metadata = self.log.metadata()
         self.source_offsets = metadata.get("source_offsets", {})
         self.watermarks = metadata.get("watermarks", {})
+        self.logged_topic_id = metadata.get("topic_id")
+        self.logged_last_record = metadata.get("last_record")
+        self.handover_us = metadata.get("handover_us") if high is not None else self._hand_over()
+        seed = self.log.seed()
         events = [t for t in self.log.events() if t.num_rows]
-        if events:
-            events = pa.concat_tables(events)
-            ts = event_micros(events.column(self.topology.timestamp_field))
+        # The seed is older than every logged event: loaded first, it keeps the arrival order;
+        # the state watermark is only set by the last load (an earlier one would refuse the rest).
+        tables = ([seed] if seed is not None else []) + (
+            [pa.concat_tables(events)] if events else []
+        )
+        for n, table in enumerate(tables, 1):
+            ts = event_micros(table.column(self.topology.timestamp_field))
+            watermark = self._state_watermark() if n == len(tables) else NO_WATERMARK
             for view in self.stage.views:
                 state = self.states[view.name]
-                keys, columns = self._window_inputs(events, view, state)
-                state.load(keys, ts, columns, watermark=self._state_watermark())
+                keys, columns = self._window_inputs(table, view, state)
+                state.load(keys, ts, columns, watermark=watermark)
         return None if high is None else high + 1
+
+    def _hand_over(self) -> int | None:
+        """No checkpoint yet: seed the log from the offline store once; returns H."""
+        if self.cold_start is None:
+            return None
+        handover = self.cold_start.handover_us()
+        if self.log.seed() is None:
+            seed = self.cold_start.seed(
+                self.stage.key, self.partition, self.partitions, self.retention_us, handover
+            )
+            if seed is not None:
+                self.log.write_seed(seed, self.topology.timestamp_field)
+        return handover
 
     def _derived_tables(self) -> list[Path]:
         tables = [v.offline.path for v in self.stage.views]
@@ -293,6 +330,12 @@ class PartitionTask:
                     f"ahead of the worker's clock, {_iso(now_us)}",
                 ),
             )
+        # Bad messages are dead letters first; a good one at or before the hand-over point is
+        # the batch job's (skipped, counted).
+        after = from_stream(ts, self.handover_us)
+        step.handed_over = len(ts) - int(np.count_nonzero(after))
+        if step.handed_over:
+            events, index, ts = events.filter(pa.array(after)), index[after], ts[after]
         sources = self._sources(records, index)
         late, newest = self._late(ts, sources)
         drop(
@@ -408,7 +451,9 @@ class PartitionTask:
             self.last,
             events,
             self.topology.timestamp_field,
-            {"source_offsets": self.source_offsets, "watermarks": self.watermarks},
+            {"source_offsets": self.source_offsets, "watermarks": self.watermarks,
+             "handover_us": self.handover_us, "topic_id": self.topic_id,
+             "last_record": self.last_record_digest},
         )
         if self._state_watermark() != NO_WATERMARK:
             self.log.prune(self._state_watermark() - self.retention_us)

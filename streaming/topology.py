@@ -1,6 +1,7 @@
 """What a stream worker consumes and computes, derived from the registry's stream feature views.
 
-Raw events arrive on one topic keyed by the source's `message_key` (the card). A view keyed by
+Each source topic gets a topology of its own; one worker group consumes all of them. Raw events
+arrive on a source topic keyed by the source's `message_key` (the card). A view keyed by
 that field is computed straight from the topic. A view keyed by another field (the merchant)
 needs all of an entity's events in one place, so the source stage forwards each accepted event
 to an internal repartition topic keyed by that field (as Kafka Streams does), and a second stage
@@ -53,13 +54,34 @@ def repartition_topic(group: str, source_topic: str, key: str) -> str:
     return f"{group}-{source_topic}-by-{key}"
 
 
-def build(views: list[ViewDefinition], group: str) -> Topology:
-    """The worker topology of the aggregated `views`; inconsistent declarations are errors."""
+def build(views: list[ViewDefinition], group: str) -> list[Topology]:
+    """One topology per source topic of the aggregated `views`, ordered by topic.
+
+    Views reading one topic must agree on how its events look; inconsistencies are errors.
+    """
     if not views:
         raise DefinitionError("the registry has no stream feature views with aggregations")
+    by_topic: dict[str, list[ViewDefinition]] = {}
+    for view in views:
+        if not view.topic or not view.message_key or view.raw is None or not view.raw_schema:
+            raise DefinitionError(
+                f"stream feature view {view.name!r}: its KafkaSource needs a topic, a "
+                "message_key tag and a raw_source tag"
+            )
+        by_topic.setdefault(view.topic, []).append(view)
+    built = [_build_one(by_topic[topic], group) for topic in sorted(by_topic)]
+    consumed = [topic for topology in built for topic in topology.topics]
+    clashes = sorted({t for t in consumed if consumed.count(t) > 1})
+    if clashes:
+        raise DefinitionError(f"stream topics {clashes} are both a source and a repartition topic")
+    return built
+
+
+def _build_one(views: list[ViewDefinition], group: str) -> Topology:
+    """The topology of the views that read one source topic."""
     first = views[0]
     for view in views[1:]:
-        for attribute in ("topic", "raw_schema", "raw", "message_key", "lateness", "event_ranges",
+        for attribute in ("raw_schema", "raw", "message_key", "lateness", "event_ranges",
                           "max_future_skew", "timestamp_range"):
             if getattr(view, attribute) != getattr(first, attribute):
                 raise DefinitionError(
@@ -67,11 +89,6 @@ def build(views: list[ViewDefinition], group: str) -> Topology:
                     f"declare different {attribute}: {getattr(first, attribute)!r} vs "
                     f"{getattr(view, attribute)!r}"
                 )
-    if not first.topic or not first.message_key or first.raw is None or not first.raw_schema:
-        raise DefinitionError(
-            f"stream feature view {first.name!r}: its KafkaSource needs a topic, a message_key "
-            "tag and a raw_source tag"
-        )
     schema = schema_from_ddl(first.raw_schema)
     for view in views:
         for key in view.join_keys:

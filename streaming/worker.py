@@ -1,6 +1,7 @@
 """`featurestore stream run`: the consumer-group worker that keeps online features fresh.
 
-One loop per worker: poll the topology's topics, gather a micro-batch (up to
+One loop per worker: poll the topics of every source's topology (one per source topic, all in
+one consumer group), gather a micro-batch (up to
 `stream_batch_events` records or `stream_batch_ms`), let each partition's task compute what it
 changes, write the newest rows to the online store, send dead letters and repartitioned events,
 and every `stream_checkpoint_seconds` checkpoint each partition (offline files, then the
@@ -11,6 +12,11 @@ Faults:
   partitions), the same rows are retried with backoff, nothing is checkpointed until they land.
 - Kafka down: connecting retries with backoff and a log line; a failed send rewinds every
   partition to its last checkpoint, so what the failed send carried is produced again.
+- A partition with no log starts cold: its task seeds its window state from the offline store
+  (`streaming.coldstart`) and it is read from the topic's beginning.
+- A recreated or truncated topic (another topic id than its log's, or the log's last offset
+  gone or holding another record) stops the worker with an error naming the command that
+  starts over (`streaming.reset`).
 - A rebalance checkpoints the revoked partitions whose online writes have landed and drops the
   others (their new owner replays them from the log), so a partition is handed over cleanly.
 """
@@ -23,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import redis
@@ -30,15 +37,18 @@ from feast import FeatureStore
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import select_views
+from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
 from monitors.capture import CaptureLog
 from streaming import deadletter
+from streaming import reset as restarts
 from streaming import topology as topologies
+from streaming.coldstart import ColdStart
 from streaming.metrics import StreamMetrics
 from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
 from streaming.validation import EventValidator
@@ -102,11 +112,24 @@ class StreamWorker:
         self.settings = settings
         self.store = store
         views = select_views(store, None, aggregated_only=True)
-        self.topology = topologies.build(views, settings.stream_group)
-        self.validator = EventValidator(
-            self.topology.schema, settings.stream_max_message_bytes, self.topology.ranges,
-            self.topology.timestamp_range,
-        )
+        self.topologies = topologies.build(views, settings.stream_group)
+        # Each consumed topic's topology and stage, and each source's event validator.
+        self.stages = {
+            topic: (topology, stage)
+            for topology in self.topologies
+            for topic, stage in topology.stages.items()
+        }
+        self.validators = {
+            topology.source_topic: EventValidator(
+                topology.schema, settings.stream_max_message_bytes, topology.ranges,
+                topology.timestamp_range,
+            )
+            for topology in self.topologies
+        }
+        self.cold_starts = {
+            topology.source_topic: ColdStart(topology, settings.stream_log_dir)
+            for topology in self.topologies
+        }
         self.metrics = metrics or StreamMetrics()
         self.tasks: dict[TopicPartition, PartitionTask] = {}
         self.buffer = _Buffer()
@@ -116,7 +139,14 @@ class StreamWorker:
         self._send_failed: Exception | None = None
         self._failed = False  # an unexpected error: leave partitions at their last checkpoint
         self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, None)
-        self.source_partitions = settings.stream_partitions
+        self.partitions: dict[str, int] = {}  # per consumed topic, read at start
+        self.topic_ids: dict[str, str | None] = {}  # per consumed topic, read at start
+        self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
+        # Partitions re-reading the last record their log applied: (its offset, its digest).
+        self.verifying: dict[TopicPartition, tuple[int, str]] = {}
+        # An error found while assigning, raised by the loop: kafka-python would bury it under
+        # "User rebalance callback throws an error".
+        self._assign_error: FeatureStoreError | None = None
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -138,7 +168,7 @@ class StreamWorker:
             self.capture = CaptureLog(
                 self.settings, f"{self.settings.stream_group}-worker", registry=self.metrics.registry
             )
-        self.consumer.subscribe(self.topology.topics, listener=_Rebalance(self))
+        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         checkpoint_at = status_at = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -179,6 +209,11 @@ class StreamWorker:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the worker consumes: each source topic and its repartition topics."""
+        return list(self.stages)
+
     def _close(self) -> None:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
@@ -213,7 +248,8 @@ class StreamWorker:
             group_id=self.settings.stream_group,
             client_id=f"{self.settings.stream_group}-worker",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Every partition is sought explicitly; an offset no longer in the topic is an error.
+            auto_offset_reset="none",
             session_timeout_ms=self.settings.stream_session_timeout_ms,
             heartbeat_interval_ms=max(1_000, self.settings.stream_session_timeout_ms // 6),
             max_poll_records=self.settings.stream_batch_events,
@@ -237,27 +273,35 @@ class StreamWorker:
         )
 
     def _ensure_topics(self) -> None:
-        """Create the source, repartition and dead-letter topics that do not exist yet."""
+        """Create the source, repartition and dead-letter topics that do not exist yet.
+
+        A missing source topic gets `stream_partitions` partitions; its repartition topics get
+        as many as it has.
+        """
         admin = KafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap_servers, bootstrap_timeout_ms=10_000
         )
         try:
             existing = set(admin.list_topics())
-            wanted = [self.topology.source_topic, *self.topology.topics[1:],
-                      self.settings.dead_letter_topic]
-            missing = [t for t in dict.fromkeys(wanted) if t not in existing]
-            partitions = self.settings.stream_partitions
-            if self.topology.source_topic in existing:
-                described = admin.describe_topics([self.topology.source_topic])
-                partitions = len(described[0]["partitions"])
+            wanted = {self.settings.dead_letter_topic: self.settings.stream_partitions}
+            for topology in self.topologies:
+                source = topology.source_topic
+                partitions = self.settings.stream_partitions
+                if source in existing:
+                    partitions = len(admin.describe_topics([source])[0]["partitions"])
+                wanted.update(dict.fromkeys(topology.topics, partitions))
+            missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
             if missing:
                 try:
-                    admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                    admin.create_topics(missing)
                 except TopicAlreadyExistsError:
                     pass  # another worker created it first
-                log.info("created topics %s with %d partitions", missing, partitions)
+                log.info("created topics %s", {t.name: t.num_partitions for t in missing})
             # Read here, not in the rebalance listener, which must not block on the network.
-            self.source_partitions = partitions
+            self.partitions = {topic: wanted[topic] for topic in self.stages}
+            self.topic_ids = {
+                t["name"]: restarts.topic_id(t) for t in admin.describe_topics(self.topics)
+            }
             try:
                 topic_limit = deadletter.broker_limit(admin, self.settings.dead_letter_topic)
             except KafkaError:
@@ -270,22 +314,56 @@ class StreamWorker:
 
     def assign(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            stage = self.topology.stages[tp.topic]
+            topology, stage = self.stages[tp.topic]
             task = PartitionTask(
-                self.topology,
+                topology,
                 stage,
                 tp.partition,
                 self.settings.stream_log_dir,
-                self.validator,
-                sources=self.source_partitions,
+                self.validators[topology.source_topic],
+                sources=self.partitions[topology.source_topic],
+                cold_start=self.cold_starts[topology.source_topic],
+                partitions=self.partitions[tp.topic],
+                topic_id=self.topic_ids.get(tp.topic),
             )
-            resume = task.restore()
-            if resume is not None:
+            try:
+                resume = task.restore()
+            except FeatureStoreError as exc:  # e.g. unreadable offline data to seed from
+                self._assign_error = self._assign_error or exc
+                self.consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
+                self.consumer.pause(tp)
+                continue
+            if task.logged_topic_id and task.topic_id and task.logged_topic_id != task.topic_id:
+                self._assign_error = self._assign_error or restarts.TopicRestartedError(
+                    self._restarted_detail(tp, f"its partition log ({task.log.directory}) "
+                                           f"applied offsets up to {resume - 1} of topic id "
+                                           f"{task.logged_topic_id}, the topic now has id "
+                                           f"{task.topic_id}")
+                )
+                self.consumer.seek(tp, resume)  # a position, so the consumer has no error first
+                self.consumer.pause(tp)
+                continue
+            self.verifying.pop(tp, None)
+            if resume is None:
+                self.consumer.seek_to_beginning(tp)  # cold start: hand over from batch
+                self.next_offsets.pop(tp, None)
+            elif task.logged_last_record is not None:
+                # Resumes after re-reading the last applied record, which must be the same.
+                self.consumer.seek(tp, resume - 1)
+                self.next_offsets[tp] = resume - 1
+                self.verifying[tp] = (resume - 1, task.logged_last_record)
+            else:
                 self.consumer.seek(tp, resume)
+                self.next_offsets[tp] = resume
             self.tasks[tp] = task
-            log.info("assigned %s-%d, resuming at %s", tp.topic, tp.partition,
-                     resume if resume is not None else "the committed offset")
+            log.info("assigned %s-%d, %s", tp.topic, tp.partition,
+                     f"resuming at {resume}" if resume is not None else
+                     f"cold start: {_handover_text(task.handover_us)}")
         self.last_record_at = time.monotonic()
+
+    def _restarted_detail(self, tp: TopicPartition, what: str) -> str:
+        source = self.stages[tp.topic][0].source_topic
+        return restarts.restarted(tp.topic, tp.partition, source, self.settings.stream_group, what)
 
     def revoke(self, revoked: list[TopicPartition]) -> None:
         """Checkpoint what can be, then forget the partitions; the buffer's records go too.
@@ -296,6 +374,7 @@ class StreamWorker:
         mine = [tp for tp in revoked if tp in self.tasks]
         for tp in mine:
             self.buffer.drop(tp)
+            self.verifying.pop(tp, None)
         try:
             if not self._failed:
                 self._checkpoint(mine)
@@ -316,15 +395,47 @@ class StreamWorker:
     def _poll(self, timeout_ms: int | None = None) -> None:
         if timeout_ms is None:
             timeout_ms = self.settings.stream_batch_ms
-        polled = self.consumer.poll(
-            timeout_ms=timeout_ms,
-            max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
-        )
+        try:
+            polled = self.consumer.poll(
+                timeout_ms=timeout_ms,
+                max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
+            )
+        except OffsetOutOfRangeError as exc:
+            tp, offset = next(iter(exc.args[0].items()))
+            raise restarts.TopicRestartedError(self._restarted_detail(
+                tp, f"offset {offset}, where its partition log resumes, is not in the topic"
+            )) from exc
+        if self._assign_error is not None:
+            raise self._assign_error
         for tp, records in polled.items():
+            if tp in self.verifying and records:
+                records = self._verified(tp, records)
             if tp in self.tasks and records:
+                expected = self.next_offsets.get(tp, records[0].offset)
+                if records[0].offset < expected:
+                    raise restarts.TopicRestartedError(self._restarted_detail(
+                        tp, f"it delivered offset {records[0].offset} where {expected} was next "
+                        "(offsets below its partition log's)"
+                    ))
+                self.next_offsets[tp] = records[-1].offset + 1
                 self.buffer.add(tp, records)
                 self.metrics.consumed.labels(tp.topic).inc(len(records))
                 self.last_record_at = time.monotonic()
+
+    def _verified(self, tp: TopicPartition, records: list) -> list:
+        """`records` without the re-read last applied record, once it proved the same."""
+        offset, digest = self.verifying.pop(tp)
+        first = records[0]
+        if first.offset != offset:
+            what = f"offset {offset}, the last its partition log applied, is no longer in the " \
+                f"topic (it delivered offset {first.offset} first)"
+        elif restarts.record_digest(first.key, first.value) != digest:
+            what = f"offset {offset}, the last its partition log applied, holds another record " \
+                "(offsets restarted below the log's)"
+        else:
+            self.next_offsets[tp] = offset + 1
+            return records[1:]
+        raise restarts.TopicRestartedError(self._restarted_detail(tp, what))
 
     def _process(self, batch: dict[TopicPartition, list]) -> None:
         for tp, records in batch.items():
@@ -332,7 +443,9 @@ class StreamWorker:
             if task is None:
                 continue
             step = task.process(records)
+            task.last_record_digest = restarts.record_digest(records[-1].key, records[-1].value)
             self.metrics.duplicates.inc(step.duplicates)
+            self.metrics.handed_over.labels(tp.topic).inc(step.handed_over)
             self.metrics.record_applied(tp.topic, len(step.applied_timestamps_ms))
             self.metrics.watermark.labels(tp.topic).set(max(task.watermark, 0) / 1e6)
             # Pending before sending: a send that raises leaves the partition uncheckpointed.
@@ -468,3 +581,10 @@ class StreamWorker:
             "partitions %d, freshness p50 %.0f ms p99 %.0f ms, dead letters %s",
             len(self.tasks), p50, p99, dead or "none",
         )
+
+
+
+def _handover_text(micros: int | None) -> str:
+    if micros is None:
+        return "the offline store holds no events"
+    return f"events up to {datetime.fromtimestamp(micros / 1e6, UTC).isoformat()} are batch's"

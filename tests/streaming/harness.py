@@ -22,6 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from featurestore.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
+from tests.servers import wait_for
 
 FAST_WORKER = {
     "FEATURESTORE_STREAM_SESSION_TIMEOUT_MS": "6000",
@@ -128,6 +129,21 @@ class StreamRun:
         worker.run(idle_seconds=idle_seconds)
         return worker
 
+    def run_until_applied(self, total: int, timeout: float = 240):
+        """A worker until it applied `total` events summed over its topics (a stage applies
+        every event it is sent), then stopped: it checkpoints everything and leaves the group."""
+        worker, thread = self.start()
+        wait_for(
+            lambda: worker.metrics.applied_events(worker.topics) >= total
+            or not thread.is_alive(),
+            timeout,
+            f"the worker to apply {total} events",
+        )
+        worker.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        return worker
+
     def start(self, idle_seconds: float | None = None) -> tuple[object, threading.Thread]:
         """A worker on a thread; stop it with `worker.stop()` and join the thread."""
         worker = self.worker()
@@ -211,3 +227,17 @@ def assert_same_results(run: StreamRun, baseline: StreamRun) -> None:
     pd.testing.assert_frame_equal(run.raw(), baseline.raw())
     for view in ("card_transaction_features", "merchant_transaction_features"):
         pd.testing.assert_frame_equal(run.features(view), baseline.features(view))
+
+
+def assert_online_is_newest(store, view, rows: pd.DataFrame) -> None:
+    """Feast's online read of every entity in `rows` gives that entity's newest row."""
+    key = view.join_keys[0].name
+    latest = rows.sort_values([key, "event_timestamp"]).groupby(key).tail(1).set_index(key)
+    names = [a.name for a in view.aggregations]
+    online = store.get_online_features(
+        features=[f"{view.name}:{n}" for n in names],
+        entity_rows=[{key: int(k)} for k in latest.index],
+    ).to_df().set_index(key)
+    pd.testing.assert_frame_equal(
+        online[names].sort_index().astype(float), latest[names].sort_index().astype(float)
+    )

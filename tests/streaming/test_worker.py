@@ -19,7 +19,12 @@ import pytest
 from featurestore.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.servers import free_port, redis_server, wait_for
-from tests.streaming.harness import StreamRun, assert_same_results, generated_messages
+from tests.streaming.harness import (
+    StreamRun,
+    assert_online_is_newest,
+    assert_same_results,
+    generated_messages,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -66,7 +71,7 @@ def events() -> list[tuple[bytes, bytes]]:
 def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
     run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
     run.send(events)
-    run.run_until_idle()
+    run.run_until_applied(2 * len(events))  # every event is on time; both stages apply it
     return run
 
 
@@ -115,15 +120,7 @@ def test_stream_rows_equal_the_spark_backfill(tmp_path, kafka_bootstrap, spark) 
         pd.testing.assert_series_equal(ours[key], batch[key])
 
         # Online: Feast reads each entity's newest row, as the batch computed it.
-        latest = batch.groupby(key).tail(1).set_index(key)
-        names = [a.name for a in view.aggregations]
-        online = store.get_online_features(
-            features=[f"{view.name}:{n}" for n in names],
-            entity_rows=[{key: int(k)} for k in latest.index],
-        ).to_df().set_index(key)
-        pd.testing.assert_frame_equal(
-            online[names].sort_index(), latest[names].sort_index(), check_dtype=False
-        )
+        assert_online_is_newest(store, view, batch)
 
 
 def _archive_files(run: StreamRun) -> int:
@@ -223,26 +220,33 @@ def _sample(worker, name: str, labels: dict | None = None) -> float:
 def test_redis_outage_pauses_and_resumes_without_loss(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
+    """Redis goes down between two halves of the stream, so the second half is provably in
+    flight while it is down: the worker pauses, checkpoints nothing, and resumes losslessly."""
     port = free_port()
     server = redis_server(port, tmp_path)
+    half = len(events) // 2
     try:
         run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
-        worker, thread = run.start(idle_seconds=4)
-        sender = threading.Thread(target=run.send, args=(events, 2000))
-        sender.start()
-        wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
+        run.send(events[:half])
+        worker, thread = run.start()  # no idle exit: the test stops it once all is applied
+        wait_for(lambda: _archive_files(run) >= 1, 120, "the worker to checkpoint")
         server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
         server.wait(timeout=10)
-        time.sleep(3)
-        checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
-        time.sleep(1)
-        assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
-        server = redis_server(port, tmp_path)
-        sender.join()
-        thread.join(timeout=240)
-        assert not thread.is_alive()
+        run.send(events[half:])  # consumed while Redis is down: their online writes must fail
         outages = {"dependency": "online_store"}
-        assert _sample(worker, "featurestore_stream_outages_total", outages) >= 1
+        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) >= 1,
+                 120, "the worker to hit the outage")
+        checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
+        time.sleep(1)  # (a checkpoint during the outage would be a bug, not a race)
+        assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
+        assert thread.is_alive()
+        server = redis_server(port, tmp_path)
+        topics = worker.topics
+        wait_for(lambda: worker.metrics.applied_events(topics) == len(events) * len(topics)
+                 and not worker.unwritten, 240, "every event to be applied and written")
+        worker.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
         assert_same_results(run, baseline)
     finally:
         server.terminate()
