@@ -130,7 +130,7 @@ def starters(tmp_path_factory):
     env = _env(tmp_path_factory.mktemp("starters"))
     processes = [
         subprocess.Popen([sys.executable, "-c", STARTER], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(STARTERS)
     ]
     outputs = [Lines(process) for process in processes]
