@@ -3,6 +3,8 @@ with every row kept, refused behind and ahead; on the real PostgreSQL and on SQL
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -275,3 +277,23 @@ def test_a_new_revision_takes_a_database_to_the_declared_tables(monkeypatch, tmp
             assert compare_metadata(context, declared) == []
     finally:
         migrations.scripts.cache_clear()
+
+
+@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+def test_a_process_waits_for_a_held_schema_lock_bounded(database, caplog) -> None:
+    from featurestore.migrations.lock import SchemaLockTimeout, schema_lock
+
+    caplog.set_level(logging.INFO, logger="featurestore.migrations")
+    where = database.url.render_as_string(hide_password=True)
+    expected = re.escape(f"waited 1 s for the {migrations.LOCK_NAME} lock of {where}: another "
+                         "process still holds it")
+    with (
+        schema_lock(database.url, migrations.LOCK_NAME),  # held, as by a migrating process
+        pytest.raises(SchemaLockTimeout, match=expected),
+        schema_lock(database.url, migrations.LOCK_NAME, wait_seconds=1.0),
+    ):
+        pass
+    assert f"waiting up to 1 s for another process holding the {migrations.LOCK_NAME} lock" in (
+        caplog.text)
+    with schema_lock(database.url, migrations.LOCK_NAME, wait_seconds=1.0):
+        pass  # released: taken at once
