@@ -3,6 +3,8 @@ with every row kept, refused behind and ahead; on the real PostgreSQL and on SQL
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -128,9 +130,12 @@ def _declared_tables() -> sa.MetaData:
 
 @pytest.mark.parametrize("database", BACKENDS, indirect=True)
 def test_an_empty_database_gets_the_schema_the_code_declares(database) -> None:
+    assert migrations.describe(_state(database)) == (
+        "no schema yet (empty database); the first process to start creates 0001")
     migrations.prepare(database)
     state = _state(database)
     assert state.current == state.head == migrations.BASE_REVISION
+    assert migrations.describe(state) == "0001 (head)"
     # A table or column declared without its revision fails here: add one (README, Schema and
     # upgrades: `featurestore db revision`).
     with database.connect() as connection:
@@ -186,6 +191,8 @@ def test_an_upgrade_keeps_every_row_of_every_table(database, second_revision) ->
     with database.begin() as connection:
         migrations.command.stamp(migrations._config(connection), migrations.BASE_REVISION)
 
+    assert migrations.describe(_state(database)) == (
+        "0001 (behind head 0002: run `featurestore db upgrade`)")
     with pytest.raises(migrations.SchemaError) as behind:
         migrations.prepare(database)
     assert str(behind.value).endswith(
@@ -227,6 +234,8 @@ def test_a_database_ahead_of_the_code_is_refused(database, tmp_path) -> None:
         assert expected in done.stderr
     assert _featurestore("db", "current", env=env).stdout == (
         "0099 (unknown to this version, which knows up to 0001)\n")
+    assert _featurestore("db", "history", env=env).stdout == (
+        "0001  Initial schema: API keys, dataset jobs, monitors.  (head)\n")
     assert _state(database).current == "0099"
 
 
@@ -268,3 +277,23 @@ def test_a_new_revision_takes_a_database_to_the_declared_tables(monkeypatch, tmp
             assert compare_metadata(context, declared) == []
     finally:
         migrations.scripts.cache_clear()
+
+
+@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+def test_a_process_waits_for_a_held_schema_lock_bounded(database, caplog) -> None:
+    from featurestore.migrations.lock import SchemaLockTimeout, schema_lock
+
+    caplog.set_level(logging.INFO, logger="featurestore.migrations")
+    where = database.url.render_as_string(hide_password=True)
+    expected = re.escape(f"waited 1 s for the {migrations.LOCK_NAME} lock of {where}: another "
+                         "process still holds it")
+    with (
+        schema_lock(database.url, migrations.LOCK_NAME),  # held, as by a migrating process
+        pytest.raises(SchemaLockTimeout, match=expected),
+        schema_lock(database.url, migrations.LOCK_NAME, wait_seconds=1.0),
+    ):
+        pass
+    assert f"waiting up to 1 s for another process holding the {migrations.LOCK_NAME} lock" in (
+        caplog.text)
+    with schema_lock(database.url, migrations.LOCK_NAME, wait_seconds=1.0):
+        pass  # released: taken at once

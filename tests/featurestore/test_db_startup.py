@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -51,19 +53,25 @@ for line in sys.stdin:
 
 
 class Lines:
-    """A process's stdout lines, read by a thread so a test can wait on them with a bound."""
+    """The lines of one of a process's outputs (stdout by default), read by a thread so a test
+    can wait for one with a bound."""
 
-    def __init__(self, process: subprocess.Popen) -> None:
+    def __init__(self, process: subprocess.Popen, stream=None) -> None:
         self.process = process
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, args=(stream or process.stdout,),
+                                       daemon=True)
+        self.reader.start()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.seen.append(line)
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
     def expect(self, wanted: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait for a line that contains `wanted`."""
         while True:
             try:
                 line = self.lines.get(timeout=timeout)
@@ -71,9 +79,14 @@ class Lines:
                 raise AssertionError(f"no {wanted!r} within {timeout} s") from None
             if line is None:
                 raise AssertionError(f"exited {self.process.wait()} before {wanted!r}: "
-                                     f"{self.process.stderr.read()[-3000:]}")
-            if line == wanted:
+                                     f"{''.join(self.seen)[-3000:]}")
+            if wanted in line:
                 return
+
+    def text(self) -> str:
+        """Everything the process wrote there, once it has exited."""
+        self.reader.join(timeout=START_TIMEOUT)
+        return "".join(self.seen)
 
 
 def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -94,34 +107,58 @@ def _assert_schema_and_registry(url: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_processes_starting_together_on_fresh_databases_all_come_up(backend, tmp_path) -> None:
-    tries, starters = 10, 6
-    env = _env(tmp_path)
+@pytest.fixture
+def scratch(tmp_path):
+    """Where SQLite databases go: tmpfs when there is one (the test is about concurrency, and
+    each try's dozens of DDL commits wait for the disk otherwise)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="featurestore-test-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+STARTERS = 6
+
+
+@pytest.fixture(scope="module")
+def starters(tmp_path_factory):
+    """STARTERS processes that have imported everything (once for both backends), each waiting
+    for the database of the next try on its stdin."""
+    env = _env(tmp_path_factory.mktemp("starters"))
     processes = [
         subprocess.Popen([sys.executable, "-c", STARTER], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(starters)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(STARTERS)
     ]
     outputs = [Lines(process) for process in processes]
     try:
         for output in outputs:
             output.expect("loaded")
-        for attempt in range(tries):
-            with fresh_database(backend, tmp_path) as url:
-                line = json.dumps({"database_url": url, "registry_url": url,
-                                   "data_dir": str(tmp_path / f"data{attempt}")}) + "\n"
-                # Written back to back: every process starts on the empty database together.
-                for process in processes:
-                    process.stdin.write(line)
-                    process.stdin.flush()
-                for output in outputs:
-                    output.expect("ready")
-                _assert_schema_and_registry(url)
+        yield outputs
     finally:
         for process in processes:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processes_starting_together_on_fresh_databases_all_come_up(
+    backend, starters, scratch
+) -> None:
+    for attempt in range(10):
+        with fresh_database(backend, scratch) as url:
+            line = json.dumps({"database_url": url, "registry_url": url,
+                               "data_dir": str(scratch / f"data{attempt}")}) + "\n"
+            # Written back to back: every process starts on the empty database together.
+            for output in starters:
+                output.process.stdin.write(line)
+                output.process.stdin.flush()
+            for output in starters:
+                output.expect("ready")
+            _assert_schema_and_registry(url)
 
 
 def _listening_socket(port: int) -> str | None:
@@ -195,7 +232,7 @@ def test_the_whole_set_of_processes_starts_together_on_a_fresh_database(
         commands = {
             "api": ([FEATURESTORE, "serve", "--workers", "4", "--port", str(port)],
                     common | {"registry_url": url}),
-            "stream worker": ([FEATURESTORE, "stream", "run", "--idle-seconds", "1"],
+            "stream worker": ([FEATURESTORE, "stream", "run"],
                               common | {"registry_url": applied_registry}),
             "monitor worker": ([FEATURESTORE, "monitors", "run", "--once"],
                                common | {"registry_url": applied_registry}),
@@ -209,14 +246,21 @@ def test_the_whole_set_of_processes_starts_together_on_a_fresh_database(
         }
         server = started.pop("api")
         try:
+            # The stream worker logs the topics it created (its group's repartition topic is
+            # new) once it has opened the registry and reached Kafka; then it is stopped.
+            stream = started.pop("stream worker")
+            stream_log = Lines(stream, stream.stderr)
+            stream_log.expect("created topics")
+            stream.terminate()
+            assert stream.wait(timeout=START_TIMEOUT) == 0, stream_log.text()
+            assert "stopped: applied 0 events" in stream_log.text()
             outputs = {name: process.communicate(timeout=START_TIMEOUT)
                        for name, process in started.items()}
             codes = {name: process.returncode for name, process in started.items()}
-            # The CLI job and the stream worker end with 0; the monitor worker ends its one pass
-            # with 1, its monitor having no baseline yet: it came up and checked.
-            assert codes == {"stream worker": 0, "monitor worker": 1, "cli": 0}, outputs
+            # The CLI job ends with 0; the monitor worker ends its one pass with 1, its monitor
+            # having no baseline yet: it came up and checked.
+            assert codes == {"monitor worker": 1, "cli": 0}, outputs
             assert outputs["cli"][0].startswith("fsk_")
-            assert "stopped: applied 0 events" in outputs["stream worker"][1]
             assert "0 windows checked" in outputs["monitor worker"][1]
             assert "no baseline" in outputs["monitor worker"][1]
             wait_for(lambda: server.poll() is not None or _ready(port), START_TIMEOUT, "/readyz")
