@@ -13,7 +13,7 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -253,11 +253,12 @@ def _feast_read(
     for column in response.results:
         result.values.append([feast_value_type_to_python_type(v) for v in column.values])
         result.statuses.append([FieldStatus.Name(s) for s in column.statuses])
-        result.event_timestamps.append([
-            datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
-            if ts.seconds or ts.nanos else None
+        # Exact microseconds, written as the Redis path writes them (a float of seconds and
+        # nanos loses the last microsecond digits).
+        result.event_timestamps.append(_iso([
+            ts.seconds * 1_000_000 + ts.nanos // 1_000 if ts.seconds or ts.nanos else None
             for ts in column.event_timestamps
-        ])
+        ]))
     at = {name: i for i, name in enumerate(result.feature_names)}
     for read in plan.on_demand:
         for feature in read.features:
