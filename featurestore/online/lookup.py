@@ -65,6 +65,14 @@ _EXPECTED = {
     ValueType.FLOAT: ("finite numbers", (int, float), None),
     ValueType.STRING: ("strings", (str,), None),
 }
+_NUMBERS = (ValueType.DOUBLE, ValueType.FLOAT)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float (JSON allows 400 digits)
+        return False
 
 
 def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
@@ -74,9 +82,10 @@ def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
         if (
             type(value) not in types
             or (bound is not None and not -bound <= value < bound)
-            or (type(value) is float and not math.isfinite(value))
+            or (value_type in _NUMBERS and not _finite(value))
         ):
-            raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {shown}")
 
 
 def _not_finite(value: object) -> bool:

@@ -214,7 +214,7 @@ def _post_raw(client, path: str, body: str):
     return client.post(path, content=body, headers={"content-type": "application/json"})
 
 
-@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e309"])
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e309", "1" + "0" * 400])
 def test_non_finite_request_values_are_a_400_naming_the_field(client, literal) -> None:
     response = _post_raw(client, "/v1/online-features", (
         f'{{"feature_service": "{SERVICE}", "entities": {{"card_id": [1, 2], '
