@@ -824,7 +824,12 @@ def _read_source(
     offline.validate_files(files, table, schema)
     if not files:
         return schema.empty_table()
-    return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
+    try:
+        return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
+    except pa.ArrowInvalid as exc:  # nanosecond times that microseconds cannot hold, ...
+        raise InputDataError(
+            f"raw source {table.name!r} in {table.path}: {exc}; the store keeps microseconds"
+        ) from None
 
 
 def _latest_label(labels: pa.Table, label_time: str) -> pa.Table:

@@ -194,10 +194,12 @@ def write_atomically(table: pa.Table, path: Path, **parquet_options: object) -> 
 
 
 def write_days(table: Path, rows: pa.Table, timestamp_field: str, file_name: str) -> list[Path]:
-    """Write `rows` into the day partitions of their event times, one file `file_name` each."""
+    """Write `rows` into the UTC day partitions of their event times, one file `file_name` each."""
     if not rows.num_rows:
         return []
-    day = pc.strftime(rows.column(timestamp_field), "%Y-%m-%d")
+    times = rows.column(timestamp_field)
+    # strftime writes a zoned timestamp's local date; partitions are UTC days (naive is UTC).
+    day = pc.strftime(times.cast(pa.timestamp(times.type.unit, tz="UTC")), "%Y-%m-%d")
     written = []
     for value in pc.unique(day).to_pylist():
         path = table / f"{PARTITION}={value}" / file_name

@@ -196,6 +196,7 @@ def _comparable(ref_values: pa.Array, cur_values: pa.Array) -> tuple[pa.Array, p
     if ref_values.type == cur_values.type:
         return ref_values, cur_values
     for family, common in (
+        (pa.types.is_integer, pa.int64()),
         (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t),
          pa.float64()),
         (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), pa.large_string()),
@@ -203,8 +204,8 @@ def _comparable(ref_values: pa.Array, cur_values: pa.Array) -> tuple[pa.Array, p
         if family(ref_values.type) and family(cur_values.type):
             try:
                 return ref_values.cast(common), cur_values.cast(common)
-            except pa.ArrowInvalid:  # integers beyond 2**53 have no exact float
-                return ref_values, cur_values
+            except pa.ArrowInvalid:  # no exact common type (uint64 beyond int64, 2**53 + 1)
+                continue
     return ref_values, cur_values
 
 

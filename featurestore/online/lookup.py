@@ -13,7 +13,7 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,14 @@ _EXPECTED = {
     ValueType.FLOAT: ("finite numbers", (int, float), None),
     ValueType.STRING: ("strings", (str,), None),
 }
+_NUMBERS = (ValueType.DOUBLE, ValueType.FLOAT)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float (JSON allows 400 digits)
+        return False
 
 
 def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
@@ -74,9 +82,10 @@ def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
         if (
             type(value) not in types
             or (bound is not None and not -bound <= value < bound)
-            or (type(value) is float and not math.isfinite(value))
+            or (value_type in _NUMBERS and not _finite(value))
         ):
-            raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {value!r}")
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {shown}")
 
 
 def _not_finite(value: object) -> bool:
@@ -253,11 +262,12 @@ def _feast_read(
     for column in response.results:
         result.values.append([feast_value_type_to_python_type(v) for v in column.values])
         result.statuses.append([FieldStatus.Name(s) for s in column.statuses])
-        result.event_timestamps.append([
-            datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
-            if ts.seconds or ts.nanos else None
+        # Exact microseconds, written as the Redis path writes them (a float of seconds and
+        # nanos loses the last microsecond digits).
+        result.event_timestamps.append(_iso([
+            ts.seconds * 1_000_000 + ts.nanos // 1_000 if ts.seconds or ts.nanos else None
             for ts in column.event_timestamps
-        ])
+        ]))
     at = {name: i for i, name in enumerate(result.feature_names)}
     for read in plan.on_demand:
         for feature in read.features:

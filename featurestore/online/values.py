@@ -74,10 +74,12 @@ def _fixed_width_values(raw: Sequence[bytes | None], value_type: ValueType) -> l
 
     Each value's own length, tag and (for ints) varint byte are checked: a byte total alone can
     match with missing values and longer varints adding up to it."""
-    if None in raw:
-        return None
     packed, tag = _FIXED_WIDTH[value_type]
-    if set(map(len, raw)) != {packed.itemsize}:
+    try:
+        widths = set(map(len, raw))
+    except TypeError:  # a missing value (None)
+        return None
+    if widths != {packed.itemsize}:
         return None
     values = np.frombuffer(b"".join(raw), packed)
     if not (values["tag"] == tag).all():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
@@ -214,7 +214,7 @@ def _post_raw(client, path: str, body: str):
     return client.post(path, content=body, headers={"content-type": "application/json"})
 
 
-@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e309"])
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e309", "1" + "0" * 400])
 def test_non_finite_request_values_are_a_400_naming_the_field(client, literal) -> None:
     response = _post_raw(client, "/v1/online-features", (
         f'{{"feature_service": "{SERVICE}", "entities": {{"card_id": [1, 2], '
@@ -552,6 +552,15 @@ def test_dataset_job_equals_a_direct_export(settings, client, tmp_path) -> None:
           "amount": [1.0], "event_timestamp": ["yesterday"]}}, 400, "event_timestamp"),
         ({"feature_service": SERVICE, "entities": {"card_id": [1], "amount": [1.0],
           "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400, "merchant_id"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [1],
+          "amount": [True], "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400,
+         "column 'amount' is bool, expected double"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [1],
+          "amount": ["12.5"], "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400,
+         "column 'amount' is string, expected double"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [1],
+          "amount": [1.0], "event_timestamp": ["0001-01-01T00:00:00+14:00"]}}, 400,
+         "event_timestamp[0] 0001-01-01T00:00:00+14:00 is outside years 1 to 9999"),
     ],
 )
 def test_bad_dataset_requests_are_4xx(client, body, status, named) -> None:
@@ -571,8 +580,10 @@ def test_other_online_stores_go_through_feasts_reader(configure) -> None:
     embedded = configure(api_auth="off")
     store = apply(embedded)
     writer = writer_for(embedded, store, select_views(store, ["card_profile"])[0])
+    # Feast's SQLite store keeps whole seconds.
+    written = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     writer.write(pa.table({
-        "card_id": [FRESH_CARD], "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+        "card_id": [FRESH_CARD], "event_timestamp": [written],
         "credit_limit": [777.0], "card_age_days": [3], "home_country": ["FR"],
         "card_tier": ["gold"],
     }))
@@ -587,6 +598,9 @@ def test_other_online_stores_go_through_feasts_reader(configure) -> None:
         columns = _columns(response.json())
         assert columns["credit_limit"]["values"] == [777.0, None]
         assert columns["card_tier"]["statuses"] == ["PRESENT", "NOT_FOUND"]
+        # Event times written as the Redis path writes them.
+        stamp = written.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        assert columns["credit_limit"]["event_timestamps"] == [stamp, None]
         bad = client.post("/v1/online-features", json={
             "features": ["card_profile:nope"], "entities": {"card_id": [1]}})
         assert bad.status_code == 404

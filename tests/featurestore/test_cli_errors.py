@@ -187,3 +187,15 @@ def test_entities_on_a_repo_without_the_examples_sources(configure, tmp_path) ->
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert "no data source 'transactions_raw' (it has: ['users_raw'])" in lines[0]
     assert not (tmp_path / "entities.parquet").exists()
+
+
+def test_entities_from_nanosecond_times_microseconds_cannot_hold(repo, tmp_path) -> None:
+    events = _good_events()
+    nanos = pa.array([1_769_947_200_000_000_001] * 3, pa.timestamp("ns", tz="UTC"))
+    _raw_transactions(repo, date(2026, 2, 1), events.set_column(8, "event_timestamp", nanos))
+    out = tmp_path / "entities.parquet"
+    result = _run("entities", "--start", "2026-02-01", "--end", "2026-02-02", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "raw source 'transactions_raw'" in output and "would lose data" in output
+    assert not out.exists()

@@ -109,3 +109,17 @@ def test_dataset_entity_times_are_read_by_the_same_parser() -> None:
     assert table.column("event_timestamp").type == pa.timestamp("us", tz="UTC")
     with pytest.raises(RangeError, match=r"event_timestamp\[0\] .* outside years 1 to 9999"):
         entity_table({"event_timestamp": ["0001-01-01T00:00:00+14:00"]}, max_rows=10)
+
+
+@pytest.mark.parametrize("zone", [None, "UTC", "America/New_York", "Pacific/Kiritimati"])
+def test_rows_go_to_the_partition_of_their_utc_day(tmp_path, zone) -> None:
+    import pyarrow.parquet as pq
+
+    from featurestore.offline import write_days
+
+    moments = [datetime(2026, 11, 16, 1, tzinfo=UTC), datetime(2026, 11, 15, 12, tzinfo=UTC)]
+    micros = utc_micros([m.isoformat() for m in moments], "t")
+    rows = pa.table({"t": pa.array(micros, pa.timestamp("us", tz=zone)), "id": [1, 2]})
+    written = write_days(tmp_path, rows, "t", "part.parquet")
+    assert sorted(p.parent.name for p in written) == ["event_date=2026-11-15", "event_date=2026-11-16"]
+    assert pq.read_table(tmp_path / "event_date=2026-11-16" / "part.parquet").column("id").to_pylist() == [1]

@@ -291,6 +291,7 @@ def _labels(seed: int, n: int = 2_000) -> tuple[np.ndarray, np.ndarray, np.ndarr
         (lambda ref, cur, binary: (ref, binary.astype(bool)), True, False),
         (lambda ref, cur, binary: (binary, binary[::-1].astype(bool)), False, False),
         (lambda ref, cur, binary: (ref.astype(np.int32), cur), False, False),
+        (lambda ref, cur, binary: (ref.astype(np.uint64) + 2**60, cur + 2**60), False, False),
         (lambda ref, cur, binary: (ref.astype(str), pd.Categorical(cur.astype(str))), False, False),
     ],
 )
