@@ -7,7 +7,7 @@ import contextlib
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import ValidationError
@@ -21,21 +21,19 @@ from featurestore.api.http import (
     json_response,
     scope_checker,
 )
-from featurestore.api.schemas import ErrorBody, OnlineFeaturesRequest, OnlineFeaturesResponse
+from featurestore.api.schemas import (
+    OnlineFeaturesRequest,
+    OnlineFeaturesResponse,
+    error_responses,
+)
 from featurestore.api.state import ServingState
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
 from monitors import api as monitoring
 
-ERRORS = {
-    400: {"model": ErrorBody, "description": "Bad entity keys or request fields (named)."},
-    401: {"model": ErrorBody, "description": "Missing, invalid or revoked API key."},
-    403: {"model": ErrorBody, "description": "The API key lacks the scope."},
-    404: {"model": ErrorBody, "description": "Unknown feature service, view or feature (named)."},
-    413: {"model": ErrorBody, "description": "More entities than `serve_max_entities`."},
-    422: {"model": ErrorBody, "description": "Malformed body."},
-    503: {"model": ErrorBody, "description": "Online store down; retry after Retry-After."},
-}
+# Every route behind a key: the key's errors, and 503 while the database of keys is down.
+KEYED = error_responses(401, 403, 503)
+LOOKUP_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
 read_features = Depends(scope_checker("features:read"))
 
 
@@ -98,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/v1/online-features",
         response_model=OnlineFeaturesResponse,
-        responses=ERRORS,
+        responses=LOOKUP_ERRORS,
         tags=["features"],
         summary="Look up online features for a batch of entities",
         openapi_extra={"requestBody": {"required": True, "content": {
@@ -126,14 +124,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  full_feature_names=body.full_feature_names)
         return json_response(result.to_response())
 
-    @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"])
+    @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"], responses=KEYED)
     async def feature_views(request: Request) -> Response:
         views = request.app.state.serving.catalog.views.values()
         return json_response({"feature_views": [_catalog_view(v) for v in views]})
 
     @app.get(
         "/v1/feature-views/{name}", dependencies=[read_features], tags=["catalog"],
-        responses={404: ERRORS[404]},
+        responses=error_responses(401, 403, 404, 503),
     )
     async def feature_view(name: str, request: Request) -> Response:
         view = request.app.state.serving.catalog.views.get(name)
@@ -141,14 +139,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "unknown_name", f"unknown feature view {name!r}")
         return json_response(_catalog_view(view))
 
-    @app.get("/v1/feature-services", dependencies=[read_features], tags=["catalog"])
+    @app.get(
+        "/v1/feature-services", dependencies=[read_features], tags=["catalog"], responses=KEYED
+    )
     async def feature_services(request: Request) -> Response:
         services = request.app.state.serving.catalog.services.values()
         return json_response({"feature_services": [_catalog_service(s) for s in services]})
 
     @app.get(
         "/v1/feature-services/{name}", dependencies=[read_features], tags=["catalog"],
-        responses={404: ERRORS[404]},
+        responses=error_responses(401, 403, 404, 503),
     )
     async def feature_service(name: str, request: Request) -> Response:
         service = request.app.state.serving.catalog.services.get(name)
@@ -160,7 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"], summary="Redis and the registry answer")
+    @app.get(
+        "/readyz", tags=["operations"], summary="Redis and the registry answer",
+        responses={503: {"description": "Not ready: `checks` says which dependency fails."}},
+    )
     async def readyz(request: Request) -> Response:
         state: ServingState = request.app.state.serving
         checks: dict[str, str] = {}
@@ -184,7 +187,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers,
         )
 
-    @app.get("/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))])
+    @app.get(
+        "/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))],
+        response_class=PlainTextResponse, responses=KEYED,
+        summary="Prometheus metrics of every worker process (text exposition format)",
+    )
     async def metrics() -> Response:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # every worker process's samples

@@ -11,12 +11,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from featurestore.apikeys import ApiKey
 from featurestore.errors import (
@@ -94,14 +97,74 @@ def install_error_handlers(app, retry_after_seconds: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        return json_response(
-            {"error": {"code": "malformed_request", "message": problems,
-                       "details": orjson.loads(orjson.dumps(exc.errors(), default=str))}},
-            422,
-        )
+        return json_response(malformed_body(exc.errors()), 422)
+
+    @app.exception_handler(HTTPException)
+    async def _framework(request: Request, exc: HTTPException) -> Response:
+        # Routing (unknown path, a method the path lacks) and FastAPI's body parsing (not UTF-8,
+        # nested too deeply) raise these: the same error shape as ours.
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app, request.scope))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            return error_response(ApiError(
+                405, "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}; allowed: {allow}",
+                {"Allow": allow},
+            ))
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return error_response(ApiError(exc.status_code, code, message, exc.headers))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        # Our own bug (the traceback is logged by the server): still the documented shape.
+        return error_response(ApiError(
+            500, "internal_error", "internal server error (the server log has the details)"
+        ))
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """Every method some route serves on the path of `scope`, and OPTIONS, which we answer.
+    (Starlette's own 405 names only the methods of the first route on the path.)"""
+    served = [
+        method for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL
+               for route in app.router.routes)
+    ]
+    return sorted([*served, "OPTIONS"])
+
+
+_LISTED_PROBLEMS = 20  # a 422 lists this many problems, then counts the rest
+
+
+def _printable(part: object) -> str | int:
+    """A location part as JSON can carry it: lone surrogates escaped, never the input itself."""
+    if isinstance(part, int):
+        return part
+    return str(part).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def malformed_body(errors: list[dict]) -> dict:
+    """The 422 body: each problem's location, type and message, never the input that caused it
+    (it may be huge, or hold what JSON cannot encode: ints over 64 bits, lone surrogates)."""
+    details = [
+        {"type": e["type"], "loc": [_printable(p) for p in e["loc"]],
+         "msg": _printable(e["msg"])}
+        for e in errors[:_LISTED_PROBLEMS]
+    ]
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details
+    )
+    if len(errors) > _LISTED_PROBLEMS:
+        problems += f"; and {len(errors) - _LISTED_PROBLEMS} more"
+    return {"error": {"code": "malformed_request", "message": problems, "details": details}}
 
 
 def bearer_token(request: Request) -> str | None:

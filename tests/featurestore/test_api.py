@@ -287,22 +287,11 @@ def _latest_transactions(settings) -> pa.Table:
 
 
 def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) -> None:
-    import torch
-
     from featurestore.api.app import create_app
-    from featurestore.export import export
-    from featurestore.training.dataset import open_export
-    from featurestore.training.encoding import FeatureEncoding
-    from featurestore.training.model import FraudModel, fraud_mlp, save_model
 
     entities = _latest_transactions(settings)
     assert entities.num_rows >= 3
-    out = export(settings, entities, tmp_path / "rows.parquet", feature_service=SERVICE)
-    exported = open_export(out.path)
-    encoding = FeatureEncoding.from_export(exported.schema, exported.metadata)
-    torch.manual_seed(3)
-    model = FraudModel(fraud_mlp(encoding.width), encoding, out.export_id, {}, SERVICE)
-    save_model(model, tmp_path / "model.pt")
+    model, out = pipeline.untrained_model(settings, entities, tmp_path, SERVICE)
     offline = model.score(pq.read_table(out.path))
 
     own = settings.model_copy(update={"api_auth": "off", "model_path": tmp_path / "model.pt"})
