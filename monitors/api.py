@@ -518,7 +518,7 @@ def router(settings: Settings) -> APIRouter:
                    400: _error("ends_at not after starts_at, or a time outside the UTC range "
                                "(named)."),
                    409: _error("The monitors file is missing or invalid."),
-                   **UNAVAILABLE, **INVALID},
+                   **error_responses(413), **UNAVAILABLE, **INVALID},
         summary="Silence a monitor's alerts (on one target, or all) for a while",
     )
     async def add_silence(

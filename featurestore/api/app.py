@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/feature-views/{name}", dependencies=[read_features], tags=["catalog"],
-        responses=error_responses(401, 403, 404, 503),
+        responses=error_responses(401, 403, 404, 422, 503),
     )
     async def feature_view(name: str, request: Request) -> Response:
         view = request.app.state.serving.catalog.views.get(name)
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/feature-services/{name}", dependencies=[read_features], tags=["catalog"],
-        responses=error_responses(401, 403, 404, 503),
+        responses=error_responses(401, 403, 404, 422, 503),
     )
     async def feature_service(name: str, request: Request) -> Response:
         service = request.app.state.serving.catalog.services.get(name)
@@ -189,7 +189,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))],
-        response_class=PlainTextResponse, responses=KEYED,
+        # A text route: its errors' JSON spelled out (with a model FastAPI documents them as
+        # text/plain, the route's type; ErrorBody is in the document through the other routes).
+        response_class=PlainTextResponse,
+        responses={status: {"description": doc["description"], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorBody"}
+        }}} for status, doc in KEYED.items()},
         summary="Prometheus metrics of every worker process (text exposition format)",
     )
     async def metrics() -> Response:
