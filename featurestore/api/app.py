@@ -59,6 +59,31 @@ def _catalog_service(service) -> dict:
     }
 
 
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+def _document_bearer_keys(app: FastAPI) -> None:
+    """Put the bearer key in the OpenAPI document, on every operation but the open ones: our
+    scope check is a plain dependency (the hot route calls it directly), not one of FastAPI's
+    security classes, which would document it themselves."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {})["securitySchemes"] = {"apiKey": {
+                "type": "http", "scheme": "bearer",
+                "description": "`featurestore keys create --scope ...` prints one.",
+            }}
+            for path, operations in document["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -207,6 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
     )
     app.include_router(monitoring.router(settings))  # scopes per route: read or write
+    _document_bearer_keys(app)
     return app
 
 

@@ -192,11 +192,13 @@ def test_framework_errors_have_the_error_shape(client) -> None:
 def test_every_status_a_route_answers_is_in_the_openapi_document(client) -> None:
     spec = client.get("/openapi.json").json()
     open_routes = {"/healthz", "/readyz"}
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             documented = set(operation["responses"])
             if path not in open_routes:
                 assert {"401", "403", "503"} <= documented, (method, path)
+                assert operation["security"] == [{"apiKey": []}], (method, path)
             if "requestBody" in operation:
                 assert {"400", "413", "422"} <= documented, (method, path)
             for status, response in operation["responses"].items():
