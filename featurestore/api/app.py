@@ -24,6 +24,7 @@ from featurestore.api.http import (
 from featurestore.api.schemas import (
     OnlineFeaturesRequest,
     OnlineFeaturesResponse,
+    Readiness,
     error_responses,
 )
 from featurestore.api.state import ServingState
@@ -187,7 +188,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/readyz", tags=["operations"], summary="Redis and the registry answer",
-        responses={503: {"description": "Not ready: `checks` says which dependency fails."}},
+        response_model=Readiness,
+        responses={503: {"model": Readiness,
+                         "description": "Not ready: `checks` says which dependency fails."}},
     )
     async def readyz(request: Request) -> Response:
         state: ServingState = request.app.state.serving

@@ -160,7 +160,7 @@ def malformed_body(errors: list[dict]) -> dict:
         for e in errors[:_LISTED_PROBLEMS]
     ]
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details
+        f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details
     )
     if len(errors) > _LISTED_PROBLEMS:
         problems += f"; and {len(errors) - _LISTED_PROBLEMS} more"

@@ -187,6 +187,11 @@ class DatasetJob(BaseModel):
     download: str | None
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="Per dependency: 'ok', or why not.")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable: e.g. unknown_name, bad_entities.")
     message: str = Field(description="What is wrong, naming the field or value at fault.")
