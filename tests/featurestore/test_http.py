@@ -1,11 +1,8 @@
-"""The API's pure rules: the 422 body, the check of strings bound for SQL and the entity times
-of a dataset, against naive oracles on arbitrary text (lone surrogates, NUL), integers (beyond
-64 bits) and times (every offset, the edges of years 1 and 9999); and the error shape of a
-bug's 500."""
+"""The HTTP plumbing's pure parts: the 422 body and the check of strings bound for SQL, against
+naive oracles on arbitrary text (lone surrogates, NUL) and integers (beyond 64 bits); and the
+error shape of a bug's 500."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -82,32 +79,3 @@ def test_iso_datetimes_are_strings_only(moment) -> None:
     for not_a_string in (0, 1.5, True):
         with pytest.raises(ValidationError, match="ISO-8601"):
             parsed.validate_python(not_a_string)
-
-
-OFFSETS = st.builds(
-    timezone, st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
-                            max_value=timedelta(hours=23, minutes=59)).map(
-        lambda delta: timedelta(minutes=delta // timedelta(minutes=1)))
-)
-EDGES = st.sampled_from([datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999_999),
-                         datetime(1970, 1, 1)])
-LOCAL_TIMES = st.one_of(st.datetimes(), EDGES)
-MICROSECOND = timedelta(microseconds=1)
-LAST_MICROSECOND = (datetime.max - datetime.min) // MICROSECOND
-
-
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(LOCAL_TIMES, st.one_of(st.none(), OFFSETS))
-def test_entity_times_are_the_instant_in_utc_or_a_named_error(local, offset) -> None:
-    from featurestore.api.datasets import entity_times
-
-    text = (local if offset is None else local.replace(tzinfo=offset)).isoformat()
-    # The oracle: microseconds since 0001-01-01T00:00 UTC, by plain integer arithmetic.
-    shift = 0 if offset is None else offset.utcoffset(None) // MICROSECOND
-    utc_micros = (local - datetime.min) // MICROSECOND - shift
-    if 0 <= utc_micros <= LAST_MICROSECOND:
-        expected = datetime.min.replace(tzinfo=UTC) + utc_micros * MICROSECOND
-        assert entity_times([None, text]) == [None, expected]
-    else:
-        with pytest.raises(ValueError, match=r"row 1: .* between 0001-01-01 and 9999-12-31"):
-            entity_times([None, text])
