@@ -141,21 +141,25 @@ def allowed_methods(app, scope) -> list[str]:
     return sorted([*served, "OPTIONS"])
 
 
-_LISTED_PROBLEMS = 20  # a 422 lists this many problems, then counts the rest
+# A 422 lists this many problems, then counts the rest; each location part (a key of the body
+# is one) is cut this short: it names what is wrong without echoing the input back.
+_LISTED_PROBLEMS = 20
+_LOCATION_CHARS = 80
 
 
-def _printable(part: object) -> str | int:
-    """A location part as JSON can carry it: lone surrogates escaped, never the input itself."""
+def _printable(part: object, limit: int | None = None) -> str | int:
+    """A location part or message as JSON can carry it: lone surrogates escaped, cut to
+    `limit` characters."""
     if isinstance(part, int):
         return part
-    return str(part).encode("utf-8", "backslashreplace").decode("utf-8")
+    return str(part)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def malformed_body(errors: list[dict]) -> dict:
     """The 422 body: each problem's location, type and message, never the input that caused it
     (it may be huge, or hold what JSON cannot encode: ints over 64 bits, lone surrogates)."""
     details = [
-        {"type": e["type"], "loc": [_printable(p) for p in e["loc"]],
+        {"type": e["type"], "loc": [_printable(p, _LOCATION_CHARS) for p in e["loc"]],
          "msg": _printable(e["msg"])}
         for e in errors[:_LISTED_PROBLEMS]
     ]

@@ -142,6 +142,7 @@ _HUGE_INT = {"feature_service": 2**64, "entities": {"card_id": [1]}}
 # (the lookup route's) refuses the whole body.
 _SURROGATE = {"feature_service": SERVICE, "entities": {"card_id": [1]}, "\ud800": 2**70}
 _MANY_BAD = {"features": list(range(5_000)), "entities": {"card_id": [1]}}
+_LONG_KEY = {"feature_service": SERVICE, "entities": {"card_id": [1]}, "k" * 10_000: 1}
 
 
 @pytest.mark.parametrize(("path", "body", "named"), [
@@ -153,6 +154,8 @@ _MANY_BAD = {"features": list(range(5_000)), "entities": {"card_id": [1]}}
     ("/v1/datasets", _SURROGATE, "body"),
     ("/v1/online-features", _MANY_BAD, "and 4980 more"),
     ("/v1/datasets", _MANY_BAD, "and 4980 more"),
+    ("/v1/online-features", _LONG_KEY, "k" * 80 + ": Extra inputs"),
+    ("/v1/score", _LONG_KEY, "k" * 80 + ": Extra inputs"),
 ])
 def test_a_422_names_the_fields_and_never_echoes_the_input(client, path, body, named) -> None:
     import json

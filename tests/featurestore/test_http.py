@@ -20,7 +20,8 @@ TEXT = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF
 INTEGERS = st.integers(min_value=-(2**80), max_value=2**80)
 PROBLEM = st.fixed_dictionaries({
     "type": st.sampled_from(["int_type", "value_error", "extra_forbidden"]),
-    "loc": st.lists(st.one_of(TEXT, st.integers(0, 10**6)), max_size=4),
+    "loc": st.lists(st.one_of(TEXT, st.text(min_size=81, max_size=200), st.integers(0, 10**6)),
+                    max_size=4),
     "msg": TEXT,
     "input": st.one_of(TEXT, INTEGERS, st.none()),
 })
@@ -36,6 +37,9 @@ def test_a_422_body_always_encodes_lists_a_bounded_number_and_never_the_input(er
     assert all(set(detail) == {"type", "loc", "msg"} for detail in details)
     for detail, problem in zip(details, errors):
         assert len(detail["loc"]) == len(problem["loc"])
+        for shown, sent in zip(detail["loc"], problem["loc"]):  # a key: cut, surrogates escaped
+            if isinstance(sent, str):
+                assert shown == sent[:80].encode("utf-8", "backslashreplace").decode()
         assert [p for p in detail["loc"] if isinstance(p, int)] == [
             p for p in problem["loc"] if isinstance(p, int)
         ]
