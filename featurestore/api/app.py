@@ -22,6 +22,10 @@ from featurestore.api.http import (
     scope_checker,
 )
 from featurestore.api.schemas import (
+    CatalogService,
+    CatalogServices,
+    CatalogView,
+    CatalogViews,
     OnlineFeaturesRequest,
     OnlineFeaturesResponse,
     Readiness,
@@ -150,14 +154,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  full_feature_names=body.full_feature_names)
         return json_response(result.to_response())
 
-    @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"], responses=KEYED)
+    @app.get(
+        "/v1/feature-views", dependencies=[read_features], tags=["catalog"], responses=KEYED,
+        response_model=CatalogViews,
+    )
     async def feature_views(request: Request) -> Response:
         views = request.app.state.serving.catalog.views.values()
         return json_response({"feature_views": [_catalog_view(v) for v in views]})
 
     @app.get(
         "/v1/feature-views/{name}", dependencies=[read_features], tags=["catalog"],
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 422, 503), response_model=CatalogView,
     )
     async def feature_view(name: str, request: Request) -> Response:
         view = request.app.state.serving.catalog.views.get(name)
@@ -166,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return json_response(_catalog_view(view))
 
     @app.get(
-        "/v1/feature-services", dependencies=[read_features], tags=["catalog"], responses=KEYED
+        "/v1/feature-services", dependencies=[read_features], tags=["catalog"], responses=KEYED,
+        response_model=CatalogServices,
     )
     async def feature_services(request: Request) -> Response:
         services = request.app.state.serving.catalog.services.values()
@@ -174,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/feature-services/{name}", dependencies=[read_features], tags=["catalog"],
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 422, 503), response_model=CatalogService,
     )
     async def feature_service(name: str, request: Request) -> Response:
         service = request.app.state.serving.catalog.services.get(name)

@@ -187,6 +187,35 @@ class DatasetJob(BaseModel):
     download: str | None
 
 
+class CatalogFeature(BaseModel):
+    name: str
+    dtype: str = Field(description="Feast's type: Int64, Float64, String, ...")
+
+
+class CatalogView(BaseModel):
+    name: str
+    entities: list[str] = Field(description="Its join keys.")
+    features: list[CatalogFeature]
+    ttl_seconds: float = Field(description="Rows older than this are OUTSIDE_MAX_AGE (0: never).")
+    description: str
+    tags: dict[str, str]
+    aggregated: bool = Field(description="Windowed aggregates of the transaction stream.")
+
+
+class CatalogService(BaseModel):
+    name: str
+    description: str
+    features: list[str] = Field(description="Its feature references '<view>:<feature>'.")
+
+
+class CatalogViews(BaseModel):
+    feature_views: list[CatalogView]
+
+
+class CatalogServices(BaseModel):
+    feature_services: list[CatalogService]
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     checks: dict[str, str] = Field(description="Per dependency: 'ok', or why not.")

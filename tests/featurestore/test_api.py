@@ -223,6 +223,10 @@ def test_every_status_a_route_answers_is_in_the_openapi_document(client) -> None
 
 
 def test_catalog_and_openapi(client) -> None:
+    from featurestore.api.schemas import CatalogServices, CatalogViews
+
+    CatalogViews.model_validate_json(client.get("/v1/feature-views").content, strict=True)
+    CatalogServices.model_validate_json(client.get("/v1/feature-services").content, strict=True)
     views = client.get("/v1/feature-views").json()["feature_views"]
     assert {v["name"] for v in views} == {
         "card_profile", "card_transaction_features", "merchant_transaction_features"
