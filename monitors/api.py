@@ -18,12 +18,19 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import OperationalError
 
 from featurestore.api.http import ApiError, json_response, scope_checker
-from featurestore.api.schemas import ErrorBody
+from featurestore.api.schemas import (
+    ErrorBody,
+    IsoDatetime,
+    StoredText,
+    error_responses,
+    exactly_one,
+)
 from featurestore.apikeys import ApiKey
 from featurestore.db import engine
 from featurestore.settings import Settings
@@ -43,6 +50,12 @@ T = TypeVar("T")
 Writer = Annotated[ApiKey | None, Depends(scope_checker("monitors:write"))]
 OPEN = "open"  # not resolved: triggered or acknowledged
 AlertStatus = Literal["open", "triggered", "acknowledged", "resolved", "all"]
+# Run, alert and silence ids are SQL INTEGER keys: a larger id names nothing, and the database
+# would refuse to compare it.
+ID_MAX = 2**31 - 1
+RowId = Annotated[int, PathParam(ge=1, le=ID_MAX)]
+Before = Annotated[int | None, Query(ge=1, le=ID_MAX, description="Ids below this one (paging)")]
+MonitorName = Annotated[StoredText | None, Query(description="Only this monitor's")]
 
 
 def _error(description: str) -> dict:
@@ -51,6 +64,7 @@ def _error(description: str) -> dict:
 
 AUTH = {401: _error("Missing, invalid or revoked API key."), 403: _error("The key lacks the scope.")}
 UNAVAILABLE = {503: _error("Our SQL database is down; retry after Retry-After.")}
+INVALID = error_responses(422)  # a parameter or the body does not match the schema
 BAD_CONFIG = {409: _error("The monitors file is missing or invalid (the message names the field).")}
 
 
@@ -58,25 +72,40 @@ class SilenceRequest(BaseModel):
     """No page for `monitor`'s alerts on `target` (every target when null) for `minutes` from
     `starts_at` (default now), or until `ends_at`."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "monitor": "fraud_scoring", "target": "card_transaction_features:card_txn_count_1h",
-        "minutes": 60, "comment": "backfill of the card stream until 15:00",
-    }]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        **exactly_one(("minutes", {"type": "number"}), ("ends_at", {"type": "string"})),
+        "examples": [{
+            "monitor": "fraud_scoring", "target": "card_transaction_features:card_txn_count_1h",
+            "minutes": 60, "comment": "backfill of the card stream until 15:00",
+        }],
+    })
 
-    monitor: str
+    monitor: StoredText
     # A feature's definition name, a feature view (freshness), `score`, `dataset` (drift
     # share) or `joint` (multivariate): an alert's `target`.
-    target: str | None = None
-    minutes: float | None = Field(None, gt=0, le=366 * 24 * 60)  # longer: disable the monitor
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
-    comment: str = Field("", max_length=1000)
+    target: StoredText | None = None
+    # Longer: disable the monitor.
+    minutes: float | None = Field(None, gt=0, le=366 * 24 * 60, strict=True)
+    starts_at: IsoDatetime | None = None
+    ends_at: IsoDatetime | None = None
+    comment: StoredText = Field("", max_length=1000)
 
     @model_validator(mode="after")
     def _one_end(self) -> SilenceRequest:
         if (self.minutes is None) == (self.ends_at is None):
             raise ValueError("set exactly one of minutes or ends_at")
         return self
+
+
+def _utc(field: str, moment: datetime) -> datetime:
+    """`moment` in UTC, which we store; a 400 naming `field` when UTC has no such time (an
+    offset pushes 0001-01-01 or 9999-12-31 out of the datetime range)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(400, "bad_input",
+                       f"{field} ({moment.isoformat()}) is outside 0001-01-01T00:00:00Z to "
+                       "9999-12-31T23:59:59Z in UTC") from None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -265,7 +294,8 @@ def router(settings: Settings) -> APIRouter:
 
     @routes.get(
         "/v1/monitors/{name}", dependencies=reads,
-        responses={**AUTH, 404: _error("No such monitor."), **BAD_CONFIG, **UNAVAILABLE},
+        responses={**AUTH, 404: _error("No such monitor."), **BAD_CONFIG, **UNAVAILABLE,
+                   **INVALID},
         summary="One monitor, its latest run and its count of open alerts",
     )
     async def get_monitor(name: str) -> Response:
@@ -297,13 +327,13 @@ def router(settings: Settings) -> APIRouter:
         return row, features
 
     @routes.get(
-        "/v1/drift-runs", dependencies=reads, responses={**AUTH, **UNAVAILABLE},
+        "/v1/drift-runs", dependencies=reads, responses={**AUTH, **UNAVAILABLE, **INVALID},
         summary="Drift runs, newest first (`next` links the following page)",
     )
     async def list_runs(
-        monitor: str | None = None,
+        monitor: MonitorName = None,
         limit: int = Query(50, ge=1, le=500),
-        before: int | None = Query(None, description="Runs with a smaller id (keyset paging)"),
+        before: Before = None,
     ) -> Response:
         rows = await in_thread(load_runs, monitor, limit, before)
         page = [_run_summary(row) for row in rows]
@@ -314,10 +344,10 @@ def router(settings: Settings) -> APIRouter:
 
     @routes.get(
         "/v1/drift-runs/{run_id}", dependencies=reads,
-        responses={**AUTH, 404: _error("No such run."), **UNAVAILABLE},
+        responses={**AUTH, 404: _error("No such run."), **UNAVAILABLE, **INVALID},
         summary="A drift run with its per-feature tests and links to its report",
     )
-    async def get_run(run_id: int) -> Response:
+    async def get_run(run_id: RowId) -> Response:
         row, features = await in_thread(load_run, run_id)
         return json_response(_run(row, features))
 
@@ -338,19 +368,19 @@ def router(settings: Settings) -> APIRouter:
     @routes.get(
         "/v1/drift-runs/{run_id}/report", dependencies=reads, response_class=FileResponse,
         responses={**AUTH, 404: _error("No such run, no report, or its file is gone."),
-                   **UNAVAILABLE},
+                   **UNAVAILABLE, **INVALID},
         summary="The run's Evidently report (HTML)",
     )
-    async def report_html(run_id: int) -> Response:
+    async def report_html(run_id: RowId) -> Response:
         return FileResponse(await report_file(run_id, "report_html"), media_type="text/html")
 
     @routes.get(
         "/v1/drift-runs/{run_id}/report.json", dependencies=reads, response_class=FileResponse,
         responses={**AUTH, 404: _error("No such run, no report, or its file is gone."),
-                   **UNAVAILABLE},
+                   **UNAVAILABLE, **INVALID},
         summary="The run's Evidently report (JSON)",
     )
-    async def report_json(run_id: int) -> Response:
+    async def report_json(run_id: RowId) -> Response:
         path = await report_file(run_id, "report_json")
         return FileResponse(path, media_type="application/json")
 
@@ -379,14 +409,14 @@ def router(settings: Settings) -> APIRouter:
         return row
 
     @routes.get(
-        "/v1/alerts", dependencies=reads, responses={**AUTH, **UNAVAILABLE},
+        "/v1/alerts", dependencies=reads, responses={**AUTH, **UNAVAILABLE, **INVALID},
         summary="Alerts, newest first: open ones (triggered or acknowledged) by default",
     )
     async def list_alerts(
         status: AlertStatus = OPEN,
-        monitor: str | None = None,
+        monitor: MonitorName = None,
         limit: int = Query(50, ge=1, le=500),
-        before: int | None = Query(None, description="Alerts with a smaller id (keyset paging)"),
+        before: Before = None,
     ) -> Response:
         rows = await in_thread(load_alerts, status, monitor, limit, before)
         page = [_alert(alerts.alert_dict(row)) for row in rows]
@@ -397,10 +427,10 @@ def router(settings: Settings) -> APIRouter:
 
     @routes.get(
         "/v1/alerts/{alert_id}", dependencies=reads,
-        responses={**AUTH, 404: _error("No such alert."), **UNAVAILABLE},
+        responses={**AUTH, 404: _error("No such alert."), **UNAVAILABLE, **INVALID},
         summary="One alert",
     )
-    async def get_alert(alert_id: int) -> Response:
+    async def get_alert(alert_id: RowId) -> Response:
         return json_response(_alert(alerts.alert_dict(await in_thread(load_alert, alert_id))))
 
     def change(step, alert_id: int, who: str) -> dict:
@@ -416,13 +446,13 @@ def router(settings: Settings) -> APIRouter:
 
     transitions = {**AUTH, 404: _error("No such alert."),
                    409: _error("Already resolved, or the monitors file is missing or invalid."),
-                   **UNAVAILABLE}
+                   **UNAVAILABLE, **INVALID}
 
     @routes.post(
         "/v1/alerts/{alert_id}/acknowledge", responses=transitions,
         summary="Acknowledge an open alert (its notifiers are told; twice is harmless)",
     )
-    async def acknowledge(alert_id: int, key: Writer) -> Response:
+    async def acknowledge(alert_id: RowId, key: Writer) -> Response:
         alert = await in_thread(change, alerts.acknowledge, alert_id, by(key))
         return json_response(_alert(alert))
 
@@ -430,19 +460,19 @@ def router(settings: Settings) -> APIRouter:
         "/v1/alerts/{alert_id}/resolve", responses=transitions,
         summary="Resolve an open alert (its notifiers are told)",
     )
-    async def resolve(alert_id: int, key: Writer) -> Response:
+    async def resolve(alert_id: RowId, key: Writer) -> Response:
         alert = await in_thread(change, alerts.resolve, alert_id, by(key))
         return json_response(_alert(alert))
 
     # -- silences -------------------------------------------------------------------------
 
     @routes.get(
-        "/v1/silences", dependencies=reads, responses={**AUTH, **UNAVAILABLE},
+        "/v1/silences", dependencies=reads, responses={**AUTH, **UNAVAILABLE, **INVALID},
         summary="Silences in force now (all of them with ?all=true)",
     )
     async def list_silences(
         every: bool = Query(False, alias="all", description="Ended and future ones too"),
-        monitor: str | None = None,
+        monitor: MonitorName = None,
     ) -> Response:
         active_at = None if every else datetime.now(UTC)
         found = await in_thread(
@@ -465,10 +495,18 @@ def router(settings: Settings) -> APIRouter:
                 raise ApiError(404, "unknown_name",
                                f"monitor {body.monitor!r} raises no alert on target "
                                f"{body.target!r}; its targets: {sorted(targets)}")
-        starts_at = body.starts_at or datetime.now(UTC)
-        ends_at = body.ends_at or starts_at + timedelta(minutes=body.minutes)
+        starts_at = _utc("starts_at", body.starts_at) if body.starts_at else datetime.now(UTC)
+        if body.ends_at is not None:
+            ends_at = _utc("ends_at", body.ends_at)
+        else:
+            try:
+                ends_at = starts_at + timedelta(minutes=body.minutes)
+            except OverflowError:
+                raise ApiError(400, "bad_input",
+                               f"starts_at ({starts_at.isoformat()}) + {body.minutes} minutes "
+                               "is after 9999-12-31T23:59:59Z") from None
         if ends_at <= starts_at:
-            raise ApiError(422, "malformed_request",
+            raise ApiError(400, "bad_input",
                            f"ends_at ({ends_at.isoformat()}) must be after starts_at "
                            f"({starts_at.isoformat()})")
         return alerts.add_silence(
@@ -479,9 +517,10 @@ def router(settings: Settings) -> APIRouter:
     @routes.post(
         "/v1/silences", status_code=201,
         responses={**AUTH, 404: _error("No such monitor, or a target it never raises."),
+                   400: _error("ends_at not after starts_at, or a time outside the UTC range "
+                               "(named)."),
                    409: _error("The monitors file is missing or invalid."),
-                   422: _error("Malformed body, or ends_at not after starts_at."),
-                   **UNAVAILABLE},
+                   **error_responses(413), **UNAVAILABLE, **INVALID},
         summary="Silence a monitor's alerts (on one target, or all) for a while",
     )
     async def add_silence(
@@ -500,10 +539,10 @@ def router(settings: Settings) -> APIRouter:
 
     @routes.delete(
         "/v1/silences/{silence_id}", dependencies=[Depends(scope_checker("monitors:write"))],
-        responses={**AUTH, 404: _error("No such silence."), **UNAVAILABLE},
+        responses={**AUTH, 404: _error("No such silence."), **UNAVAILABLE, **INVALID},
         summary="End a silence now (it stays listed with ?all=true)",
     )
-    async def delete_silence(silence_id: int) -> Response:
+    async def delete_silence(silence_id: RowId) -> Response:
         return json_response(await in_thread(end, silence_id))
 
     return routes

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import redis
 
 
@@ -91,3 +95,39 @@ class PostgresServer:
         except subprocess.CalledProcessError:
             pass  # already stopped
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def featurestore_server(settings, tmp_path, **overrides: str) -> tuple[subprocess.Popen, str]:
+    """`featurestore serve` (two worker processes) on `settings`' data and a free port, once it
+    is ready; `overrides` are more settings (`api_auth="off"`). Its stderr goes to a file, which
+    never fills up and block the server as a pipe nobody reads would."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FEATURESTORE_PROFILE": settings.profile,
+        "FEATURESTORE_DATA_DIR": str(settings.data_dir),
+        "FEATURESTORE_REGISTRY_URL": settings.registry_url,
+        "FEATURESTORE_DATABASE_URL": settings.database_url,
+        "FEATURESTORE_REDIS_URL": settings.redis_url,
+        "FEATURESTORE_CONFIG": str(tmp_path / "absent.yaml"),
+        **{f"FEATURESTORE_{k.upper()}": v for k, v in overrides.items()},
+    }
+    log = tmp_path / f"serve-{port}.log"
+    with log.open("wb") as stderr:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "featurestore"), "serve", "--port", str(port),
+             "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        try:
+            return httpx.get(f"{url}/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, 90, "featurestore serve")
+    return server, url

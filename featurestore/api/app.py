@@ -8,7 +8,7 @@ import logging
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import ValidationError
@@ -23,23 +23,24 @@ from featurestore.api.http import (
     json_response,
     scope_checker,
 )
-from featurestore.api.schemas import ErrorBody, OnlineFeaturesRequest, OnlineFeaturesResponse
+from featurestore.api.schemas import (
+    CatalogService,
+    CatalogServices,
+    CatalogView,
+    CatalogViews,
+    OnlineFeaturesRequest,
+    OnlineFeaturesResponse,
+    Readiness,
+    error_responses,
+)
 from featurestore.api.state import ServingState
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
 from monitors import api as monitoring
 
-ERRORS = {
-    400: {"model": ErrorBody, "description": "Bad entity keys or request fields (named)."},
-    401: {"model": ErrorBody, "description": "Missing, invalid or revoked API key."},
-    403: {"model": ErrorBody, "description": "The API key lacks the scope."},
-    404: {"model": ErrorBody, "description": "Unknown feature service, view or feature (named)."},
-    413: {"model": ErrorBody, "description": "More entities than `serve_max_entities`, more "
-          "features than `serve_max_features`, or a body over `serve_max_body_bytes`."},
-    422: {"model": ErrorBody, "description": "Malformed body."},
-    503: {"model": ErrorBody, "description": "Online store or key table down; retry after "
-          "Retry-After."},
-}
+# Every route behind a key: the key's errors, and 503 while the database of keys is down.
+KEYED = error_responses(401, 403, 503)
+LOOKUP_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
 read_features = Depends(scope_checker("features:read"))
 log = logging.getLogger("featurestore.api")
 
@@ -64,6 +65,31 @@ def _catalog_service(service) -> dict:
             f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features
         ],
     }
+
+
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+def _document_bearer_keys(app: FastAPI) -> None:
+    """Put the bearer key in the OpenAPI document, on every operation but the open ones: our
+    scope check is a plain dependency (the hot route calls it directly), not one of FastAPI's
+    security classes, which would document it themselves."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {})["securitySchemes"] = {"apiKey": {
+                "type": "http", "scheme": "bearer",
+                "description": "`featurestore keys create --scope ...` prints one.",
+            }}
+            for path, operations in document["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -112,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/v1/online-features",
         response_model=OnlineFeaturesResponse,
-        responses=ERRORS,
+        responses=LOOKUP_ERRORS,
         tags=["features"],
         summary="Look up online features for a batch of entities",
         openapi_extra={"requestBody": {"required": True, "content": {
@@ -140,14 +166,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  full_feature_names=body.full_feature_names)
         return json_response(result.to_response())
 
-    @app.get("/v1/feature-views", dependencies=[read_features], tags=["catalog"])
+    @app.get(
+        "/v1/feature-views", dependencies=[read_features], tags=["catalog"], responses=KEYED,
+        response_model=CatalogViews,
+    )
     async def feature_views(request: Request) -> Response:
         views = request.app.state.serving.catalog.views.values()
         return json_response({"feature_views": [_catalog_view(v) for v in views]})
 
     @app.get(
         "/v1/feature-views/{name}", dependencies=[read_features], tags=["catalog"],
-        responses={404: ERRORS[404]},
+        responses=error_responses(401, 403, 404, 422, 503), response_model=CatalogView,
     )
     async def feature_view(name: str, request: Request) -> Response:
         view = request.app.state.serving.catalog.views.get(name)
@@ -155,14 +184,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "unknown_name", f"unknown feature view {name!r}")
         return json_response(_catalog_view(view))
 
-    @app.get("/v1/feature-services", dependencies=[read_features], tags=["catalog"])
+    @app.get(
+        "/v1/feature-services", dependencies=[read_features], tags=["catalog"], responses=KEYED,
+        response_model=CatalogServices,
+    )
     async def feature_services(request: Request) -> Response:
         services = request.app.state.serving.catalog.services.values()
         return json_response({"feature_services": [_catalog_service(s) for s in services]})
 
     @app.get(
         "/v1/feature-services/{name}", dependencies=[read_features], tags=["catalog"],
-        responses={404: ERRORS[404]},
+        responses=error_responses(401, 403, 404, 422, 503), response_model=CatalogService,
     )
     async def feature_service(name: str, request: Request) -> Response:
         service = request.app.state.serving.catalog.services.get(name)
@@ -174,7 +206,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"], summary="Redis and the registry answer")
+    @app.get(
+        "/readyz", tags=["operations"], summary="Redis and the registry answer",
+        response_model=Readiness,
+        responses={503: {"model": Readiness,
+                         "description": "Not ready: `checks` says which dependency fails."}},
+    )
     async def readyz(request: Request) -> Response:
         state: ServingState = request.app.state.serving
         checks: dict[str, str] = {}
@@ -203,7 +240,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers,
         )
 
-    @app.get("/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))])
+    @app.get(
+        "/metrics", tags=["operations"], dependencies=[Depends(scope_checker("monitors:read"))],
+        # A text route: its errors' JSON spelled out (with a model FastAPI documents them as
+        # text/plain, the route's type; ErrorBody is in the document through the other routes).
+        response_class=PlainTextResponse,
+        responses={status: {"description": doc["description"], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorBody"}
+        }}} for status, doc in KEYED.items()},
+        summary="Prometheus metrics of every worker process (text exposition format)",
+    )
     async def metrics() -> Response:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # every worker process's samples
@@ -214,6 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
     )
     app.include_router(monitoring.router(settings))  # scopes per route: read or write
+    _document_bearer_keys(app)
     return app
 
 

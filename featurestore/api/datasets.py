@@ -22,13 +22,14 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse, Response
 
 from featurestore.api.http import ApiError, json_response
-from featurestore.api.schemas import DatasetJob, DatasetRequest
+from featurestore.api.schemas import DatasetJob, DatasetRequest, StoredText, error_responses
 from featurestore.db import METADATA, engine
 from featurestore.errors import FeatureStoreError, InputDataError, TooManyFeaturesError
 from featurestore.settings import Settings
 from featurestore.timestamps import utc_micros
 
 TIMESTAMP = "event_timestamp"
+PARQUET = "application/vnd.apache.parquet"
 JOBS = sa.Table(
     "featurestore_dataset_jobs",
     METADATA,
@@ -82,11 +83,24 @@ def entity_table(columns: dict[str, list], max_rows: int) -> pa.Table:
         raise InputDataError(f"{rows} entity rows; a dataset takes 1 to {max_rows:,}")
     arrays = {}
     for name, values in columns.items():
+        # A JSON object or array in a column would become an Arrow struct or list column that
+        # no join key, request field or label takes: the job would only fail later.
+        nested = next((v for v in values if isinstance(v, dict | list)), None)
+        if nested is not None:
+            kind = "object" if isinstance(nested, dict) else "array"
+            raise InputDataError(
+                f"entity column {name!r} holds a JSON {kind}; entity columns take numbers, "
+                "strings, booleans and nulls"
+            )
         try:
             if name == TIMESTAMP:
                 arrays[name] = pa.array(utc_micros(values, name), pa.timestamp("us", tz="UTC"))
             else:
                 arrays[name] = pa.array(values)
+        except OverflowError:
+            raise InputDataError(
+                f"entity column {name!r}: an integer does not fit 64 bits (signed)"
+            ) from None
         except (ValueError, TypeError, pa.ArrowException) as exc:
             raise InputDataError(f"entity column {name!r}: {exc}") from exc
     return pa.table(arrays)
@@ -200,6 +214,7 @@ def router(settings: Settings) -> APIRouter:
         "/v1/datasets",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=DatasetJob,
+        responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503),
         summary="Start a point-in-time export of an entity table (asynchronous)",
     )
     def create(body: DatasetRequest, request: Request) -> Response:
@@ -232,21 +247,35 @@ def router(settings: Settings) -> APIRouter:
             _job(load(job_id)), 202, {"Location": f"/v1/datasets/{job_id}"}
         )
 
-    @routes.get("/v1/datasets/{job_id}", response_model=DatasetJob, summary="A job's status")
-    def get(job_id: str) -> Response:
+    @routes.get(
+        "/v1/datasets/{job_id}", response_model=DatasetJob, summary="A job's status",
+        responses=error_responses(401, 403, 404, 422, 503),
+    )
+    def get(job_id: StoredText) -> Response:
         return json_response(_job(load(job_id)))
 
     @routes.get(
         "/v1/datasets/{job_id}/download",
         summary="The dataset (Parquet) of a succeeded job",
         response_class=FileResponse,
+        responses={
+            200: {"content": {PARQUET: {"schema": {"type": "string", "format": "binary"}}}},
+            **error_responses(401, 403, 422, 503, own={
+                404: "No such job, or its file is gone from the server.",
+                409: "The job is still running, or failed.",
+            }),
+        },
     )
-    def download(job_id: str) -> Response:
+    def download(job_id: StoredText) -> Response:
         row = load(job_id)
         if row.status != "succeeded":
             raise ApiError(409, "not_ready", f"dataset job {job_id!r} is {row.status}")
         path = settings.exports_dir / f"{job_id}.parquet"
-        return FileResponse(path, media_type="application/vnd.apache.parquet",
+        if not path.is_file():
+            raise ApiError(404, "dataset_gone",
+                           f"the file of dataset job {job_id!r} is gone from the server "
+                           "(removed from the exports directory); submit the job again")
+        return FileResponse(path, media_type=PARQUET,
                             filename=f"{job_id}.parquet")
 
     return routes

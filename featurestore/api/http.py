@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import orjson
 from fastapi import Request
@@ -19,6 +20,8 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from featurestore.apikeys import ApiKey, KeyStoreUnavailable
 from featurestore.errors import (
@@ -47,10 +50,6 @@ STALE_KEYS = Counter(
     "featurestore_api_stale_key_checks",
     "Requests admitted by the last good read of the API key table while it cannot be read",
 )
-# A malformed body's 422 lists this many problems at most, each location part cut this short:
-# it names what is wrong without echoing the input back.
-_MAX_PROBLEMS = 20
-_MAX_LOCATION_CHARS = 80
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -119,18 +118,78 @@ def install_error_handlers(app, retry_after_seconds: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        details = [
-            {"loc": [p if isinstance(p, int) else str(p)[:_MAX_LOCATION_CHARS] for p in e["loc"]],
-             "msg": e["msg"], "type": e["type"]}
-            for e in errors[:_MAX_PROBLEMS]
-        ]
-        problems = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details)
-        if len(errors) > _MAX_PROBLEMS:
-            problems += f"; and {len(errors) - _MAX_PROBLEMS} more"
-        return json_response(
-            {"error": {"code": "malformed_request", "message": problems, "details": details}}, 422
-        )
+        return json_response(malformed_body(exc.errors()), 422)
+
+    @app.exception_handler(HTTPException)
+    async def _framework(request: Request, exc: HTTPException) -> Response:
+        # Routing (unknown path, a method the path lacks) and FastAPI's body parsing (not UTF-8,
+        # nested too deeply) raise these: the same error shape as ours.
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app, request.scope))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            return error_response(ApiError(
+                405, "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}; allowed: {allow}",
+                {"Allow": allow},
+            ))
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return error_response(ApiError(exc.status_code, code, message, exc.headers))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        # Our own bug (the traceback is logged by the server): still the documented shape.
+        return error_response(ApiError(
+            500, "internal_error", "internal server error (the server log has the details)"
+        ))
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """Every method some route serves on the path of `scope`, and OPTIONS, which we answer.
+    (Starlette's own 405 names only the methods of the first route on the path.)"""
+    served = [
+        method for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL
+               for route in app.router.routes)
+    ]
+    return sorted([*served, "OPTIONS"])
+
+
+# A 422 lists this many problems, then counts the rest; each location part (a key of the body
+# is one) is cut this short: it names what is wrong without echoing the input back.
+_LISTED_PROBLEMS = 20
+_LOCATION_CHARS = 80
+
+
+def _printable(part: object, limit: int | None = None) -> str | int:
+    """A location part or message as JSON can carry it: lone surrogates escaped, cut to
+    `limit` characters."""
+    if isinstance(part, int):
+        return part
+    return str(part)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def malformed_body(errors: list[dict]) -> dict:
+    """The 422 body: each problem's location, type and message, never the input that caused it
+    (it may be huge, or hold what JSON cannot encode: ints over 64 bits, lone surrogates)."""
+    details = [
+        {"type": e["type"], "loc": [_printable(p, _LOCATION_CHARS) for p in e["loc"]],
+         "msg": _printable(e["msg"])}
+        for e in errors[:_LISTED_PROBLEMS]
+    ]
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details
+    )
+    if len(errors) > _LISTED_PROBLEMS:
+        problems += f"; and {len(errors) - _LISTED_PROBLEMS} more"
+    return {"error": {"code": "malformed_request", "message": problems, "details": details}}
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -2,17 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
+# JSON Schema (ECMA regex) of a string without NUL: PostgreSQL text cannot hold U+0000.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+def _storable(text: str) -> str:
+    """A string our SQL database can store: no NUL, and UTF-8 encodable (a JSON body can carry a
+    lone surrogate such as "\\ud800" that Python decodes but no database encodes)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain lone surrogates (\\ud800-\\udfff)") from None
+    return text
+
+
+# A string parameter or body field that reaches our SQL database.
+StoredText = Annotated[str, AfterValidator(_storable), Field(json_schema_extra={
+    "pattern": NO_NUL_PATTERN,
+})]
+
+
+def _iso_text(value: object) -> object:
+    # Pydantic would also take a number as seconds since 1970: the schema says an ISO string.
+    if not isinstance(value, str):
+        # ValueError, not TypeError: pydantic reports only a ValueError as the field's problem.
+        raise ValueError("must be an ISO-8601 string with a UTC offset")  # noqa: TRY004
+    return value
+
+
+# A time in a body: an ISO-8601 string with its offset (Z or +hh:mm), nothing else.
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
+
+def exactly_one(first: tuple[str, dict], second: tuple[str, dict]) -> dict:
+    """JSON Schema's `oneOf` for "give exactly one of two optional fields": a branch holds when
+    its field is present and not null, as the model's own check counts them."""
+    return {"oneOf": [
+        {"required": [name], "properties": {name: schema}} for name, schema in (first, second)
+    ]}
+
+
+_ONE_SELECTION = exactly_one(
+    ("feature_service", {"type": "string"}), ("features", {"type": "array"})
+)
 _ENTITIES_EXAMPLE = {"card_id": [1, 2], "merchant_id": [10, 11], "amount": [42.5, 980.0]}
 
 
 class OnlineFeaturesRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [
+        json_schema_extra={**_ONE_SELECTION, "examples": [
             {"feature_service": "fraud_detection_v1", "entities": _ENTITIES_EXAMPLE},
             {"features": ["card_transaction_features:card_txn_count_1h",
                           "card_profile:credit_limit"],
@@ -22,13 +76,16 @@ class OnlineFeaturesRequest(BaseModel):
 
     feature_service: str | None = Field(None, description="A feature service name.")
     features: list[str] | None = Field(
-        None, description="Feature references '<feature view>:<feature>' (instead of a service)."
+        None, min_length=1,
+        description="Feature references '<feature view>:<feature>' (instead of a service).",
     )
     entities: dict[str, list[Any]] = Field(
         description="Columns of entity keys (and request fields of on-demand features), "
         "one value per entity, all of one length."
     )
-    full_feature_names: bool = Field(False, description="Name outputs '<view>__<feature>'.")
+    full_feature_names: StrictBool = Field(
+        False, description="Name outputs '<view>__<feature>'."
+    )
 
     @model_validator(mode="after")
     def _one_selection(self) -> OnlineFeaturesRequest:
@@ -87,7 +144,7 @@ class ScoreResponse(BaseModel):
 class DatasetRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{
+        json_schema_extra={**_ONE_SELECTION, "examples": [{
             "feature_service": "fraud_detection_v1",
             "entities": {
                 "card_id": [1, 2], "merchant_id": [10, 11], "amount": [42.5, 980.0],
@@ -98,7 +155,7 @@ class DatasetRequest(BaseModel):
     )
 
     feature_service: str | None = None
-    features: list[str] | None = None
+    features: list[str] | None = Field(None, min_length=1)
     entities: dict[str, list[Any]] = Field(
         description="The entity table as columns: join keys, 'event_timestamp' (ISO-8601), "
         "request fields and any other columns (labels) to carry into the dataset."
@@ -130,11 +187,78 @@ class DatasetJob(BaseModel):
     download: str | None
 
 
+class CatalogFeature(BaseModel):
+    name: str
+    dtype: str = Field(description="Feast's type: Int64, Float64, String, ...")
+
+
+class CatalogView(BaseModel):
+    name: str
+    entities: list[str] = Field(description="Its join keys.")
+    features: list[CatalogFeature]
+    ttl_seconds: float = Field(description="Rows older than this are OUTSIDE_MAX_AGE (0: never).")
+    description: str
+    tags: dict[str, str]
+    aggregated: bool = Field(description="Windowed aggregates of the transaction stream.")
+
+
+class CatalogService(BaseModel):
+    name: str
+    description: str
+    features: list[str] = Field(description="Its feature references '<view>:<feature>'.")
+
+
+class CatalogViews(BaseModel):
+    feature_views: list[CatalogView]
+
+
+class CatalogServices(BaseModel):
+    feature_services: list[CatalogService]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="Per dependency: 'ok', or why not.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: e.g. unknown_name, bad_entities.")
+    message: str = Field(description="What is wrong, naming the field or value at fault.")
+    details: list[dict[str, Any]] | None = Field(
+        None, description="422 only: one entry per invalid field (type, loc, msg)."
+    )
+
+
 class ErrorBody(BaseModel):
+    """The body of every error response, whatever raised it (our routes or the framework)."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "error": {"code": "unknown_name",
                   "message": "unknown feature service 'fraud_v9'; the registry has: "
                              "['fraud_detection_v1']"},
     }]})
 
-    error: dict[str, Any]
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad input, named: entity keys, request fields or values; or a body that is not JSON.",
+    401: "Missing, invalid or revoked API key.",
+    403: "The API key lacks the scope.",
+    404: "Unknown name or id (named).",
+    413: "Too large: a body over `serve_max_body_bytes` (refused before it is read), more "
+         "entities than `serve_max_entities` or more feature references than "
+         "`serve_max_features`.",
+    422: "The body or a parameter does not match this schema (each field named).",
+    429: "Too many dataset jobs running; retry after Retry-After.",
+    503: "A dependency (Redis, the SQL database, the key table, the model) is unavailable; "
+         "retry after Retry-After.",
+}
+
+
+def error_responses(*statuses: int, own: dict[int, str] | None = None) -> dict[int, dict]:
+    """OpenAPI `responses` in the ErrorBody shape: `statuses` with their default descriptions,
+    and a route's `own` statuses and descriptions."""
+    chosen = {status: _ERROR_DESCRIPTIONS[status] for status in statuses} | (own or {})
+    return {status: {"model": ErrorBody, "description": text}
+            for status, text in sorted(chosen.items())}

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from featurestore.api.http import ApiError, json_response
-from featurestore.api.schemas import ScoreRequest, ScoreResponse
+from featurestore.api.schemas import ScoreRequest, ScoreResponse, error_responses
 from featurestore.api.state import ServingState
 from featurestore.settings import Settings
 from featurestore.training.model import FraudModel, load_model
@@ -79,6 +79,10 @@ def router(settings: Settings) -> APIRouter:
     @routes.post(
         "/v1/score",
         response_model=ScoreResponse,
+        responses=error_responses(
+            400, 401, 403, 404, 413, 422, 503,
+            own={409: "The model was trained on a feature list, not a feature service."},
+        ),
         summary="Fraud scores of transactions, from online features",
     )
     async def score(body: ScoreRequest, request: Request) -> Response:

@@ -85,3 +85,23 @@ def build(root: Path, cards: int) -> Pipeline:
         views = select_views(store, None, aggregated_only=True)
         backfill(lambda: spark_session(settings), views, BACKFILL_START, END)
     return Pipeline(env, cards)
+
+
+def untrained_model(settings, entities: pa.Table, directory: Path, service: str):
+    """A model of seeded random weights on the encoding of `entities`' export for `service`,
+    saved as `directory/model.pt`: what `/v1/score` needs to answer (its scores mean nothing).
+    Returns the model and the export."""
+    import torch
+
+    from featurestore.export import export
+    from featurestore.training.dataset import open_export
+    from featurestore.training.encoding import FeatureEncoding
+    from featurestore.training.model import FraudModel, fraud_mlp, save_model
+
+    out = export(settings, entities, directory / "rows.parquet", feature_service=service)
+    exported = open_export(out.path)
+    encoding = FeatureEncoding.from_export(exported.schema, exported.metadata)
+    torch.manual_seed(3)
+    model = FraudModel(fraud_mlp(encoding.width), encoding, out.export_id, {}, service)
+    save_model(model, directory / "model.pt")
+    return model, out

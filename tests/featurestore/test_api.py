@@ -280,7 +280,102 @@ def test_malformed_json_is_422(client) -> None:
     assert response.json()["error"]["code"] == "malformed_request"
 
 
+def _post_json_text(client, path: str, text: str):
+    """A body as JSON text: json.dumps writes ints over 64 bits and escapes lone surrogates,
+    both of which httpx's own encoder refuses."""
+    return client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+_HUGE_INT = {"feature_service": 2**64, "entities": {"card_id": [1]}}
+# A lone surrogate in a key: Python's JSON decoder (FastAPI's bodies) takes it, pydantic's
+# (the lookup route's) refuses the whole body.
+_SURROGATE = {"feature_service": SERVICE, "entities": {"card_id": [1]}, "\ud800": 2**70}
+_MANY_BAD = {"features": list(range(5_000)), "entities": {"card_id": [1]}}
+_LONG_KEY = {"feature_service": SERVICE, "entities": {"card_id": [1]}, "k" * 10_000: 1}
+
+
+@pytest.mark.parametrize(("path", "body", "named"), [
+    ("/v1/online-features", _HUGE_INT, "feature_service"),
+    ("/v1/score", _HUGE_INT, "feature_service"),
+    ("/v1/datasets", _HUGE_INT, "feature_service"),
+    ("/v1/online-features", _SURROGATE, "Invalid JSON"),
+    ("/v1/score", _SURROGATE, "body"),
+    ("/v1/datasets", _SURROGATE, "body"),
+    ("/v1/online-features", _MANY_BAD, "and 4980 more"),
+    ("/v1/datasets", _MANY_BAD, "and 4980 more"),
+    ("/v1/online-features", _LONG_KEY, "k" * 80 + ": Extra inputs"),
+    ("/v1/score", _LONG_KEY, "k" * 80 + ": Extra inputs"),
+])
+def test_a_422_names_the_fields_and_never_echoes_the_input(client, path, body, named) -> None:
+    import json
+
+    response = _post_json_text(client, path, json.dumps(body))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "malformed_request"
+    assert named in error["message"], error["message"]
+    assert all(set(detail) == {"type", "loc", "msg"} for detail in error["details"])
+    assert len(response.content) < 5_000
+
+
+def test_framework_errors_have_the_error_shape(client) -> None:
+    unknown = client.get("/v1/nope")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == {"code": "not_found", "message": "no route GET /v1/nope"}
+    put = client.put("/v1/silences")
+    assert put.status_code == 405
+    assert put.headers["allow"] == "GET, OPTIONS, POST"
+    assert put.json()["error"]["code"] == "method_not_allowed"
+    for path, allowed in [("/v1/silences", "GET, OPTIONS, POST"),
+                          ("/v1/alerts/1/acknowledge", "OPTIONS, POST"),
+                          ("/v1/online-features", "OPTIONS, POST")]:
+        options = client.options(path)
+        assert options.status_code == 204, path
+        assert options.headers["allow"] == allowed, path
+    assert client.options("/v1/nope").status_code == 404
+    for path in ("/v1/datasets", "/v1/silences", "/v1/score"):
+        for content in (b'{"entities": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000):
+            response = client.post(path, content=content,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code in (400, 422), (path, response.text)
+            assert set(response.json()["error"]) >= {"code", "message"}, path
+
+
+def test_every_status_a_route_answers_is_in_the_openapi_document(client) -> None:
+    spec = client.get("/openapi.json").json()
+    open_routes = {"/healthz", "/readyz"}
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            documented = set(operation["responses"])
+            if path not in open_routes:
+                assert {"401", "403", "503"} <= documented, (method, path)
+                assert operation["security"] == [{"apiKey": []}], (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= documented, (method, path)
+            for status, response in operation["responses"].items():
+                if status.startswith("4"):  # every error in the one shape
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+    assert "429" in spec["paths"]["/v1/datasets"]["post"]["responses"]
+    assert "409" in spec["paths"]["/v1/score"]["post"]["responses"]
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    schemas = spec["components"]["schemas"]
+    one_of = schemas["DatasetRequest"]["oneOf"]
+    assert [branch["required"] for branch in one_of] == [["feature_service"], ["features"]]
+    lookup = spec["paths"]["/v1/online-features"]["post"]["requestBody"]  # inline: its own parser
+    assert lookup["content"]["application/json"]["schema"]["oneOf"] == one_of
+    assert [b["required"] for b in schemas["SilenceRequest"]["oneOf"]] == [["minutes"],
+                                                                           ["ends_at"]]
+    assert set(schemas["ErrorDetail"]["required"]) == {"code", "message"}
+
+
 def test_catalog_and_openapi(client) -> None:
+    from featurestore.api.schemas import CatalogServices, CatalogViews
+
+    CatalogViews.model_validate_json(client.get("/v1/feature-views").content, strict=True)
+    CatalogServices.model_validate_json(client.get("/v1/feature-services").content, strict=True)
     views = client.get("/v1/feature-views").json()["feature_views"]
     assert {v["name"] for v in views} == {
         "card_profile", "card_transaction_features", "merchant_transaction_features"
@@ -435,30 +530,12 @@ def _latest_transactions(settings) -> pa.Table:
     return pa.Table.from_pandas(chosen.head(8), preserve_index=False)
 
 
-def _trained_model(settings, tmp_path):
-    """A model file of the service (seeded weights) on an export of the latest transactions."""
-    import torch
-
-    from featurestore.export import export
-    from featurestore.training.dataset import open_export
-    from featurestore.training.encoding import FeatureEncoding
-    from featurestore.training.model import FraudModel, fraud_mlp, save_model
-
-    entities = _latest_transactions(settings)
-    assert entities.num_rows >= 3
-    out = export(settings, entities, tmp_path / "rows.parquet", feature_service=SERVICE)
-    exported = open_export(out.path)
-    encoding = FeatureEncoding.from_export(exported.schema, exported.metadata)
-    torch.manual_seed(3)
-    model = FraudModel(fraud_mlp(encoding.width), encoding, out.export_id, {}, SERVICE)
-    save_model(model, tmp_path / "model.pt")
-    return model, out, entities
-
-
 def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) -> None:
     from featurestore.api.app import create_app
 
-    model, out, entities = _trained_model(settings, tmp_path)
+    entities = _latest_transactions(settings)
+    assert entities.num_rows >= 3
+    model, out = pipeline.untrained_model(settings, entities, tmp_path, SERVICE)
     offline = model.score(pq.read_table(out.path))
 
     own = settings.model_copy(update={"api_auth": "off", "model_path": tmp_path / "model.pt"})
@@ -478,7 +555,7 @@ def test_online_score_equals_the_score_of_the_offline_row(settings, tmp_path) ->
 def test_a_score_is_a_number_or_a_400_naming_the_request(settings, tmp_path) -> None:
     from featurestore.api.app import create_app
 
-    _trained_model(settings, tmp_path)
+    pipeline.untrained_model(settings, _latest_transactions(settings), tmp_path, SERVICE)
     _write_online(settings, "card_transaction_features", "card_id",
                   {SMALL_MEAN_CARD: 0.5, LARGE_MEAN_CARD: 50})
     own = settings.model_copy(update={"api_auth": "off", "model_path": tmp_path / "model.pt"})
@@ -540,6 +617,10 @@ def test_dataset_job_equals_a_direct_export(settings, client, tmp_path) -> None:
     (tmp_path / "job.parquet").write_bytes(download.content)
     via_api = pq.read_table(tmp_path / "job.parquet")
     assert via_api.to_pylist() == direct.to_pylist()
+    (settings.exports_dir / f"{job['id']}.parquet").unlink()  # an operator cleaned up
+    gone = client.get(job["download"])
+    assert gone.status_code == 404, gone.text
+    assert gone.json()["error"]["code"] == "dataset_gone"
 
 
 @pytest.mark.parametrize(
@@ -561,6 +642,19 @@ def test_dataset_job_equals_a_direct_export(settings, client, tmp_path) -> None:
         ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [1],
           "amount": [1.0], "event_timestamp": ["0001-01-01T00:00:00+14:00"]}}, 400,
          "event_timestamp[0] 0001-01-01T00:00:00+14:00 is outside years 1 to 9999"),
+        # Rejected before a job starts, not a job failing later on an Arrow error.
+        ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [1],
+          "amount": [1.0], "event_timestamp": ["2026-03-02T00:00:00Z"], "label": [{}]}}, 400,
+         "'label' holds a JSON object"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [[1]], "merchant_id": [1],
+          "amount": [1.0], "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400,
+         "'card_id' holds a JSON array"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [2**64], "merchant_id": [1],
+          "amount": [1.0], "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400, "64 bits"),
+        ({"feature_service": SERVICE, "entities": {"card_id": [1], "merchant_id": [-(2**63) - 1],
+          "amount": [1.0], "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 400, "merchant_id"),
+        ({"features": [], "entities": {"card_id": [1],
+          "event_timestamp": ["2026-03-02T00:00:00Z"]}}, 422, "features"),
     ],
 )
 def test_bad_dataset_requests_are_4xx(client, body, status, named) -> None:
@@ -568,6 +662,8 @@ def test_bad_dataset_requests_are_4xx(client, body, status, named) -> None:
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
     assert client.get("/v1/datasets/ds-unknown").status_code == 404
+    nul = client.get("/v1/datasets/ds-%00/download")
+    assert nul.status_code == 422 and "job_id" in nul.json()["error"]["message"]
 
 
 def test_other_online_stores_go_through_feasts_reader(configure) -> None:

@@ -3,52 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from tests.featurestore.conftest import FRESH_CARD
-from tests.servers import free_port, redis_server, wait_for
+from tests.servers import featurestore_server, free_port, redis_server
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.postgres]
 PROFILE = ["card_profile:credit_limit", "card_profile:home_country"]
-
-
-def _serve(settings, tmp_path, **overrides: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "FEATURESTORE_PROFILE": settings.profile,
-        "FEATURESTORE_DATA_DIR": str(settings.data_dir),
-        "FEATURESTORE_REGISTRY_URL": settings.registry_url,
-        "FEATURESTORE_DATABASE_URL": settings.database_url,
-        "FEATURESTORE_REDIS_URL": settings.redis_url,
-        "FEATURESTORE_CONFIG": str(tmp_path / "absent.yaml"),
-        **{f"FEATURESTORE_{k.upper()}": v for k, v in overrides.items()},
-    }
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "featurestore"), "serve", "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited: {server.stderr.read().decode()}")
-        try:
-            return httpx.get(f"{url}/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(ready, 90, "featurestore serve")
-    return server, url
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +26,7 @@ def api(served, tmp_path_factory):
     token, _ = create_key(
         engine(served), "client-test", ["features:read", "monitors:read", "datasets:export"]
     )
-    server, url = _serve(served, tmp_path_factory.mktemp("serve"))
+    server, url = featurestore_server(served, tmp_path_factory.mktemp("serve"))
     yield url, token
     server.terminate()
     server.wait(timeout=30)
@@ -130,7 +97,7 @@ def test_client_retries_a_503_until_redis_returns(served, tmp_path) -> None:
 
     port = free_port()
     redis = redis_server(port, tmp_path)
-    server, url = _serve(
+    server, url = featurestore_server(
         served, tmp_path, redis_url=f"redis://127.0.0.1:{port}/0", api_auth="off",
         serve_redis_timeout_seconds="0.5",
     )

@@ -3,6 +3,7 @@ silences set up as rows, the alert lifecycle through HTTP, scopes, paging and th
 
 from __future__ import annotations
 
+import json
 import types
 import uuid
 from collections.abc import Iterator
@@ -475,16 +476,62 @@ def test_silences_created_listed_and_ended(api) -> None:
         ({"monitor": SCORING}, 422, "exactly one"),
         ({"monitor": SCORING, "minutes": 0}, 422, "minutes"),
         ({"monitor": SCORING, "ends_at": "2030-01-01T00:00:00"}, 422, "ends_at"),  # no zone
-        ({"monitor": SCORING, "ends_at": "2020-01-01T00:00:00Z"}, 422, "after starts_at"),
+        # Schema-valid, wrong for the data: 400 (422 is a body that breaks the schema).
+        ({"monitor": SCORING, "ends_at": "2020-01-01T00:00:00Z"}, 400, "after starts_at"),
         ({"monitor": SCORING, "starts_at": "2030-01-02T00:00:00Z",
-          "ends_at": "2030-01-01T00:00:00Z"}, 422, "after starts_at"),
+          "ends_at": "2030-01-01T00:00:00Z"}, 400, "after starts_at"),
         ({"monitor": SCORING, "minutes": 5, "until": "tomorrow"}, 422, "until"),
+        # The edges of the datetime range: in UTC, or after adding the minutes, out of it.
+        ({"monitor": SCORING, "starts_at": "9999-12-31T23:59:59Z", "minutes": 60}, 400,
+         "starts_at"),
+        ({"monitor": SCORING, "ends_at": "9999-12-31T23:59:59-14:00"}, 400, "ends_at"),
+        ({"monitor": SCORING, "starts_at": "0001-01-01T00:00:00+14:00",
+          "ends_at": "2030-01-01T00:00:00Z"}, 400, "starts_at"),
+        # What PostgreSQL cannot store, and what the schema's types do not take.
+        ({"monitor": SCORING, "minutes": 5, "comment": "a\u0000b"}, 422, "comment"),
+        ({"monitor": SCORING, "minutes": 5, "target": "\ud800"}, 422, "target"),
+        ({"monitor": "\u0000", "minutes": 5}, 422, "monitor"),
+        ({"monitor": SCORING, "minutes": "60"}, 422, "minutes"),
+        ({"monitor": SCORING, "minutes": 5, "starts_at": 0}, 422, "starts_at"),
     ],
 )
 def test_bad_silence_gets_a_4xx_naming_it(api, body, status, named) -> None:
-    response = api.client.post("/v1/silences", json=body, headers=_as(api, "oncall"))
+    # json.dumps escapes a lone surrogate ("\\ud800"), which httpx's own encoder refuses.
+    response = api.client.post("/v1/silences", content=json.dumps(body), headers={
+        **_as(api, "oncall"), "content-type": "application/json",
+    })
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("bad_id", ["3000000000", str(2**63), str(2**64), "0", "-1"])
+def test_ids_beyond_the_integer_keys_are_a_422_naming_the_id(api, bad_id) -> None:
+    client = api.client
+    admin = _as(api, "admin")
+    requests = [
+        ("GET", f"/v1/alerts/{bad_id}", "alert_id"),
+        ("POST", f"/v1/alerts/{bad_id}/acknowledge", "alert_id"),
+        ("POST", f"/v1/alerts/{bad_id}/resolve", "alert_id"),
+        ("GET", f"/v1/drift-runs/{bad_id}", "run_id"),
+        ("GET", f"/v1/drift-runs/{bad_id}/report", "run_id"),
+        ("GET", f"/v1/drift-runs/{bad_id}/report.json", "run_id"),
+        ("DELETE", f"/v1/silences/{bad_id}", "silence_id"),
+        ("GET", f"/v1/alerts?before={bad_id}", "before"),
+        ("GET", f"/v1/drift-runs?before={bad_id}", "before"),
+    ]
+    for method, path, named in requests:
+        response = client.request(method, path, headers=admin)
+        assert response.status_code == 422, (path, response.text)
+        assert named in response.json()["error"]["message"], path
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/drift-runs?monitor=%00", "/v1/alerts?monitor=a%00b", "/v1/silences?monitor=%00",
+])
+def test_nul_in_a_query_string_is_a_422_naming_it(api, path) -> None:
+    response = api.client.get(path, headers=_as(api, "reader"))
+    assert response.status_code == 422, response.text
+    assert "monitor" in response.json()["error"]["message"]
 
 
 def test_database_down_is_a_prompt_503(api) -> None:
