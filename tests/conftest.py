@@ -39,6 +39,25 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FEATURESTORE_CONFIG", str(tmp_path / "absent-featurestore.yaml"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_schema_at_head() -> None:
+    """The shared test database keeps our tables between runs (as a deployment does): bring it
+    to this code's revision once, as `featurestore db upgrade` would, so a run after a schema
+    change does not find it behind. A PostgreSQL that is down is the postgres tests' failure."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    from featurestore import migrations
+
+    engine = sa.create_engine(POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        migrations.upgrade(engine)
+    except sa.exc.OperationalError:
+        pass
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., object]:
     """Point the settings (and so feature_repo/) at a fresh data dir; returns the Settings."""

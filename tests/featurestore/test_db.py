@@ -24,32 +24,6 @@ from tests.servers import free_port
 BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
 BASE = migrations.scripts().get_revision(migrations.BASE_REVISION).module.schema()
 
-# A second revision as a later release would write one (a column on a table the first revision
-# made, and a new table), for the upgrade and behind cases: the shipped history has one revision.
-SECOND_REVISION = '''
-"""test: alert groups"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    with op.batch_alter_table("monitor_alerts") as batch:
-        batch.add_column(sa.Column("group_key", sa.String(600)))
-    op.create_table("monitor_alert_groups", sa.Column("group_key", sa.String(600), primary_key=True))
-
-
-def downgrade():
-    op.drop_table("monitor_alert_groups")
-    with op.batch_alter_table("monitor_alerts") as batch:
-        batch.drop_column("group_key")
-'''
-
-
 @pytest.fixture(params=BACKENDS)
 def database(request, tmp_path):
     """An engine on a fresh, empty database of each backend."""
@@ -57,18 +31,6 @@ def database(request, tmp_path):
         engine = sa.create_engine(url, poolclass=NullPool)
         yield engine
         engine.dispose()
-
-
-@pytest.fixture
-def second_revision(monkeypatch, tmp_path):
-    """The code's migrations plus SECOND_REVISION: this code's head becomes 0002."""
-    directory = tmp_path / "migrations"
-    shutil.copytree(migrations.DIRECTORY, directory, ignore=shutil.ignore_patterns("__pycache__"))
-    (directory / "versions" / "0002_test_alert_groups.py").write_text(SECOND_REVISION)
-    monkeypatch.setattr(migrations, "DIRECTORY", directory)
-    migrations.scripts.cache_clear()
-    yield
-    migrations.scripts.cache_clear()
 
 
 def _state(engine) -> migrations.SchemaState:
@@ -131,11 +93,11 @@ def _declared_tables() -> sa.MetaData:
 @pytest.mark.parametrize("database", BACKENDS, indirect=True)
 def test_an_empty_database_gets_the_schema_the_code_declares(database) -> None:
     assert migrations.describe(_state(database)) == (
-        "no schema yet (empty database); the first process to start creates 0001")
+        "no schema yet (empty database); the first process to start creates 0002")
     migrations.prepare(database)
     state = _state(database)
-    assert state.current == state.head == migrations.BASE_REVISION
-    assert migrations.describe(state) == "0001 (head)"
+    assert state.current == state.head == "0002"
+    assert migrations.describe(state) == "0002 (head)"
     # A table or column declared without its revision fails here: add one (README, Schema and
     # upgrades: `featurestore db revision`).
     with database.connect() as connection:
@@ -165,10 +127,16 @@ def test_tables_from_create_all_are_stamped_with_their_rows(database) -> None:
     rows = _rows_of_every_table(database, legacy)
     assert _state(database).unversioned
 
-    migrations.prepare(database)
+    # Stamped as the revision its tables are, then refused: it is behind this code's head, and
+    # only `db upgrade` moves it (processes of the release before may still run on it).
+    with pytest.raises(migrations.SchemaError, match="run `featurestore db upgrade`"):
+        migrations.prepare(database)
 
     assert _state(database).current == migrations.BASE_REVISION
     assert set(BASE.tables) <= set(sa.inspect(database).get_table_names())
+    assert _stored(database, legacy) == {name: [row] for name, row in rows.items()}
+    migrations.upgrade(database)
+    migrations.prepare(database)
     assert _stored(database, legacy) == {name: [row] for name, row in rows.items()}
 
 
@@ -184,8 +152,9 @@ def test_tables_that_differ_from_the_first_revision_are_refused(database) -> Non
 
 
 @pytest.mark.parametrize("database", BACKENDS, indirect=True)
-def test_an_upgrade_keeps_every_row_of_every_table(database, second_revision) -> None:
-    # A database at revision 0001 with a row in every table, as the release before made it.
+def test_an_upgrade_keeps_every_row_of_every_table(database) -> None:
+    # A database at revision 0001 with a row in every table, as the release before made it;
+    # the shipped 0002 adds flap-damping and page columns to monitor_alerts.
     BASE.create_all(database)
     rows = _rows_of_every_table(database, BASE)
     with database.begin() as connection:
@@ -204,9 +173,11 @@ def test_an_upgrade_keeps_every_row_of_every_table(database, second_revision) ->
     assert (before.current, after.current) == ("0001", "0002")
     migrations.prepare(database)  # at head now
     assert _stored(database, BASE) == {name: [row] for name, row in rows.items()}
-    with database.connect() as connection:  # the new column, on the row that was there
-        assert connection.exec_driver_sql("SELECT group_key FROM monitor_alerts").all() == [(None,)]
-    assert "monitor_alert_groups" in sa.inspect(database).get_table_names()
+    with database.connect() as connection:  # the new columns, on the row that was there
+        assert connection.exec_driver_sql(
+            "SELECT open_windows, flaps, page_key FROM monitor_alerts").all() == [(0, 0, None)]
+        assert compare_metadata(MigrationContext.configure(
+            connection, opts={"version_table": migrations.VERSION_TABLE}), _declared_tables()) == []
 
 
 def _featurestore(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -227,15 +198,16 @@ def test_a_database_ahead_of_the_code_is_refused(database, tmp_path) -> None:
            "FEATURESTORE_DATABASE_URL": url, "FEATURESTORE_CONFIG": str(tmp_path / "none.yaml")}
     where = database.url.render_as_string(hide_password=True)
     expected = (f"the database {where} is at schema revision 0099, which this version of "
-                "featurestore does not know (it needs 0001): a newer version migrated it")
+                "featurestore does not know (it needs 0002): a newer version migrated it")
     for command in (["keys", "list"], ["db", "upgrade"]):
         done = _featurestore(*command, env=env)
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr
     assert _featurestore("db", "current", env=env).stdout == (
-        "0099 (unknown to this version, which knows up to 0001)\n")
+        "0099 (unknown to this version, which knows up to 0002)\n")
     assert _featurestore("db", "history", env=env).stdout == (
-        "0001  Initial schema: API keys, dataset jobs, monitors.  (head)\n")
+        "0001  Initial schema: API keys, dataset jobs, monitors.\n"
+        "0002  Alert pages and flap damping: three columns on monitor_alerts.  (head)\n")
     assert _state(database).current == "0099"
 
 
@@ -267,11 +239,11 @@ def test_a_new_revision_takes_a_database_to_the_declared_tables(monkeypatch, tmp
     sa.Table("monitor_alert_groups", declared, sa.Column("group_key", sa.String(600), primary_key=True))
     try:
         written = migrations.new_revision("alert groups", declared)
-        assert written == directory / "versions" / "0002_alert_groups.py"
+        assert written == directory / "versions" / "0003_alert_groups.py"
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'at-head.db'}", poolclass=NullPool)
         migrations.prepare(engine)  # an empty database: created at the new head
         with engine.connect() as connection:
-            assert migrations.read_state(connection).current == "0002"
+            assert migrations.read_state(connection).current == "0003"
             context = MigrationContext.configure(
                 connection, opts={"version_table": migrations.VERSION_TABLE})
             assert compare_metadata(context, declared) == []
