@@ -27,9 +27,8 @@ from monitors.runs import check_window
 from monitors.store import ALERTS, OUTBOX, RUNS
 from monitors.worker import MonitorWorker, WorkerReport
 from tests.conftest import POSTGRES_URL
-from tests.monitors.own_postgres import OwnPostgres
 from tests.monitors.receiver import Receiver
-from tests.servers import wait_for
+from tests.servers import PostgresServer, wait_for
 
 START = date(2026, 2, 2)  # a Monday
 HISTORY_DAYS = 14
@@ -271,8 +270,7 @@ def test_monitors_run_rides_out_a_database_outage(configure, training_export, ka
     # `monitors run`'s loop (MonitorWorker.run) on a PostgreSQL of the test's own, stopped at a
     # known point: right after the first window's page was delivered and recorded.
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
-    database = OwnPostgres()
-    database.start()
+    database = PostgresServer()  # started
     receiver = Receiver().start()
     stop = threading.Event()
     capture = None
