@@ -1,5 +1,6 @@
 """The monitors' SQL tables (SQLAlchemy Core on `featurestore.db.METADATA`: SQLite embedded,
-PostgreSQL in services). `featurestore.db.engine(settings)` creates them on first use.
+PostgreSQL in services), created and changed only by the revisions in
+`featurestore/migrations/versions/`: a change here needs a new revision (`featurestore db revision`).
 
 - baselines: versioned reference profiles per subject (`service:NAME` / `view:NAME`); the
   profile is JSON, the reference rows a Parquet file under `settings.baselines_dir`.
