@@ -100,6 +100,7 @@ class Step:
             [self.applied_timestamps_ms, other.applied_timestamps_ms]
         )
         self.duplicates += other.duplicates
+        self.handed_over += other.handed_over
 
 
 def stream_file_name(topic: str, partition: int, first: int, last: int) -> str:
