@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from featurestore.generator import GeneratorConfig, transactions
@@ -148,6 +148,29 @@ class StreamRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+
+    def checkpointed(self, topics: list[str]) -> bool:
+        """Whether the worker group has committed every partition of `topics` (the source topic
+        first, then the repartition topics it feeds) to its end: every record is processed and
+        its online rows (and their capture offers) are out. A topic's end is read only once the
+        topics before it are committed, so the records they forwarded are in it (a worker flushes
+        its sends before it commits)."""
+        # Asks for the group's committed offsets only; it never joins the group.
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.env["FEATURESTORE_STREAM_GROUP"],
+            enable_auto_commit=False,
+        )
+        try:
+            for topic in topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    return False
+                ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+                if any((consumer.committed(tp) or 0) < end for tp, end in ends.items()):
+                    return False
+            return True
+        finally:
+            consumer.close()
 
     # --- what the run left behind --------------------------------------------------------
 

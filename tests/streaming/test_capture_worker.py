@@ -12,6 +12,7 @@ from featurestore.definitions import select_views
 from featurestore.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.monitors.test_capture import capture_records
+from tests.servers import wait_for
 from tests.streaming.harness import StreamRun, generated_messages
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -26,7 +27,15 @@ def test_written_rows_arrive_in_the_capture_topic(tmp_path, kafka_bootstrap) -> 
     run.send(generated_messages(
         GeneratorConfig(start=date(2026, 3, 1), days=1, cards=40, merchants=6, seed=11)
     ))
-    worker = run.run_until_idle(idle_seconds=2)
+    worker, thread = run.start()
+    # Stopped only once every row it wrote is acknowledged by the broker: the close, whose wait
+    # is bounded, then has nothing left to send, however slowly the machine runs.
+    topics = [run.topic, *(t for t in worker.topology.topics if t != run.topic)]
+    wait_for(lambda: run.checkpointed(topics), 120, "the worker to checkpoint every record")
+    assert worker.capture.flush(120)
+    worker.stop()
+    thread.join(60)
+    assert not thread.is_alive() and worker.capture.dropped == {}
 
     features = {
         view.name: [f.name for f in view.features]
