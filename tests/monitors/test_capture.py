@@ -173,7 +173,9 @@ def test_broker_away_drops_and_counts_without_blocking() -> None:
         started = time.perf_counter()
         log.offer_columns(subject, ["a", "b", "c"], [[i] * 50, [1.0] * 50, ["x"] * 50])
         slowest = max(slowest, time.perf_counter() - started)
-    assert slowest < 0.25  # never waits for the broker (a send would block for seconds)
+    # Never waits for the broker: a wait would take the producer's 5 s connect/metadata timeout.
+    # The bound sits well below that and well above a busy machine's scheduling stalls.
+    assert slowest < 2.0
     assert log.held_bytes <= settings.capture_buffer_bytes
     full = log.dropped[(subject, "buffer_full")]
     assert 0 < full < 100_000 and full % 50 == 0
