@@ -22,6 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from featurestore.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
+from tests.servers import wait_for
 
 FAST_WORKER = {
     "FEATURESTORE_STREAM_SESSION_TIMEOUT_MS": "6000",
@@ -123,9 +124,30 @@ class StreamRun:
         with self.settings() as s:
             return StreamWorker(s, feature_store(s))
 
-    def run_until_idle(self, idle_seconds: float = 3.0):
-        worker = self.worker()
-        worker.run(idle_seconds=idle_seconds)
+    def run_to_end(self, worker=None, timeout: float = 240):
+        """A worker run that stops once it has checkpointed every record of its topics and the
+        broker acknowledged every row it captured (an idle timeout instead would stop a worker
+        that a loaded machine kept busy for that long). A worker failure is raised here.
+        `worker`: one made with `worker()` (None: a new one)."""
+        worker = worker or self.worker()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.wait_checkpointed(worker, timeout, unless=lambda: not thread.is_alive())
+        if worker.capture is not None and thread.is_alive():
+            assert worker.capture.flush(timeout), "captured rows not acknowledged"
+        worker.stop()
+        thread.join(60)
+        if failures:
+            raise failures[0]
+        assert not thread.is_alive(), "the worker did not stop"
         return worker
 
     def start(self, idle_seconds: float | None = None) -> tuple[object, threading.Thread]:
@@ -148,6 +170,13 @@ class StreamRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_checkpointed(self, worker, timeout: float = 240, unless=lambda: False) -> None:
+        """Until the group has committed every record of `worker`'s topics (or `unless()`)."""
+        # The source topic first: the repartition topics' ends are final once it is committed.
+        topics = [self.topic, *(t for t in worker.topology.topics if t != self.topic)]
+        wait_for(lambda: unless() or self.checkpointed(topics), timeout,
+                 "the workers to checkpoint every record")
 
     def checkpointed(self, topics: list[str]) -> bool:
         """Whether the worker group has committed every partition of `topics` (the source topic

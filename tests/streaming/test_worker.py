@@ -66,7 +66,7 @@ def events() -> list[tuple[bytes, bytes]]:
 def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
     run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
     run.send(events)
-    run.run_until_idle()
+    run.run_to_end()
     return run
 
 
@@ -84,7 +84,7 @@ def test_stream_rows_equal_the_spark_backfill(tmp_path, kafka_bootstrap, spark) 
     )
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.send(messages)
-    worker = run.run_until_idle()
+    worker = run.run_to_end()
 
     assert worker.metrics.dead_letter_counts()["late"] == len(too_late)
     letters = run.dead_letters(len(too_late))
@@ -151,8 +151,10 @@ def test_sigkill_and_restart_equal_an_uninterrupted_run(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     sender.join()
-    final = run.spawn(idle_seconds=3)
-    output = final.communicate(timeout=240)[0].decode()
+    final = run.spawn()
+    run.wait_checkpointed(run.worker())  # a worker object of the run only names its topics
+    final.send_signal(signal.SIGTERM)
+    output = final.communicate(timeout=120)[0].decode()
     assert final.returncode == 0, output
     assert_same_results(run, baseline)
 
@@ -161,7 +163,7 @@ def test_two_workers_share_partitions_and_one_leaves(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
-    first, first_thread = run.start(idle_seconds=4)
+    first, first_thread = run.start()
     second, second_thread = run.start()
     wait_for(lambda: first.tasks and second.tasks, 60, "both workers to get partitions")
     sender = threading.Thread(target=run.send, args=(events, 2000))
@@ -171,7 +173,9 @@ def test_two_workers_share_partitions_and_one_leaves(
     second.stop()  # leaves the group mid-stream; the first takes its partitions over
     second_thread.join(timeout=60)
     sender.join()
-    first_thread.join(timeout=240)
+    run.wait_checkpointed(first)
+    first.stop()
+    first_thread.join(timeout=60)
     assert not first_thread.is_alive()
     assert_same_results(run, baseline)
 
@@ -200,7 +204,7 @@ def test_bad_events_become_dead_letters_and_good_ones_apply(tmp_path, kafka_boot
         messages.insert(5 + 7 * i, (b"1", value))
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.send(messages)
-    worker = run.run_until_idle()
+    worker = run.run_to_end()
 
     counts = worker.metrics.dead_letter_counts()
     expected = {reason: 0 for reason in counts}
@@ -227,22 +231,27 @@ def test_redis_outage_pauses_and_resumes_without_loss(
     server = redis_server(port, tmp_path)
     try:
         run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
-        worker, thread = run.start(idle_seconds=4)
-        sender = threading.Thread(target=run.send, args=(events, 2000))
-        sender.start()
+        worker, thread = run.start()
+        # The second half is sent only once Redis is down, so the worker provably has rows to
+        # write during the outage, however fast or slow it ran the first half.
+        half = len(events) // 2
+        run.send(events[:half])
         wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
         server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
         server.wait(timeout=10)
-        time.sleep(3)
+        run.send(events[half:])
+        outages = {"dependency": "online_store"}
+        # Once the worker has met the outage, no checkpoint may follow while it lasts.
+        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) >= 1,
+                 120, "the worker to meet the outage")
         checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
         time.sleep(1)
         assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
         server = redis_server(port, tmp_path)
-        sender.join()
-        thread.join(timeout=240)
+        run.wait_checkpointed(worker)
+        worker.stop()
+        thread.join(timeout=60)
         assert not thread.is_alive()
-        outages = {"dependency": "online_store"}
-        assert _sample(worker, "featurestore_stream_outages_total", outages) >= 1
         assert_same_results(run, baseline)
     finally:
         server.terminate()
