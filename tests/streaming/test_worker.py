@@ -232,6 +232,11 @@ def test_redis_outage_pauses_and_resumes_without_loss(
     try:
         run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
         worker, thread = run.start()
+        # A process keeps one value per metric and labels (Feast's multiprocess mode), earlier
+        # tests' workers included: this worker's outages are what it adds.
+        outages = {"dependency": "online_store"}
+        worker.metrics.outages.labels("online_store")
+        before = _sample(worker, "featurestore_stream_outages_total", outages)
         # The second half is sent only once Redis is down, so the worker provably has rows to
         # write during the outage, however fast or slow it ran the first half.
         half = len(events) // 2
@@ -240,9 +245,8 @@ def test_redis_outage_pauses_and_resumes_without_loss(
         server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
         server.wait(timeout=10)
         run.send(events[half:])
-        outages = {"dependency": "online_store"}
         # Once the worker has met the outage, no checkpoint may follow while it lasts.
-        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) >= 1,
+        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) > before,
                  120, "the worker to meet the outage")
         checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
         time.sleep(1)
@@ -263,9 +267,14 @@ def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
 ) -> None:
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
-    worker, thread = run.start()
-    wait_for(lambda: _sample(worker, "featurestore_stream_outages_total",
-                              {"dependency": "kafka"}) >= 2, 60, "two retries")
+    worker = run.worker()
+    kafka = {"dependency": "kafka"}
+    worker.metrics.outages.labels("kafka")  # the process's value (as in the outage test above)
+    before = _sample(worker, "featurestore_stream_outages_total", kafka)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", kafka) >= before + 2,
+             60, "two retries")
     assert thread.is_alive()  # retrying, not crashed
     worker.stop()
     thread.join(timeout=30)
