@@ -170,6 +170,9 @@ class CaptureLog:
         self._wake = threading.Event()
         self._counts_lock = threading.Lock()
         self.sent: dict[str, int] = {}  # subject -> rows acknowledged
+        # id -> message handed to the producer and not yet acknowledged or failed; what is left
+        # when `close` runs out of time is counted dropped there, and its late callback ignored.
+        self._in_flight: dict[int, _Message] = {}
         self.dropped: dict[tuple[str, str], int] = {}  # (subject, reason) -> rows
         self._drop_logged: dict[str, float] = {}
         self._thread: threading.Thread | None = None
@@ -289,13 +292,22 @@ class CaptureLog:
             if self._held <= 0 and not self._queue:
                 self._idle.notify_all()
 
+    def _settled(self, message: _Message) -> bool:
+        """Whether `message` was still in flight (else `close` already counted it)."""
+        with self._counts_lock:
+            return self._in_flight.pop(id(message), None) is not None
+
     def _acked(self, message: _Message, _metadata) -> None:
+        if not self._settled(message):
+            return
         self._release(message)
         self._metrics.sent.labels(message.subject).inc(message.rows)
         with self._counts_lock:
             self.sent[message.subject] = self.sent.get(message.subject, 0) + message.rows
 
     def _failed(self, message: _Message, exc: Exception) -> None:
+        if not self._settled(message):
+            return
         self._release(message)
         self._drop(message.subject, "send_failed", message.rows)
         log.debug("capture log: a send failed: %s", exc)
@@ -334,7 +346,17 @@ class CaptureLog:
                 producer.flush(timeout=max(0.0, self._close_by - time.monotonic()))
             except KafkaError as exc:
                 log.warning("capture log: not every sampled row reached Kafka (%s)", exc)
-            producer.close(timeout=max(0.0, self._close_by - time.monotonic()))
+            # Time is up: what the broker has not acknowledged is dropped now, so the counts
+            # are final when `close` returns.
+            with self._counts_lock:
+                unacknowledged, self._in_flight = list(self._in_flight.values()), {}
+            for message in unacknowledged:
+                self._release(message)
+                self._drop(message.subject, "closed", message.rows)
+            try:
+                producer.close(timeout=max(0.0, self._close_by - time.monotonic()))
+            except KafkaError as exc:  # kafka-python's close raises while sends are pending
+                log.debug("capture log: the producer closed with sends pending (%s)", exc)
         for offer in self._take():  # never sent: the broker was away
             self._drop(offer.subject, "closed", offer.count)
             with self._lock:
@@ -411,6 +433,8 @@ class CaptureLog:
                 if self._held <= 0 and not self._queue:
                     self._idle.notify_all()
             for message in messages:
+                with self._counts_lock:
+                    self._in_flight[id(message)] = message
                 try:
                     future = producer.send(
                         self.topic, key=message.subject.encode(), value=message.value,

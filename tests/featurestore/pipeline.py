@@ -56,7 +56,9 @@ class Pipeline:
     cards: int
 
 
-def build(root: Path, cards: int) -> Pipeline:
+def build(root: Path, cards: int, project: str | None = None) -> Pipeline:
+    """`project`: a Feast project of its own, so the online keys are told apart from any other
+    test's in the same Redis db (None: the default project)."""
     from featurestore.batch.backfill import backfill
     from featurestore.batch.spark import spark_session
     from featurestore.definitions import select_views
@@ -71,6 +73,8 @@ def build(root: Path, cards: int) -> Pipeline:
         "FEATURESTORE_REGISTRY_URL": f"sqlite:///{root}/registry.db",
         "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
     }
+    if project is not None:
+        env["FEATURESTORE_PROJECT"] = project
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)

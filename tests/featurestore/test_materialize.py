@@ -9,11 +9,14 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, unique_project
 from tests.featurestore import pipeline
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis]
 CARDS = 1_200
+# Where Feast's own writer puts its copy: a db no fixture uses (db 14 holds the session's served
+# dataset, which must survive this module).
+FEAST_COPY_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/13"
 
 
 def _moment(day) -> datetime:
@@ -22,7 +25,8 @@ def _moment(day) -> datetime:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, spark) -> pipeline.Pipeline:
-    return pipeline.build(tmp_path_factory.mktemp("materialize"), cards=CARDS)
+    return pipeline.build(tmp_path_factory.mktemp("materialize"), cards=CARDS,
+                          project=unique_project())
 
 
 @pytest.fixture
@@ -68,8 +72,13 @@ def _online(store, view, ids) -> pd.DataFrame:
     return store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_df().set_index(key)
 
 
-def _dump(client: redis.Redis) -> dict:
-    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
+def _dump(client: redis.Redis, project: str) -> dict:
+    """The online hashes of `project` (a key ends with its project): keys another test or run
+    leaves in the same db are not this module's."""
+    return {
+        key: client.hgetall(key)
+        for key in client.scan_iter(match=f"*{project}".encode(), count=10_000)
+    }
 
 
 @pytest.mark.parametrize("view_name", ["card_transaction_features", "card_profile", "merchant_transaction_features"])
@@ -99,22 +108,22 @@ def test_bytes_equal_feasts_own_writer(store) -> None:
     settings, feast = store
     start, end = _moment(pipeline.START), _moment(pipeline.END)
     _materialize(settings, feast, pipeline.START, pipeline.END, ["card_profile", "card_transaction_features"])
-    ours = _dump(redis.Redis.from_url(REDIS_URL))
+    ours = _dump(redis.Redis.from_url(REDIS_URL), settings.project)
 
-    feast_db = redis.Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/14")
-    feast_db.flushdb()
+    feast_db = redis.Redis.from_url(FEAST_COPY_REDIS_URL)
     try:
         config = feast.config.model_copy(deep=True)
-        config.online_store.connection_string = config.online_store.connection_string.replace("db=15", "db=14")
+        config.online_store.connection_string = config.online_store.connection_string.replace("db=15", "db=13")
         provider = feast._get_provider()
         for view in select_views(feast, ["card_profile", "card_transaction_features"]):
             keys = {k.name: k.dtype.to_value_type() for k in view.join_keys}
             for batch in offline_batches(view, offline_files(view, start, end), start, end, 100_000):
                 rows = _convert_arrow_to_proto(latest_per_entity(batch, view), view.feast_view, keys)
                 provider.online_write_batch(config, view.feast_view, rows, None)
-        theirs = _dump(feast_db)
+        theirs = _dump(feast_db, settings.project)
     finally:
-        feast_db.flushdb()
+        for key in feast_db.scan_iter(match=f"*{settings.project}".encode(), count=10_000):
+            feast_db.delete(key)
     assert len(ours) > CARDS
     assert ours.keys() == theirs.keys()
     for key in ours:
@@ -124,9 +133,9 @@ def test_bytes_equal_feasts_own_writer(store) -> None:
 def test_rerun_is_idempotent(store, redis_client) -> None:
     settings, feast = store
     _materialize(settings, feast, pipeline.START, pipeline.END)
-    before = _dump(redis_client)
+    before = _dump(redis_client, settings.project)
     _materialize(settings, feast, pipeline.START, pipeline.END)
-    assert _dump(redis_client) == before
+    assert _dump(redis_client, settings.project) == before
 
 
 def test_older_rows_never_overwrite_newer(store, redis_client) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from featurestore.generator import GeneratorConfig, transactions
@@ -124,9 +124,30 @@ class StreamRun:
         with self.settings() as s:
             return StreamWorker(s, feature_store(s))
 
-    def run_until_idle(self, idle_seconds: float = 3.0):
-        worker = self.worker()
-        worker.run(idle_seconds=idle_seconds)
+    def run_to_end(self, worker=None, timeout: float = 240):
+        """A worker run that stops once it has checkpointed every record of its topics and the
+        broker acknowledged every row it captured (an idle timeout instead would stop a worker
+        that a loaded machine kept busy for that long). A worker failure is raised here.
+        `worker`: one made with `worker()` (None: a new one)."""
+        worker = worker or self.worker()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.wait_checkpointed(worker, timeout, unless=lambda: not thread.is_alive())
+        if worker.capture is not None and thread.is_alive():
+            assert worker.capture.flush(timeout), "captured rows not acknowledged"
+        worker.stop()
+        thread.join(60)
+        if failures:
+            raise failures[0]
+        assert not thread.is_alive(), "the worker did not stop"
         return worker
 
     def run_until_applied(self, total: int, timeout: float = 240):
@@ -164,6 +185,36 @@ class StreamRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_checkpointed(self, worker, timeout: float = 240, unless=lambda: False) -> None:
+        """Until the group has committed every record of `worker`'s topics (or `unless()`)."""
+        # The source topic first: the repartition topics' ends are final once it is committed.
+        topics = [self.topic, *(t for t in worker.topics if t != self.topic)]
+        wait_for(lambda: unless() or self.checkpointed(topics), timeout,
+                 "the workers to checkpoint every record")
+
+    def checkpointed(self, topics: list[str]) -> bool:
+        """Whether the worker group has committed every partition of `topics` (the source topic
+        first, then the repartition topics it feeds) to its end: every record is processed and
+        its online rows (and their capture offers) are out. A topic's end is read only once the
+        topics before it are committed, so the records they forwarded are in it (a worker flushes
+        its sends before it commits)."""
+        # Asks for the group's committed offsets only; it never joins the group.
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.env["FEATURESTORE_STREAM_GROUP"],
+            enable_auto_commit=False,
+        )
+        try:
+            for topic in topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    return False
+                ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+                if any((consumer.committed(tp) or 0) < end for tp, end in ends.items()):
+                    return False
+            return True
+        finally:
+            consumer.close()
 
     # --- what the run left behind --------------------------------------------------------
 

@@ -104,7 +104,7 @@ def good() -> list[Message]:
 def baseline(tmp_path_factory, kafka_bootstrap, good) -> StreamRun:
     run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
     _send(run, good)
-    run.run_until_idle()
+    run.run_to_end()
     return run
 
 
@@ -122,7 +122,7 @@ def test_poison_corpus_is_dead_lettered_once_and_good_events_apply(
 
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     _send(run, mixed)
-    worker = run.run_until_idle()  # survives: returns once idle
+    worker = run.run_to_end()  # survives: returns once every record is checkpointed
 
     expected = Counter((reason, _identity(m[1])) for _, m, reason in poison)
     letters = run.dead_letters(len(poison))
@@ -161,9 +161,9 @@ def test_a_failed_worker_logs_the_error_and_checkpoints_nothing_unfinished(
     _send(run, good)
     monkeypatch.setattr(PartitionTask, "process", processes_then_fails)
     with caplog.at_level(logging.ERROR, "featurestore.stream"), pytest.raises(RuntimeError):
-        run.run_until_idle()
+        run.run_to_end()
     assert "RuntimeError: disk on fire" in caplog.text and "Traceback" in caplog.text
     assert "rebalance callback" not in caplog.text
     monkeypatch.undo()
-    run.run_until_idle()
+    run.run_to_end()
     assert_same_results(run, baseline)

@@ -169,7 +169,7 @@ def test_a_recreated_topic_stops_the_worker_until_reset(
     _recreate(kafka_bootstrap, run.topic, 3)
     run.send(new[:before_reset])
     with pytest.raises(TopicRestartedError) as stopped:
-        run.run_until_idle(idle_seconds=120)  # (a safety net: the error comes first)
+        run.worker().run(idle_seconds=120)  # (a safety net: the error comes first)
     message = str(stopped.value)
     assert f"topic {run.topic!r} partition " in message
     if topic_ids:

@@ -71,7 +71,7 @@ def events() -> list[tuple[bytes, bytes]]:
 def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
     run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
     run.send(events)
-    run.run_until_applied(2 * len(events))  # every event is on time; both stages apply it
+    run.run_to_end()
     return run
 
 
@@ -89,7 +89,7 @@ def test_stream_rows_equal_the_spark_backfill(tmp_path, kafka_bootstrap, spark) 
     )
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.send(messages)
-    worker = run.run_until_idle()
+    worker = run.run_to_end()
 
     assert worker.metrics.dead_letter_counts()["late"] == len(too_late)
     letters = run.dead_letters(len(too_late))
@@ -148,8 +148,10 @@ def test_sigkill_and_restart_equal_an_uninterrupted_run(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     sender.join()
-    final = run.spawn(idle_seconds=3)
-    output = final.communicate(timeout=240)[0].decode()
+    final = run.spawn()
+    run.wait_checkpointed(run.worker())  # a worker object of the run only names its topics
+    final.send_signal(signal.SIGTERM)
+    output = final.communicate(timeout=120)[0].decode()
     assert final.returncode == 0, output
     assert_same_results(run, baseline)
 
@@ -158,7 +160,7 @@ def test_two_workers_share_partitions_and_one_leaves(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
-    first, first_thread = run.start(idle_seconds=4)
+    first, first_thread = run.start()
     second, second_thread = run.start()
     wait_for(lambda: first.tasks and second.tasks, 60, "both workers to get partitions")
     sender = threading.Thread(target=run.send, args=(events, 2000))
@@ -168,7 +170,9 @@ def test_two_workers_share_partitions_and_one_leaves(
     second.stop()  # leaves the group mid-stream; the first takes its partitions over
     second_thread.join(timeout=60)
     sender.join()
-    first_thread.join(timeout=240)
+    run.wait_checkpointed(first)
+    first.stop()
+    first_thread.join(timeout=60)
     assert not first_thread.is_alive()
     assert_same_results(run, baseline)
 
@@ -197,7 +201,7 @@ def test_bad_events_become_dead_letters_and_good_ones_apply(tmp_path, kafka_boot
         messages.insert(5 + 7 * i, (b"1", value))
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.send(messages)
-    worker = run.run_until_idle()
+    worker = run.run_to_end()
 
     counts = worker.metrics.dead_letter_counts()
     expected = {reason: 0 for reason in counts}
@@ -227,25 +231,30 @@ def test_redis_outage_pauses_and_resumes_without_loss(
     half = len(events) // 2
     try:
         run = StreamRun.create(tmp_path, kafka_bootstrap, f"redis://127.0.0.1:{port}/0")
+        worker, thread = run.start()
+        # A process keeps one value per metric and labels (Feast's multiprocess mode), earlier
+        # tests' workers included: this worker's outages are what it adds.
+        outages = {"dependency": "online_store"}
+        worker.metrics.outages.labels("online_store")
+        before = _sample(worker, "featurestore_stream_outages_total", outages)
+        # The second half is sent only once Redis is down, so the worker provably has rows to
+        # write during the outage, however fast or slow it ran the first half.
         run.send(events[:half])
-        worker, thread = run.start()  # no idle exit: the test stops it once all is applied
-        wait_for(lambda: _archive_files(run) >= 1, 120, "the worker to checkpoint")
+        wait_for(lambda: _archive_files(run) >= 3, 60, "the worker to checkpoint")
         server.send_signal(signal.SIGTERM)  # Redis writes its append-only file and exits
         server.wait(timeout=10)
-        run.send(events[half:])  # consumed while Redis is down: their online writes must fail
-        outages = {"dependency": "online_store"}
-        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) >= 1,
-                 120, "the worker to hit the outage")
+        run.send(events[half:])
+        # Once the worker has met the outage, no checkpoint may follow while it lasts.
+        wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", outages) > before,
+                 120, "the worker to meet the outage")
         checkpoints = _sample(worker, "featurestore_stream_checkpoints_total")
-        time.sleep(1)  # (a checkpoint during the outage would be a bug, not a race)
+        time.sleep(1)
         assert _sample(worker, "featurestore_stream_checkpoints_total") == checkpoints
         assert thread.is_alive()
         server = redis_server(port, tmp_path)
-        topics = worker.topics
-        wait_for(lambda: worker.metrics.applied_events(topics) == len(events) * len(topics)
-                 and not worker.unwritten, 240, "every event to be applied and written")
+        run.wait_checkpointed(worker)
         worker.stop()
-        thread.join(timeout=120)
+        thread.join(timeout=60)
         assert not thread.is_alive()
         assert_same_results(run, baseline)
     finally:
@@ -258,9 +267,14 @@ def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
 ) -> None:
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     run.env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
-    worker, thread = run.start()
-    wait_for(lambda: _sample(worker, "featurestore_stream_outages_total",
-                              {"dependency": "kafka"}) >= 2, 60, "two retries")
+    worker = run.worker()
+    kafka = {"dependency": "kafka"}
+    worker.metrics.outages.labels("kafka")  # the process's value (as in the outage test above)
+    before = _sample(worker, "featurestore_stream_outages_total", kafka)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: _sample(worker, "featurestore_stream_outages_total", kafka) >= before + 2,
+             60, "two retries")
     assert thread.is_alive()  # retrying, not crashed
     worker.stop()
     thread.join(timeout=30)
