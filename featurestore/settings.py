@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # working for `serve_key_stale_seconds` after the last good read.
     serve_key_refresh_seconds: float = Field(5.0, gt=0)
     serve_key_stale_seconds: float = Field(300.0, gt=0)
+    # A worker (re)started while the SQL database (registry, keys) is unreachable waits this long
+    # for it instead of failing its start-up, which would make uvicorn stop every worker.
+    serve_startup_wait_seconds: float = Field(300.0, ge=0)
     # The model `POST /v1/score` serves (written by `featurestore train`). Empty = under data_dir.
     model_path: Path | None = None
     # Where this API is reached from outside (links to drift reports in alerts).

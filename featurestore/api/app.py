@@ -33,7 +33,7 @@ from featurestore.api.schemas import (
     Readiness,
     error_responses,
 )
-from featurestore.api.state import ServingState
+from featurestore.api.state import ServingState, start_serving_state
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
 from monitors import api as monitoring
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await asyncio.to_thread(ServingState, settings)
+        state = await asyncio.to_thread(start_serving_state, settings)
         app.state.serving = state
         refreshers = [asyncio.create_task(state.refresh_forever())]
         if state.verifier is not None:

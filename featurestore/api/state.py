@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from datetime import datetime
 
 from feast import FeatureStore
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from featurestore.apikeys import KeyVerifier
 from featurestore.db import engine
@@ -139,3 +141,22 @@ class ServingState:
         embedded profile's online store is a local SQLite file that Feast opens per read.)"""
         if self.pool is not None:
             await self.pool.ping()
+
+
+def start_serving_state(settings: Settings) -> ServingState:
+    """A worker's state, waiting (bounded, logged) while the SQL database cannot be reached.
+
+    uvicorn stops the whole server when a restarted worker fails its start-up, so a worker
+    replaced during a database outage must wait it out rather than fail; the other workers go
+    on serving meanwhile. A schema behind or ahead of the code still fails at once."""
+    deadline = time.monotonic() + settings.serve_startup_wait_seconds
+    while True:
+        try:
+            return ServingState(settings)
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            # The driver's message names the host; this is the server log, not a response.
+            log.warning("waiting for the SQL database to start this worker: %s",
+                        str(exc.orig or exc).splitlines()[0])
+            time.sleep(1)

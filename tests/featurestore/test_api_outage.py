@@ -236,3 +236,45 @@ def test_sql_database_down_for_20s_under_load(server) -> None:
         wait_for(lambda: all(accepted() for _ in range(4)), 60, "the new key accepted")
         wait_for(lambda: client.get("/readyz").status_code == 200, 60, "readiness")
         assert client.get("/v1/alerts", headers=server.headers("monitors:read")).status_code == 200
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(server, tmp_path) -> None:
+    """uvicorn stops every worker when a restarted one fails its start-up: a worker replaced
+    during a database outage (a missed health check, say) must wait for the database, not fail
+    (seen: the whole server gone, connections refused, after one worker was replaced)."""
+    log = tmp_path / "late-serve.log"
+    port = free_port()
+    server.database.stop()
+    try:
+        with log.open("wb") as output:
+            late = subprocess.Popen(
+                [str(Path(sys.executable).parent / "featurestore"), "serve", "--port", str(port),
+                 "--workers", "1"],
+                env=server.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            wait_for(lambda: late.poll() is not None
+                     or b"waiting for the SQL database" in log.read_bytes(),
+                     120, "the new worker to wait for the database")
+            assert late.poll() is None, log.read_text()
+        finally:
+            server.database.start()
+
+        def ready() -> bool:
+            assert late.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 120, "the worker to start once the database is back")
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/online-features", json=LOOKUP,
+                            headers=server.headers("features:read"), timeout=30)
+        assert answer.status_code == 200, answer.text
+    finally:
+        late.send_signal(signal.SIGTERM)
+        try:
+            late.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(late.pid, signal.SIGKILL)
+            late.wait(timeout=10)
