@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from streaming import kafka
 
 
 def _free_port() -> int:
@@ -44,7 +45,7 @@ def local_broker(timeout: float = 30) -> Iterator[str]:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                KafkaAdminClient(bootstrap_servers=address).close()
+                kafka.probe(address)
                 break
             except KafkaError:
                 if time.monotonic() > deadline or broker.poll() is not None:

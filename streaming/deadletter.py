@@ -8,16 +8,13 @@ and `value-sha256` (`original-key-bytes`, `key-sha256`) identify the original. N
 dropped.
 
 The size limit is the smallest of the producer's `max_request_size` and the dead-letter topic's
-`max.message.bytes` when the broker reports it (real Kafka's default is 1,048,588 bytes), minus
-`MARGIN` for the record batch framing.
+`max.message.bytes` when the broker reports it (`streaming.kafka.message_bytes_limit`; real
+Kafka's default is 1,048,588 bytes), minus `MARGIN` for the record batch framing.
 """
 
 from __future__ import annotations
 
 import hashlib
-
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from streaming.task import DeadLetter
 
@@ -27,15 +24,6 @@ MARGIN = 4096
 _TEXT_BYTES = 2048
 
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
-
-
-def broker_limit(admin: KafkaAdminClient, topic: str) -> int | None:
-    """The topic's `max.message.bytes`, or None when the broker does not report it."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
-    described = admin.describe_configs([resource], config_filter="all")
-    entry = described.get("topic", {}).get(topic, {}).get("max.message.bytes")
-    value = entry.get("value") if isinstance(entry, dict) else None
-    return int(value) if value else None
 
 
 def size_limit(producer_max_request_size: int, topic_limit: int | None) -> int:

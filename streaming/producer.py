@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from kafka import KafkaProducer
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer  # built by `streaming.kafka.producer`
 
 SEND_CHUNK = 1_000
 

@@ -20,12 +20,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from kafka import KafkaAdminClient
 from kafka.errors import UnknownTopicOrPartitionError
 
 from featurestore import offline
 from featurestore.errors import FeatureStoreError, UnknownNameError
 from featurestore.settings import Settings
+from streaming import kafka
 from streaming.topology import Topology
 
 NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"  # what brokers without topic ids report
@@ -93,10 +93,7 @@ def reset(settings: Settings, topologies: list[Topology]) -> list[str]:
                 done.append(f"kept {kept} offline file(s) {topic} wrote, as batch data")
     internal = [s.topic for t in topologies for s in t.stages.values() if not s.is_source]
     if internal:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers, bootstrap_timeout_ms=10_000
-        )
-        try:
+        with kafka.admin(settings) as admin:
             existing = set(admin.list_topics())
             gone = [t for t in internal if t in existing]
             if gone:
@@ -105,6 +102,4 @@ def reset(settings: Settings, topologies: list[Topology]) -> list[str]:
                 except UnknownTopicOrPartitionError:
                     pass  # deleted meanwhile
                 done.append(f"deleted the repartition topic(s) {gone}")
-        finally:
-            admin.close()
     return done

@@ -34,10 +34,9 @@ from typing import TypeVar
 
 import redis
 from feast import FeatureStore
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
 from featurestore.definitions import select_views
@@ -45,10 +44,11 @@ from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
 from monitors.capture import CaptureLog
-from streaming import deadletter
+from streaming import deadletter, kafka
 from streaming import reset as restarts
 from streaming import topology as topologies
 from streaming.coldstart import ColdStart
+from streaming.kafka import Stopped
 from streaming.metrics import StreamMetrics
 from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
 from streaming.validation import EventValidator
@@ -58,12 +58,9 @@ T = TypeVar("T")
 
 _ONLINE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError)
 _MAX_BACKOFF_SECONDS = 10.0
+_KAFKA_BACKOFF = kafka.Backoff(first=0.5, limit=_MAX_BACKOFF_SECONDS)
 _STATUS_SECONDS = 10.0
 _MAX_REQUEST_BYTES = 1_048_576  # kafka-python's default; dead letters are cut to fit it
-
-
-class Stopped(Exception):
-    """The worker was asked to stop while waiting for a dependency."""
 
 
 @dataclass
@@ -214,6 +211,19 @@ class StreamWorker:
         """Every topic the worker consumes: each source topic and its repartition topics."""
         return list(self.stages)
 
+    @property
+    def _consumer(self) -> KafkaConsumer:
+        """The consumer, for the loop and its callbacks (they run once `run` connected)."""
+        if self.consumer is None:
+            raise RuntimeError("the stream worker is not connected to Kafka")
+        return self.consumer
+
+    @property
+    def _producer(self) -> KafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("the stream worker is not connected to Kafka")
+        return self.producer
+
     def _close(self) -> None:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
@@ -227,27 +237,18 @@ class StreamWorker:
         self.writers.clear()
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
-        """`attempt()` until Kafka answers, backing off, with one log line per failure."""
-        delay = 0.5
-        while True:
-            try:
-                return attempt()
-            except KafkaError as exc:
-                self.metrics.outages.labels("kafka").inc()
-                log.warning(
-                    "Kafka at %s unavailable for the %s (%s); retrying in %.1f s",
-                    self.settings.kafka_bootstrap_servers, what, exc, delay,
-                )
-                if self._stop.wait(delay):
-                    raise Stopped from exc
-                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+        """`attempt()` until Kafka answers, counting each failure as an outage."""
+        return kafka.retrying(
+            what, attempt, servers=self.settings.kafka_bootstrap_servers, stop=self._stop,
+            backoff=_KAFKA_BACKOFF,
+            on_failure=lambda _exc: self.metrics.outages.labels("kafka").inc(),
+        )
 
     def _new_consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=self.settings.stream_group,
+        return kafka.consumer(
+            self.settings,
             client_id=f"{self.settings.stream_group}-worker",
-            enable_auto_commit=False,
+            group_id=self.settings.stream_group,
             # Every partition is sought explicitly; an offset no longer in the topic is an error.
             auto_offset_reset="none",
             session_timeout_ms=self.settings.stream_session_timeout_ms,
@@ -255,21 +256,17 @@ class StreamWorker:
             max_poll_records=self.settings.stream_batch_events,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
-            bootstrap_timeout_ms=10_000,
         )
 
     def _new_producer(self) -> KafkaProducer:
-        return KafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+        # The adapter's ordered sends (one request in flight, acks=all): the next stage can
+        # drop replays by offset.
+        return kafka.producer(
+            self.settings,
             client_id=f"{self.settings.stream_group}-worker",
-            acks="all",
-            linger_ms=5,
             batch_size=256 * 1024,
-            # Sends to a partition stay in order, so the next stage can drop replays by offset.
-            max_in_flight_requests_per_connection=1,
             retries=5,
             max_request_size=_MAX_REQUEST_BYTES,
-            bootstrap_timeout_ms=10_000,
         )
 
     def _ensure_topics(self) -> None:
@@ -278,10 +275,7 @@ class StreamWorker:
         A missing source topic gets `stream_partitions` partitions; its repartition topics get
         as many as it has.
         """
-        admin = KafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, bootstrap_timeout_ms=10_000
-        )
-        try:
+        with kafka.admin(self.settings) as admin:
             existing = set(admin.list_topics())
             wanted = {self.settings.dead_letter_topic: self.settings.stream_partitions}
             for topology in self.topologies:
@@ -290,25 +284,21 @@ class StreamWorker:
                 if source in existing:
                     partitions = len(admin.describe_topics([source])[0]["partitions"])
                 wanted.update(dict.fromkeys(topology.topics, partitions))
-            missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
-            if missing:
-                try:
-                    admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass  # another worker created it first
-                log.info("created topics %s", {t.name: t.num_partitions for t in missing})
+            created = kafka.ensure_topics(admin, wanted, existing=existing)
+            if created:
+                log.info("created topics %s", created)
             # Read here, not in the rebalance listener, which must not block on the network.
             self.partitions = {topic: wanted[topic] for topic in self.stages}
             self.topic_ids = {
                 t["name"]: restarts.topic_id(t) for t in admin.describe_topics(self.topics)
             }
             try:
-                topic_limit = deadletter.broker_limit(admin, self.settings.dead_letter_topic)
+                topic_limit = kafka.message_bytes_limit(
+                    admin, self.settings.dead_letter_topic
+                )
             except KafkaError:
                 topic_limit = None  # a broker without DescribeConfigs: the producer's limit
             self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, topic_limit)
-        finally:
-            admin.close()
 
     # --- rebalance -----------------------------------------------------------------------
 
@@ -330,30 +320,31 @@ class StreamWorker:
                 resume = task.restore()
             except FeatureStoreError as exc:  # e.g. unreadable offline data to seed from
                 self._assign_error = self._assign_error or exc
-                self.consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
-                self.consumer.pause(tp)
+                self._consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
+                self._consumer.pause(tp)
                 continue
             if task.logged_topic_id and task.topic_id and task.logged_topic_id != task.topic_id:
                 self._assign_error = self._assign_error or restarts.TopicRestartedError(
                     self._restarted_detail(tp, f"its partition log ({task.log.directory}) "
-                                           f"applied offsets up to {resume - 1} of topic id "
+                                           f"applied offsets up to {_last(resume)} of topic id "
                                            f"{task.logged_topic_id}, the topic now has id "
                                            f"{task.topic_id}")
                 )
-                self.consumer.seek(tp, resume)  # a position, so the consumer has no error first
-                self.consumer.pause(tp)
+                # A position, so the consumer has no error first.
+                self._consumer.seek(tp, resume or 0)
+                self._consumer.pause(tp)
                 continue
             self.verifying.pop(tp, None)
             if resume is None:
-                self.consumer.seek_to_beginning(tp)  # cold start: hand over from batch
+                self._consumer.seek_to_beginning(tp)  # cold start: hand over from batch
                 self.next_offsets.pop(tp, None)
             elif task.logged_last_record is not None:
                 # Resumes after re-reading the last applied record, which must be the same.
-                self.consumer.seek(tp, resume - 1)
+                self._consumer.seek(tp, resume - 1)
                 self.next_offsets[tp] = resume - 1
                 self.verifying[tp] = (resume - 1, task.logged_last_record)
             else:
-                self.consumer.seek(tp, resume)
+                self._consumer.seek(tp, resume)
                 self.next_offsets[tp] = resume
             self.tasks[tp] = task
             log.info("assigned %s-%d, %s", tp.topic, tp.partition,
@@ -396,7 +387,7 @@ class StreamWorker:
         if timeout_ms is None:
             timeout_ms = self.settings.stream_batch_ms
         try:
-            polled = self.consumer.poll(
+            polled = self._consumer.poll(
                 timeout_ms=timeout_ms,
                 max_records=max(1, self.settings.stream_batch_events - self.buffer.count),
             )
@@ -459,12 +450,12 @@ class StreamWorker:
             key, value, headers = deadletter.message(
                 letter, tp.topic, tp.partition, self.dead_letter_limit
             )
-            self.producer.send(
+            self._producer.send(
                 self.settings.dead_letter_topic, value=value, key=key, headers=headers
             ).add_errback(self._on_send_error)
         for forward in step.forwards:
             record = forward.record
-            self.producer.send(
+            self._producer.send(
                 forward.topic,
                 value=record.value,
                 key=forward.key,
@@ -500,7 +491,7 @@ class StreamWorker:
                             "%.1f s", exc, delay)
                 self._drop_writers()
                 if not paused:
-                    self.consumer.pause(*self.consumer.assignment())
+                    self._consumer.pause(*self._consumer.assignment())
                     paused = True
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline:
@@ -508,7 +499,7 @@ class StreamWorker:
                         raise Stopped from exc
                     # Keeps the group membership; a rebalance may drop or add partitions.
                     self._poll(timeout_ms=100)
-                    self.consumer.pause(*self.consumer.assignment())
+                    self._consumer.pause(*self._consumer.assignment())
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
                 continue
             now_ms = time.time() * 1000
@@ -525,7 +516,7 @@ class StreamWorker:
             self.unwritten = []
         if paused:
             log.info("online store back; consumption resumed")
-            self.consumer.resume(*self.consumer.assignment())
+            self._consumer.resume(*self._consumer.assignment())
 
     def _drop_writers(self) -> None:
         for writer in self.writers.values():
@@ -543,7 +534,7 @@ class StreamWorker:
         if not ready:
             return
         try:
-            self.producer.flush(timeout=30)
+            self._producer.flush(timeout=30)
         except KafkaError as exc:
             log.warning("Kafka did not acknowledge sends (%s); checkpoint postponed", exc)
             return
@@ -560,9 +551,9 @@ class StreamWorker:
             self.metrics.checkpoints.inc()
         try:
             if final:
-                self.consumer.commit(offsets)
+                self._consumer.commit(offsets)
             else:
-                self.consumer.commit_async(offsets)
+                self._consumer.commit_async(offsets)
         except KafkaError as exc:
             # The partition log is the commit point; committed offsets serve lag monitoring
             # and a new worker with no log.
@@ -582,6 +573,10 @@ class StreamWorker:
             len(self.tasks), p50, p99, dead or "none",
         )
 
+
+def _last(resume: int | None) -> str:
+    """The last offset a partition log applied, from the offset it resumes at."""
+    return "none" if resume is None else str(resume - 1)
 
 
 def _handover_text(micros: int | None) -> str:
