@@ -92,10 +92,10 @@ def ensure_topics(
     client: KafkaAdminClient, wanted: Mapping[str, int], *, existing: set[str] | None = None
 ) -> dict[str, int]:
     """Create the topics of `wanted` (topic -> partitions, replication 1) that do not exist yet;
-    returns those this call created. `existing`: the cluster's topics, when the caller has just
-    listed them. Idempotent, and another process creating one of them at the same moment is no
-    error (the broker creates the others of the request all the same; each still missing after
-    that is asked for alone)."""
+    returns those that were missing (each exists when this returns). `existing`: the cluster's
+    topics, when the caller has just listed them. Idempotent, and another process creating one
+    of them at the same moment is no error: the broker creates the others of the request all
+    the same, and each still missing after that is asked for alone."""
     if existing is None:
         existing = set(client.list_topics())
     missing = {topic: n for topic, n in wanted.items() if topic not in existing}
@@ -103,20 +103,15 @@ def ensure_topics(
         return {}
     try:
         client.create_topics([NewTopic(topic, n, 1) for topic, n in missing.items()])
-        return missing
     except TopicAlreadyExistsError:
-        pass
-    created = {}
-    now = set(client.list_topics())
-    for topic, n in missing.items():
-        if topic in now:
-            continue
-        try:
-            client.create_topics([NewTopic(topic, n, 1)])
-            created[topic] = n
-        except TopicAlreadyExistsError:
-            pass  # another process created it first
-    return created
+        now = set(client.list_topics())
+        for topic, n in missing.items():
+            if topic not in now:
+                try:
+                    client.create_topics([NewTopic(topic, n, 1)])
+                except TopicAlreadyExistsError:
+                    pass  # another process created it first
+    return missing
 
 
 def message_bytes_limit(client: KafkaAdminClient, topic: str) -> int | None:
