@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaConnectionError
+from kafka.errors import KafkaConnectionError, KafkaError
 
 from featurestore.settings import Settings
 from streaming import kafka
