@@ -480,11 +480,7 @@ class StreamWorker:
         paused = False
         while self.unwritten:
             try:
-                for pending in self.unwritten:
-                    for view, rows in pending.step.online:
-                        self._writer(view).write(rows)
-                for writer in self.writers.values():
-                    writer.flush()
+                self._write_unwritten()
             except _ONLINE_ERRORS as exc:
                 self.metrics.outages.labels("online_store").inc()
                 log.warning("online store unavailable (%s); consumption paused, retrying in "
@@ -493,30 +489,45 @@ class StreamWorker:
                 if not paused:
                     self._consumer.pause(*self._consumer.assignment())
                     paused = True
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:
-                    if self._stop.is_set():
-                        raise Stopped from exc
-                    # Keeps the group membership; a rebalance may drop or add partitions.
-                    self._poll(timeout_ms=100)
-                    self._consumer.pause(*self._consumer.assignment())
+                self._wait_in_group(delay, exc)
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
                 continue
-            now_ms = time.time() * 1000
-            for pending in self.unwritten:
-                for view, rows in pending.step.online:
-                    self.metrics.online_rows.labels(view.name).inc(rows.num_rows)
-                    if self.capture is not None:
-                        self.capture.offer_table(
-                            f"view:{view.name}", rows, [f.name for f in view.features],
-                            {view.name: view.offline.timestamp_field},
-                        )
-                if len(pending.step.applied_timestamps_ms):
-                    self.metrics.observe_freshness(now_ms - pending.step.applied_timestamps_ms)
+            self._record_written()
             self.unwritten = []
         if paused:
             log.info("online store back; consumption resumed")
             self._consumer.resume(*self._consumer.assignment())
+
+    def _write_unwritten(self) -> None:
+        for pending in self.unwritten:
+            for view, rows in pending.step.online:
+                self._writer(view).write(rows)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def _wait_in_group(self, seconds: float, outage: Exception) -> None:
+        """Wait `seconds` with every partition paused, polling to keep the group membership (a
+        rebalance may drop or add partitions); raises Stopped when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                raise Stopped from outage
+            self._poll(timeout_ms=100)
+            self._consumer.pause(*self._consumer.assignment())
+
+    def _record_written(self) -> None:
+        """Count the rows that landed, sample them for monitoring, observe their freshness."""
+        now_ms = time.time() * 1000
+        for pending in self.unwritten:
+            for view, rows in pending.step.online:
+                self.metrics.online_rows.labels(view.name).inc(rows.num_rows)
+                if self.capture is not None:
+                    self.capture.offer_table(
+                        f"view:{view.name}", rows, [f.name for f in view.features],
+                        {view.name: view.offline.timestamp_field},
+                    )
+            if len(pending.step.applied_timestamps_ms):
+                self.metrics.observe_freshness(now_ms - pending.step.applied_timestamps_ms)
 
     def _drop_writers(self) -> None:
         for writer in self.writers.values():

@@ -104,11 +104,27 @@ def parse(value: bytes | None, subject: str) -> Parsed | str:
         return "not JSON"
     if not isinstance(body, dict):
         return "not a JSON object"
+    invalid = _invalid_fields(body, subject)
+    if invalid is not None:
+        return invalid
+    columns, rows = body["columns"], body["rows"]
+    captured, newest = body["captured_at"], body.get("newest_events", {})
+    values: list[tuple] = list(zip(*rows)) if rows else [() for _ in columns]
+    if any(not set(map(type, column)) <= _SCALARS for column in values):
+        return "a value is not a JSON scalar"
+    return Parsed(
+        {name: i for i, name in enumerate(columns)}, values, len(rows), captured,
+        {view: ms for view, ms in newest.items() if ms is not None},
+    )
+
+
+def _invalid_fields(body: dict, subject: str) -> str | None:
+    """Why the fields of a message's JSON object are not a capture message; None if they are."""
     columns, rows = body.get("columns"), body.get("rows")
-    captured, newest = body.get("captured_at"), body.get("newest_events", {})
+    newest = body.get("newest_events", {})
     if body.get("subject") != subject:
         return f"subject {body.get('subject')!r} under the key {subject!r}"
-    if type(captured) is not int:
+    if type(body.get("captured_at")) is not int:
         return "captured_at is not epoch milliseconds"
     if not isinstance(columns, list) or not all(type(c) is str for c in columns) or len(
         set(columns)
@@ -122,13 +138,7 @@ def parse(value: bytes | None, subject: str) -> Parsed | str:
         type(v) is int or v is None for v in newest.values()
     ):
         return "newest_events is not a map of view to epoch milliseconds"
-    values: list[tuple] = list(zip(*rows)) if rows else [() for _ in columns]
-    if any(not set(map(type, column)) <= _SCALARS for column in values):
-        return "a value is not a JSON scalar"
-    return Parsed(
-        {name: i for i, name in enumerate(columns)}, values, len(rows), captured,
-        {view: ms for view, ms in newest.items() if ms is not None},
-    )
+    return None
 
 
 def column_array(values: list) -> pa.Array:
