@@ -14,7 +14,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target) outside code; a target has no spaces (a title after it is not used here).
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
-CODE_SPAN = re.compile(r"`[^`\n]*`")
+# A code span may run over a line break (CommonMark), so a link whose text is code stays whole.
+CODE_SPAN = re.compile(r"`[^`]*`")
 
 
 def github_slug(heading: str) -> str:
