@@ -1,5 +1,5 @@
-"""The Kafka adapter: the one module that builds kafka-python clients, creates topics and retries
-while the broker is away.
+"""The Kafka adapter: the one module that builds kafka-python clients, creates and deletes topics
+and retries while the broker is away.
 
 Every client gets its connection settings from `connection(settings)` (today the bootstrap
 servers; security settings, once `Settings` has any, belong there and nowhere else). The callers
@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from featurestore.settings import Settings
 
@@ -112,6 +112,18 @@ def ensure_topics(
                 except TopicAlreadyExistsError:
                     pass  # another process created it first
     return missing
+
+
+def delete_topics(client: KafkaAdminClient, topics: Sequence[str]) -> list[str]:
+    """Delete those of `topics` that exist; returns them. One deleted meanwhile is no error."""
+    existing = set(client.list_topics())
+    gone = [topic for topic in topics if topic in existing]
+    if gone:
+        try:
+            client.delete_topics(gone)
+        except UnknownTopicOrPartitionError:
+            pass  # deleted meanwhile
+    return gone
 
 
 def message_bytes_limit(client: KafkaAdminClient, topic: str) -> int | None:

@@ -20,8 +20,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-from kafka.errors import UnknownTopicOrPartitionError
-
 from featurestore import offline
 from featurestore.errors import FeatureStoreError, UnknownNameError
 from featurestore.settings import Settings
@@ -83,23 +81,24 @@ def reset(settings: Settings, topologies: list[Topology]) -> list[str]:
             if logs.exists():
                 shutil.rmtree(logs)
                 done.append(f"removed the partition logs of {topic} ({logs})")
-            kept = 0
-            for table in tables:
-                for path in table.glob(f"{offline.PARTITION}=*/stream-{topic}-*.parquet"):
-                    # Renamed, so no new partition log takes them for its own unlogged output.
-                    path.rename(path.with_name(f"batch-{mark}-{path.name.removeprefix('stream-')}"))
-                    kept += 1
+            kept = _keep_as_batch(tables, topic, mark)
             if kept:
                 done.append(f"kept {kept} offline file(s) {topic} wrote, as batch data")
     internal = [s.topic for t in topologies for s in t.stages.values() if not s.is_source]
     if internal:
         with kafka.admin(settings) as admin:
-            existing = set(admin.list_topics())
-            gone = [t for t in internal if t in existing]
-            if gone:
-                try:
-                    admin.delete_topics(gone)
-                except UnknownTopicOrPartitionError:
-                    pass  # deleted meanwhile
-                done.append(f"deleted the repartition topic(s) {gone}")
+            gone = kafka.delete_topics(admin, internal)
+        if gone:
+            done.append(f"deleted the repartition topic(s) {gone}")
     return done
+
+
+def _keep_as_batch(tables: set[Path], topic: str, mark: str) -> int:
+    """Rename the offline files `topic` wrote to batch files; returns how many."""
+    kept = 0
+    for table in tables:
+        for path in table.glob(f"{offline.PARTITION}=*/stream-{topic}-*.parquet"):
+            # Renamed, so no new partition log takes them for its own unlogged output.
+            path.rename(path.with_name(f"batch-{mark}-{path.name.removeprefix('stream-')}"))
+            kept += 1
+    return kept
