@@ -202,11 +202,13 @@ class MonitorConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _health_rule_by_default(cls, data: object) -> object:
-        rules = data.get("rules") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+            return data
+        rules = data["rules"]
         kinds = [r.get("kind") if isinstance(r, dict) else getattr(r, "kind", None)
-                 for r in rules] if isinstance(rules, list) else []
+                 for r in rules]
         if kinds and "monitor_health" not in kinds:
-            data = {**data, "rules": [*rules, {"kind": "monitor_health"}]}
+            return {**data, "rules": [*rules, {"kind": "monitor_health"}]}
         return data
 
     @property
