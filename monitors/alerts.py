@@ -1,4 +1,5 @@
-"""The alert lifecycle in SQL: trigger -> acknowledge -> resolve, dedup, silences, pages.
+"""The alert lifecycle (stored through `monitors.sql.alerts`): trigger -> acknowledge -> resolve,
+dedup, silences, pages.
 
 One alert per dedup key (`monitor/rule/target`) is open at a time. After each window
 (`apply_window`, inside the transaction that stores the run):
