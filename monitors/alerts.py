@@ -1,4 +1,5 @@
-"""The alert lifecycle in SQL: trigger -> acknowledge -> resolve, dedup, silences, pages.
+"""The alert lifecycle (stored through `monitors.sql.alerts`): trigger -> acknowledge -> resolve,
+dedup, silences, pages.
 
 One alert per dedup key (`monitor/rule/target`) is open at a time. After each window
 (`apply_window`, inside the transaction that stores the run):
@@ -18,18 +19,29 @@ neither.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from featurestore.errors import FeatureStoreError
 from monitors.config import MonitorConfig, MonitorsFile
 from monitors.outbox import enqueue
-from monitors.rules import FIRED, SEVERITY_RANK, UNJUDGED, Evaluation, OpenAlert, damp
-from monitors.store import ALERTS, SILENCES, max_chars
+from monitors.rules import (
+    FIRED,
+    SEVERITY_RANK,
+    UNJUDGED,
+    Evaluation,
+    Firing,
+    OpenAlert,
+    damp,
+)
+from monitors.sql import alerts as sql
+from monitors.sql.alerts import RESOLVED
+from monitors.store import ALERTS, max_chars
 
-TRIGGERED, ACKNOWLEDGED, RESOLVED = "triggered", "acknowledged", "resolved"
+TRIGGERED, ACKNOWLEDGED = "triggered", "acknowledged"  # and RESOLVED
 
 
 class AlertError(FeatureStoreError):
@@ -46,30 +58,6 @@ class UnknownSilenceError(AlertError):
 
 class AlertStateError(AlertError):
     """The alert is not in a state that allows the request (resolving a resolved alert)."""
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
-def alert_dict(row) -> dict:
-    """An ALERTS row as JSON-able values."""
-    # Column names come back as SQLAlchemy's str subclass, which orjson refuses as keys.
-    alert = {str(name): value for name, value in row._mapping.items()}
-    for name in ("triggered_at", "last_fired_at", "acknowledged_at", "resolved_at"):
-        alert[name] = _iso(alert[name])
-    return alert
-
-
-def silence_dict(row) -> dict:
-    silence = {str(name): value for name, value in row._mapping.items()}
-    for name in ("starts_at", "ends_at", "created_at"):
-        silence[name] = _iso(silence[name])
-    return silence
 
 
 HEALTH, HEALTH_TARGET = "monitor_health", "monitor"
@@ -148,50 +136,20 @@ def _notify(conn: Connection, config: MonitorsFile, alerts: list[dict], page_key
     )
 
 
-def _silenced(conn: Connection, monitor: str, target: str, now: datetime) -> bool:
-    query = sa.select(sa.func.count()).select_from(SILENCES).where(
-        SILENCES.c.monitor == monitor,
-        sa.or_(SILENCES.c.target.is_(None), SILENCES.c.target == target),
-        SILENCES.c.starts_at <= now,
-        SILENCES.c.ends_at > now,
-    )
-    return conn.execute(query).scalar_one() > 0
-
-
-def _open_alerts(conn: Connection, monitor: str) -> dict[str, dict]:
-    rows = conn.execute(
-        sa.select(ALERTS).where(ALERTS.c.monitor == monitor, ALERTS.c.status != RESOLVED)
-    )
-    return {row.dedup_key: alert_dict(row) for row in rows}
-
-
-def _page(conn: Connection, page_key: str) -> list[dict]:
-    rows = conn.execute(
-        sa.select(ALERTS).where(ALERTS.c.page_key == page_key).order_by(ALERTS.c.alert_id)
-    )
-    return [alert_dict(row) for row in rows]
-
-
-def _update(conn: Connection, alert_id: int, **values) -> dict:
-    conn.execute(sa.update(ALERTS).where(ALERTS.c.alert_id == alert_id).values(**values))
-    return alert_dict(conn.execute(sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id)).one())
-
-
 def _open(conn: Connection, *, key: str, monitor: str, rule: str, target: str, silenced: bool,
           run_id: int | None, now: datetime, **fields) -> dict:
-    alert_id = conn.execute(sa.insert(ALERTS).values(
-        dedup_key=key, monitor=monitor, rule=rule, target=target, status=TRIGGERED,
+    return sql.insert_alert(
+        conn, dedup_key=key, monitor=monitor, rule=rule, target=target, status=TRIGGERED,
         first_run_id=run_id, last_run_id=run_id, silenced=silenced, triggered_at=now,
         last_fired_at=now, clean_windows=0, open_windows=1, flaps=0, **fields,
-    )).inserted_primary_key[0]
-    return alert_dict(conn.execute(sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id)).one())
+    )
 
 
 def _page_out(conn: Connection, config: MonitorsFile, alerts: list[dict], now: datetime,
               public_url: str) -> list[dict]:
     """Page `alerts` together (a new page); returns them with their page key."""
     page_key = f"{alerts[0]['monitor']}/page/{alerts[0]['alert_id']}"
-    paged = [_update(conn, alert["alert_id"], page_key=page_key) for alert in alerts]
+    paged = [sql.update_alert(conn, alert["alert_id"], page_key=page_key) for alert in alerts]
     _notify(conn, config, paged, page_key, "trigger", now, public_url)
     return paged
 
@@ -203,7 +161,7 @@ def _page_key(alert: dict) -> str:
 
 def _members(conn: Connection, alert: dict) -> list[dict]:
     """The alerts that went out in `alert`'s page (itself alone when paged before pages)."""
-    return _page(conn, alert["page_key"]) if alert["page_key"] is not None else [alert]
+    return sql.page_members(conn, alert["page_key"]) if alert["page_key"] is not None else [alert]
 
 
 def _resolve_pages(conn: Connection, config: MonitorsFile, resolved: list[dict], now: datetime,
@@ -220,6 +178,65 @@ def _damping(alert: dict) -> OpenAlert:
     return OpenAlert(alert["clean_windows"], alert["open_windows"], alert["flaps"])
 
 
+@dataclass
+class _Changes:
+    """What one window does to a monitor's alerts, sent out once it has judged them all."""
+
+    changed: dict[int, dict[str, Any]] = field(default_factory=dict)  # by alert id
+    to_page: list[dict[str, Any]] = field(default_factory=list)  # one new page
+    refired: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by page key
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, alert: dict[str, Any]) -> dict[str, Any]:
+        self.changed[alert["alert_id"]] = alert
+        return alert
+
+
+def _fire(conn: Connection, monitor: MonitorConfig, name: str, run_id: int, fired: Firing,
+          current: dict[str, Any] | None, now: datetime, changes: _Changes) -> None:
+    """Condition `fired` holds in run `run_id`: open its alert, or keep `current` open."""
+    silenced = sql.silenced(conn, name, fired.target, now)
+    fields: dict[str, Any] = {"severity": fired.severity, "summary": fired.summary,
+                              "details": fired.details}
+    if current is None:
+        alert = changes.add(_open(conn, key=fired.dedup_key(name), monitor=name, rule=fired.rule,
+                                  target=fired.target, silenced=silenced, run_id=run_id, now=now,
+                                  **fields))
+        if not silenced:
+            changes.to_page.append(alert)
+        return
+    state, _ = damp(_damping(current), FIRED, auto_resolve_after=monitor.auto_resolve_after,
+                    min_open_windows=monitor.min_open_windows)
+    fields.update(last_run_id=run_id, last_fired_at=now, clean_windows=state.clean_windows,
+                  open_windows=state.open_windows, flaps=state.flaps)
+    if current["silenced"] and not silenced and current["status"] == TRIGGERED:
+        # Opened under a silence that has ended while the condition still holds: page
+        # now. Acknowledged meanwhile, someone is on it: nobody is paged (it stays
+        # `silenced`, which says just that).
+        changes.to_page.append(changes.add(
+            sql.update_alert(conn, current["alert_id"], silenced=False, **fields)
+        ))
+        return
+    alert = changes.add(sql.update_alert(conn, current["alert_id"], **fields))
+    if not alert["silenced"]:
+        changes.refired.setdefault(_page_key(alert), []).append(alert)
+
+
+def _judge(conn: Connection, monitor: MonitorConfig, alert: dict[str, Any], verdict: str,
+           now: datetime, changes: _Changes) -> None:
+    """Open `alert`'s condition did not fire: move it on by the window's `verdict`."""
+    state, resolves = damp(_damping(alert), verdict,
+                           auto_resolve_after=monitor.auto_resolve_after,
+                           min_open_windows=monitor.min_open_windows)
+    values: dict[str, Any] = {"clean_windows": state.clean_windows,
+                              "open_windows": state.open_windows, "flaps": state.flaps}
+    if resolves:
+        values.update(status=RESOLVED, resolved_at=now, resolved_by="auto")
+    changed = changes.add(sql.update_alert(conn, alert["alert_id"], **values))
+    if resolves:
+        changes.resolved.append(changed)
+
+
 def apply_window(
     conn: Connection,
     config: MonitorsFile,
@@ -232,57 +249,22 @@ def apply_window(
 ) -> list[dict]:
     """Move the monitor's alerts on after run `run_id`; returns the alerts it opened or changed."""
     monitor: MonitorConfig = config.monitors[name]
-    open_alerts = _open_alerts(conn, name)
-    changed: dict[int, dict] = {}
-    to_page: list[dict] = []
-    refired: dict[str, list[dict]] = {}
+    open_alerts = sql.open_alerts(conn, name)
+    changes = _Changes()
     for fired in evaluation.firing:
-        key = fired.dedup_key(name)
-        silenced = _silenced(conn, name, fired.target, now)
-        current = open_alerts.pop(key, None)
-        fields = {"severity": fired.severity, "summary": fired.summary, "details": fired.details}
-        if current is None:
-            alert = _open(conn, key=key, monitor=name, rule=fired.rule, target=fired.target,
-                          silenced=silenced, run_id=run_id, now=now, **fields)
-            if not silenced:
-                to_page.append(alert)
-        else:
-            state, _ = damp(_damping(current), FIRED, auto_resolve_after=monitor.auto_resolve_after,
-                            min_open_windows=monitor.min_open_windows)
-            fields.update(last_run_id=run_id, last_fired_at=now, clean_windows=state.clean_windows,
-                          open_windows=state.open_windows, flaps=state.flaps)
-            if current["silenced"] and not silenced and current["status"] == TRIGGERED:
-                # Opened under a silence that has ended while the condition still holds: page
-                # now. Acknowledged meanwhile, someone is on it: nobody is paged (it stays
-                # `silenced`, which says just that).
-                alert = _update(conn, current["alert_id"], silenced=False, **fields)
-                to_page.append(alert)
-            else:
-                alert = _update(conn, current["alert_id"], **fields)
-                if not alert["silenced"]:
-                    refired.setdefault(_page_key(alert), []).append(alert)
-        changed[alert["alert_id"]] = alert
-    resolved: list[dict] = []
+        current = open_alerts.pop(fired.dedup_key(name), None)
+        _fire(conn, monitor, name, run_id, fired, current, now, changes)
     for alert in open_alerts.values():
         verdict = evaluation.verdict(alert["rule"], alert["target"])
-        if verdict == UNJUDGED:
-            continue
-        state, resolves = damp(_damping(alert), verdict,
-                               auto_resolve_after=monitor.auto_resolve_after,
-                               min_open_windows=monitor.min_open_windows)
-        values = {"clean_windows": state.clean_windows, "open_windows": state.open_windows,
-                  "flaps": state.flaps}
-        if resolves:
-            values.update(status=RESOLVED, resolved_at=now, resolved_by="auto")
-        changed[alert["alert_id"]] = _update(conn, alert["alert_id"], **values)
-        if resolves:
-            resolved.append(changed[alert["alert_id"]])
-    if to_page:
-        changed.update((a["alert_id"], a) for a in _page_out(conn, config, to_page, now, public_url))
-    for page_key, alerts in refired.items():
+        if verdict != UNJUDGED:
+            _judge(conn, monitor, alert, verdict, now, changes)
+    if changes.to_page:
+        for alert in _page_out(conn, config, changes.to_page, now, public_url):
+            changes.add(alert)
+    for page_key, alerts in changes.refired.items():
         _notify(conn, config, alerts, page_key, "refire", now, public_url)
-    _resolve_pages(conn, config, resolved, now, public_url)
-    return list(changed.values())
+    _resolve_pages(conn, config, changes.resolved, now, public_url)
+    return list(changes.changed.values())
 
 
 def raise_health(engine: Engine, config: MonitorsFile, name: str, error: str, failures: int, *,
@@ -300,10 +282,10 @@ def raise_health(engine: Engine, config: MonitorsFile, name: str, error: str, fa
         "details": {"failures": failures, "error": error},
     }
     with engine.begin() as conn:
-        current = _open_alerts(conn, name).get(key)
+        current = sql.open_alerts(conn, name).get(key)
         if current is not None:
-            return _update(conn, current["alert_id"], last_fired_at=now, **fields)
-        silenced = _silenced(conn, name, HEALTH_TARGET, now)
+            return sql.update_alert(conn, current["alert_id"], last_fired_at=now, **fields)
+        silenced = sql.silenced(conn, name, HEALTH_TARGET, now)
         alert = _open(conn, key=key, monitor=name, rule=HEALTH, target=HEALTH_TARGET,
                       silenced=silenced, run_id=None, now=now, **fields)
         if not silenced:
@@ -315,22 +297,20 @@ def clear_health(engine: Engine, config: MonitorsFile, name: str, *, now: dateti
                  public_url: str) -> dict | None:
     """The monitor ran again: its open health alert (if any) resolves itself."""
     with engine.begin() as conn:
-        current = _open_alerts(conn, name).get(f"{name}/{HEALTH}/{HEALTH_TARGET}")
+        current = sql.open_alerts(conn, name).get(f"{name}/{HEALTH}/{HEALTH_TARGET}")
         if current is None:
             return None
-        alert = _update(conn, current["alert_id"], status=RESOLVED, resolved_at=now,
+        alert = sql.update_alert(conn, current["alert_id"], status=RESOLVED, resolved_at=now,
                         resolved_by="auto")
         _resolve_pages(conn, config, [alert], now, public_url)
         return alert
 
 
 def _get(conn: Connection, alert_id: int) -> dict:
-    row = conn.execute(
-        sa.select(ALERTS).where(ALERTS.c.alert_id == alert_id).with_for_update()
-    ).one_or_none()
-    if row is None:
+    alert = sql.alert_for_update(conn, alert_id)
+    if alert is None:
         raise UnknownAlertError(f"no alert with id {alert_id}")
-    return alert_dict(row)
+    return alert
 
 
 def acknowledge(
@@ -348,7 +328,7 @@ def acknowledge(
             return alert
         together = [alert] if alert["silenced"] else _members(conn, alert)
         acknowledged = [
-            _update(conn, a["alert_id"], status=ACKNOWLEDGED, acknowledged_at=now,
+            sql.update_alert(conn, a["alert_id"], status=ACKNOWLEDGED, acknowledged_at=now,
                     acknowledged_by=by)
             for a in together if a["status"] == TRIGGERED
         ]
@@ -371,7 +351,7 @@ def resolve(
                 f"alert {alert_id} was already resolved by {alert['resolved_by']} at "
                 f"{alert['resolved_at']}"
             )
-        alert = _update(conn, alert_id, status=RESOLVED, resolved_at=now, resolved_by=by)
+        alert = sql.update_alert(conn, alert_id, status=RESOLVED, resolved_at=now, resolved_by=by)
         _resolve_pages(conn, config, [alert], now, public_url)
         return alert
 
@@ -383,34 +363,19 @@ def add_silence(
     """No page for the monitor's alerts on `target` (every target when None) in the interval."""
     if ends_at <= starts_at:
         raise AlertError(f"a silence must end after it starts ({starts_at} .. {ends_at})")
-    with engine.begin() as conn:
-        silence_id = conn.execute(sa.insert(SILENCES).values(
-            monitor=monitor, target=target, starts_at=starts_at, ends_at=ends_at,
-            created_by=created_by, comment=comment, created_at=datetime.now(UTC),
-        )).inserted_primary_key[0]
-        row = conn.execute(sa.select(SILENCES).where(SILENCES.c.silence_id == silence_id)).one()
-        return silence_dict(row)
+    return sql.insert_silence(
+        engine, monitor=monitor, target=target, starts_at=starts_at, ends_at=ends_at,
+        created_by=created_by, comment=comment, created_at=datetime.now(UTC),
+    )
 
 
 def end_silence(engine: Engine, silence_id: int, *, now: datetime | None = None) -> dict:
     now = now or datetime.now(UTC)
-    with engine.begin() as conn:
-        row = conn.execute(
-            sa.select(SILENCES).where(SILENCES.c.silence_id == silence_id)
-        ).one_or_none()
-        if row is None:
-            raise UnknownSilenceError(f"no silence with id {silence_id}")
-        ends_at = row.ends_at if row.ends_at.tzinfo else row.ends_at.replace(tzinfo=UTC)
-        conn.execute(sa.update(SILENCES).where(SILENCES.c.silence_id == silence_id).values(
-            ends_at=min(ends_at, now)
-        ))
-        row = conn.execute(sa.select(SILENCES).where(SILENCES.c.silence_id == silence_id)).one()
-        return silence_dict(row)
+    silence = sql.end_silence(engine, silence_id, now)
+    if silence is None:
+        raise UnknownSilenceError(f"no silence with id {silence_id}")
+    return silence
 
 
 def list_silences(engine: Engine, *, active_at: datetime | None = None) -> list[dict]:
-    query = sa.select(SILENCES).order_by(SILENCES.c.silence_id)
-    if active_at is not None:
-        query = query.where(SILENCES.c.starts_at <= active_at, SILENCES.c.ends_at > active_at)
-    with engine.connect() as conn:
-        return [silence_dict(row) for row in conn.execute(query)]
+    return sql.silences(engine, active_at)

@@ -202,11 +202,13 @@ class MonitorConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _health_rule_by_default(cls, data: object) -> object:
-        rules = data.get("rules") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+            return data
+        rules = data["rules"]
         kinds = [r.get("kind") if isinstance(r, dict) else getattr(r, "kind", None)
-                 for r in rules] if isinstance(rules, list) else []
+                 for r in rules]
         if kinds and "monitor_health" not in kinds:
-            data = {**data, "rules": [*rules, {"kind": "monitor_health"}]}
+            return {**data, "rules": [*rules, {"kind": "monitor_health"}]}
         return data
 
     @property
@@ -305,6 +307,44 @@ _TAGS = {
 }
 
 
+def _subject_features(where: str, monitor: MonitorConfig, services: dict,
+                      views: dict) -> set[str]:
+    """The definition names of the features of the monitor's service or view."""
+    if monitor.feature_service is not None:
+        service = services.get(monitor.feature_service)
+        if service is None:
+            raise MonitorConfigError(
+                f"{where}.feature_service: unknown feature service "
+                f"{monitor.feature_service!r}; known: {sorted(services)}"
+            )
+        return {f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features}
+    view = views.get(monitor.feature_view)
+    if view is None:
+        raise MonitorConfigError(
+            f"{where}.feature_view: unknown feature view {monitor.feature_view!r}; "
+            f"known: {sorted(views)}"
+        )
+    return {f"{view.name}:{f.name}" for f in view.features}
+
+
+def _check_features(where: str, monitor: MonitorConfig, known: set[str]) -> None:
+    """The features the monitor names are its subject's, its drift options' are checked."""
+    for feature in monitor.features:
+        if feature not in known:
+            raise MonitorConfigError(
+                f"{where}.features: {feature!r} is not a feature of {monitor.subject}; "
+                f"its features: {sorted(known)}"
+            )
+    checked = set(monitor.features or known) | ({SCORE_COLUMN} if monitor.score else set())
+    for option in ("methods", "thresholds"):
+        for feature in getattr(monitor.drift, option):
+            if feature not in checked:
+                raise MonitorConfigError(
+                    f"{where}.drift.{option}: {feature!r} is not checked by this monitor; "
+                    f"checked: {sorted(checked)}"
+                )
+
+
 def check_names(config: MonitorsFile, store, source: str = "monitors.yaml") -> None:
     """Every service, view and feature the file names exists in the registry (`store`: Feast's
     FeatureStore)."""
@@ -314,39 +354,7 @@ def check_names(config: MonitorsFile, store, source: str = "monitors.yaml") -> N
     odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
     for name, monitor in config.monitors.items():
         where = f"{source}: monitors.{name}"
-        if monitor.feature_service is not None:
-            service = services.get(monitor.feature_service)
-            if service is None:
-                raise MonitorConfigError(
-                    f"{where}.feature_service: unknown feature service "
-                    f"{monitor.feature_service!r}; known: {sorted(services)}"
-                )
-            known = {
-                f"{p.name}:{f.name}"
-                for p in service.feature_view_projections for f in p.features
-            }
-        else:
-            view = views.get(monitor.feature_view)
-            if view is None:
-                raise MonitorConfigError(
-                    f"{where}.feature_view: unknown feature view {monitor.feature_view!r}; "
-                    f"known: {sorted(views)}"
-                )
-            known = {f"{view.name}:{f.name}" for f in view.features}
-        for feature in monitor.features:
-            if feature not in known:
-                raise MonitorConfigError(
-                    f"{where}.features: {feature!r} is not a feature of {monitor.subject}; "
-                    f"its features: {sorted(known)}"
-                )
-        checked = set(monitor.features or known) | ({SCORE_COLUMN} if monitor.score else set())
-        for option in ("methods", "thresholds"):
-            for feature in getattr(monitor.drift, option):
-                if feature not in checked:
-                    raise MonitorConfigError(
-                        f"{where}.drift.{option}: {feature!r} is not checked by this monitor; "
-                        f"checked: {sorted(checked)}"
-                    )
+        _check_features(where, monitor, _subject_features(where, monitor, services, views))
         for rule in monitor.rules:
             if rule.kind == "freshness" and rule.feature_view not in views | odfvs:
                 raise MonitorConfigError(

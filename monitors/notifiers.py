@@ -38,9 +38,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -57,12 +59,6 @@ from monitors.config import (
 NotifierConfig = PagerDutyNotifier | AlertmanagerNotifier | SlackNotifier | WebhookNotifier
 
 _ONE_PER_ALERT = frozenset({"trigger", "acknowledge", "resolve"})
-EVENTS: dict[str, frozenset[str]] = {
-    "pagerduty": _ONE_PER_ALERT,
-    "slack": _ONE_PER_ALERT,
-    "webhook": _ONE_PER_ALERT,
-    "alertmanager": frozenset({"trigger", "refire", "resolve"}),
-}
 # Alertmanager drops an alert not re-sent before endsAt; a refire comes each firing window, so
 # a day leaves room for long windows and a worker restart without the alert flapping.
 ALERTMANAGER_HOLD = timedelta(hours=24)
@@ -97,7 +93,7 @@ class HttpRequest:
 
 def accepts(config: NotifierConfig, event: str) -> bool:
     """Whether a notifier of this kind is sent this event (pure: no secrets needed)."""
-    return event in EVENTS[config.type]
+    return event in NOTIFIER_TYPES[config.type].events
 
 
 def build_request(
@@ -108,13 +104,8 @@ def build_request(
     `DeliveryError` (retryable) when the environment lacks the notifier's secret."""
     if not accepts(config, notification["event"]):
         return None
-    if config.type == "pagerduty":
-        return _pagerduty(name, config, notification)
-    if config.type == "alertmanager":
-        return _alertmanager(name, config, notification)
-    if config.type == "slack":
-        return _slack(name, config, notification)
-    return _webhook(name, config, notification, time.time() if sent_at is None else sent_at)
+    build = NOTIFIER_TYPES[config.type].build
+    return build(name, config, notification, time.time() if sent_at is None else sent_at)
 
 
 def _secret(name: str, variable: str) -> str:
@@ -344,6 +335,31 @@ def _webhook(name: str, config: WebhookNotifier, note: dict, sent_at: float) -> 
         "Webhook-Id": _webhook_id(note),
     }
     return HttpRequest(config.url, headers, body, name, secrets=(secret,))
+
+
+# The request for notifier `name` (its config) about a notification, sent at unix seconds.
+Build = Callable[[str, Any, dict, float], HttpRequest]
+
+
+def _unsigned(build: Callable[[str, Any, dict], HttpRequest]) -> Build:
+    """A request builder that puts no send time in the request."""
+    return lambda name, config, note, _sent_at: build(name, config, note)
+
+
+@dataclass(frozen=True)
+class NotifierType:
+    events: frozenset[str]  # the events it is sent
+    build: Build
+
+
+# The notifier types by `type` (each one a model of `monitors.config.Notifier`).
+NOTIFIER_TYPES: dict[str, NotifierType] = {
+    "pagerduty": NotifierType(_ONE_PER_ALERT, _unsigned(_pagerduty)),
+    "alertmanager": NotifierType(frozenset({"trigger", "refire", "resolve"}),
+                                 _unsigned(_alertmanager)),
+    "slack": NotifierType(_ONE_PER_ALERT, _unsigned(_slack)),
+    "webhook": NotifierType(_ONE_PER_ALERT, _webhook),
+}
 
 
 def _scrub(text: str, request: HttpRequest) -> str:

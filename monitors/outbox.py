@@ -25,6 +25,7 @@ stopped. Secrets are read at send time (`monitors.notifiers`) and never stored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -33,9 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import sqlalchemy as sa
 from prometheus_client import Counter
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitors.notifiers import (
@@ -46,11 +46,12 @@ from monitors.notifiers import (
     build_request,
     send,
 )
-from monitors.store import OUTBOX
+from monitors.sql import outbox as outbox_sql
+from monitors.sql.outbox import PENDING
 
 log = logging.getLogger("monitors.outbox")
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"  # row statuses
+DELIVERED, FAILED = "delivered", "failed"  # row statuses, with PENDING
 RETRIED = "retried"  # the outcome of an attempt that will be repeated
 _ERROR_CHARS = 2000  # OUTBOX.last_error's size
 _MAX_DOUBLINGS = 32  # past this the cap applies anyway; keeps 2^n a small number
@@ -74,6 +75,10 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _forget(tasks: dict[int, asyncio.Task], message_id: int, _: asyncio.Task) -> None:
+    tasks.pop(message_id, None)
+
+
 def enqueue(
     conn: Connection,
     *,
@@ -95,8 +100,7 @@ def enqueue(
         for name, config in notifiers.items()
         if accepts(config, notification["event"])
     ]
-    if rows:
-        conn.execute(sa.insert(OUTBOX), rows)
+    outbox_sql.insert_messages(conn, rows)
     return len(rows)
 
 
@@ -223,7 +227,7 @@ class Outbox:
         # The deadline bounds each request's total time; httpx's timeouts bound each phase.
         return httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False)
 
-    def _launch(self, client: httpx.AsyncClient, rows: list[sa.Row],
+    def _launch(self, client: httpx.AsyncClient, rows: list[Row],
                 tasks: dict[int, asyncio.Task], clock: Callable[[], datetime]) -> list[int]:
         """Start a delivery for each row not in flight whose notifier's lane has room."""
         configs = self._notifiers()
@@ -237,7 +241,7 @@ class Outbox:
             lane.in_flight += 1
             task = asyncio.create_task(self._deliver(client, lane, row, configs, clock))
             tasks[row.message_id] = task
-            task.add_done_callback(lambda _, key=row.message_id: tasks.pop(key, None))
+            task.add_done_callback(functools.partial(_forget, tasks, row.message_id))
             launched.append(row.message_id)
         return launched
 
@@ -311,57 +315,22 @@ class Outbox:
                 return  # the attempt was recorded meanwhile
             lease_end = renewed
 
-    def _extend(self, row, lease_end: datetime, now: datetime) -> datetime | None:
+    def _extend(self, row: Row, lease_end: datetime, now: datetime) -> datetime | None:
         """Move our lease on; None when the row no longer holds it (a renewal that comes after
         the attempt was recorded must not undo its backoff)."""
         renewed = now + self._lease
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                sa.update(OUTBOX)
-                .where(OUTBOX.c.message_id == row.message_id, OUTBOX.c.status == PENDING,
-                       OUTBOX.c.next_attempt_at == lease_end)
-                .values(next_attempt_at=renewed)
-            )
-        return renewed if result.rowcount == 1 else None
+        return renewed if outbox_sql.extend(self.engine, row.message_id, lease_end, renewed) else None
 
-    def _due(self, now: datetime, skip: list[str]) -> list[sa.Row]:
-        older = OUTBOX.alias("older")
-        blocked = sa.exists().where(
-            older.c.status == PENDING,
-            older.c.notifier == OUTBOX.c.notifier,
-            older.c.dedup_key == OUTBOX.c.dedup_key,
-            older.c.message_id < OUTBOX.c.message_id,
-        )
-        query = (
-            sa.select(OUTBOX)
-            .where(OUTBOX.c.status == PENDING, OUTBOX.c.next_attempt_at <= now, ~blocked,
-                   OUTBOX.c.notifier.not_in(skip))
-            .order_by(OUTBOX.c.message_id)
-            .limit(self.batch)
-        )
-        with self.engine.connect() as conn:
-            return list(conn.execute(query))
+    def _due(self, now: datetime, skip: list[str]) -> list[Row]:
+        return outbox_sql.due(self.engine, now, skip, self.batch)
 
-    def _claim(self, row, now: datetime) -> datetime | None:
+    def _claim(self, row: Row, now: datetime) -> datetime | None:
         """Lease `row` for one send: the lease's end, or None when another deliverer has it."""
         lease_end = now + self._lease
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                sa.update(OUTBOX)
-                .where(
-                    OUTBOX.c.message_id == row.message_id,
-                    OUTBOX.c.status == PENDING,
-                    OUTBOX.c.next_attempt_at <= now,
-                )
-                .values(next_attempt_at=lease_end)
-            )
-            return lease_end if result.rowcount == 1 else None
+        return lease_end if outbox_sql.claim(self.engine, row.message_id, now, lease_end) else None
 
-    def _update(self, row, **values) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(OUTBOX).where(OUTBOX.c.message_id == row.message_id).values(**values)
-            )
+    def _update(self, row: Row, **values) -> None:
+        outbox_sql.update_message(self.engine, row.message_id, **values)
 
     def _request(self, row, configs: dict[str, NotifierConfig]) -> HttpRequest:
         config = configs.get(row.notifier)

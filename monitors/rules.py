@@ -14,11 +14,20 @@ needs double, up to 2^MAX_FLAP_DOUBLINGS times `auto_resolve_after`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from monitors.config import SCORE_COLUMN, MonitorConfig
+from monitors.config import (
+    SCORE_COLUMN,
+    DriftShareRule,
+    FeatureDriftRule,
+    FreshnessRule,
+    MonitorConfig,
+    MultivariateRule,
+    NullRateRule,
+)
 
 CHECKED = "checked"
 TOO_FEW_ROWS = "too_few_rows"
@@ -121,7 +130,7 @@ def damp(state: OpenAlert, verdict: str, *, auto_resolve_after: int,
     return OpenAlert(clean, opened, state.flaps), resolves
 
 
-def _feature_drift(rule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+def _feature_drift(rule: FeatureDriftRule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
     checked = [run for run in history if run.status == CHECKED][-rule.consecutive:]
     if len(checked) < rule.consecutive:
         return []
@@ -141,7 +150,8 @@ def _feature_drift(rule, name: str, history: Sequence[RunOutcome]) -> list[Firin
     return fired
 
 
-def _drift_share(rule, name: str, latest: RunOutcome) -> list[Firing]:
+def _drift_share(rule: DriftShareRule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+    latest = history[-1]
     share = latest.drifted_share
     if share < rule.at_least:
         return []
@@ -154,7 +164,8 @@ def _drift_share(rule, name: str, latest: RunOutcome) -> list[Firing]:
     )]
 
 
-def _multivariate(rule, name: str, latest: RunOutcome) -> list[Firing]:
+def _multivariate(rule: MultivariateRule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+    latest = history[-1]
     if not latest.multivariate_drifted:
         return []
     return [Firing(
@@ -165,7 +176,8 @@ def _multivariate(rule, name: str, latest: RunOutcome) -> list[Firing]:
     )]
 
 
-def _freshness(rule, name: str, latest: RunOutcome) -> list[Firing]:
+def _freshness(rule: FreshnessRule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+    latest = history[-1]
     newest = latest.newest_events.get(rule.feature_view)
     limit = rule.max_age_minutes * 60
     if newest is not None and (latest.window_end - newest).total_seconds() <= limit:
@@ -184,7 +196,8 @@ def _freshness(rule, name: str, latest: RunOutcome) -> list[Firing]:
     )]
 
 
-def _null_rate(rule, name: str, latest: RunOutcome) -> list[Firing]:
+def _null_rate(rule: NullRateRule, name: str, history: Sequence[RunOutcome]) -> list[Firing]:
+    latest = history[-1]
     fired = []
     for feature, outcome in latest.columns.items():
         if feature == SCORE_COLUMN:
@@ -202,31 +215,43 @@ def _null_rate(rule, name: str, latest: RunOutcome) -> list[Firing]:
     return fired
 
 
+# The firings of one rule (a `monitors.config` rule of the kind) after the newest run of the
+# monitor's history (oldest first), for monitor `name`.
+Fire = Callable[[Any, str, Sequence[RunOutcome]], list[Firing]]
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    fire: Fire
+    # Judged on every window, too small to test included (freshness), rather than on checked
+    # windows only (a window too small to test says nothing about drift or null rates).
+    every_window: bool = False
+
+
+# The rule kinds a window judges, by `kind` (each one a model of `monitors.config.Rule`); the
+# `monitor_health` rule is judged by the worker's passes instead (`monitors.alerts.raise_health`).
+RULE_KINDS: dict[str, RuleKind] = {
+    "feature_drift": RuleKind(_feature_drift),
+    "drift_share": RuleKind(_drift_share),
+    "multivariate": RuleKind(_multivariate),
+    "freshness": RuleKind(_freshness, every_window=True),
+    "null_rate": RuleKind(_null_rate),
+}
+
+
 def evaluate(name: str, monitor: MonitorConfig, history: Sequence[RunOutcome]) -> Evaluation:
     """The conditions firing after the newest run in `history` (oldest first)."""
     latest = history[-1]
-    firing: list[Firing] = []
-    judged = {"freshness"}
+    judged = frozenset(kind for kind, rule_kind in RULE_KINDS.items()
+                       if rule_kind.every_window or latest.status == CHECKED)
     symptoms: frozenset[tuple[str, str]] = frozenset()
     if latest.status == CHECKED:
-        judged |= {"feature_drift", "drift_share", "multivariate", "null_rate"}
         symptoms = frozenset(
             ("feature_drift", feature) for feature, c in latest.columns.items() if c.drifted
         )
-    for rule in monitor.rules:
-        if rule.kind not in judged:
-            continue
-        if rule.kind == "feature_drift":
-            firing += _feature_drift(rule, name, history)
-        elif rule.kind == "drift_share":
-            firing += _drift_share(rule, name, latest)
-        elif rule.kind == "multivariate":
-            firing += _multivariate(rule, name, latest)
-        elif rule.kind == "freshness":
-            firing += _freshness(rule, name, latest)
-        else:
-            firing += _null_rate(rule, name, latest)
-    return Evaluation(_strongest(firing), frozenset(judged), symptoms)
+    firing = [fired for rule in monitor.rules if rule.kind in judged
+              for fired in RULE_KINDS[rule.kind].fire(rule, name, history)]
+    return Evaluation(_strongest(firing), judged, symptoms)
 
 
 SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}

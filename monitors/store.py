@@ -144,7 +144,10 @@ OUTBOX = sa.Table(
 
 def max_chars(column: sa.Column) -> int:
     """How many characters a string column holds."""
-    return column.type.length
+    kind = column.type
+    if not isinstance(kind, sa.String) or kind.length is None:
+        raise TypeError(f"{column} is not a string column of bounded length")
+    return kind.length
 
 
 def unfit(value: str, column: sa.Column) -> str | None:
