@@ -4,8 +4,9 @@ fraud example) only here, through the Python entry points of group `featurestore
 A plugin is a module that may define any of:
 - `add_commands(app: typer.Typer) -> None`: adds its command groups to the `featurestore` CLI;
 - `routers(settings) -> list[fastapi.APIRouter]`: routes the HTTP API includes;
-- `capture_sink(settings, client_id: str) -> CaptureSink`: where the API and the stream worker
-  offer the rows they serve and write, for monitoring (at most one plugin provides it);
+- `capture_sink(settings, client_id: str, *, registry=None) -> CaptureSink`: where the API and
+  the stream worker offer the rows they serve and write, for monitoring (at most one plugin
+  provides it; `registry`: the Prometheus registry of the sink's metrics, None for the default);
 - `declare_tables() -> None`: imports the modules that declare its SQL tables on
   `featurestore.db.METADATA` (for `featurestore db revision`).
 
@@ -20,10 +21,18 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import typer
 
 from featurestore.errors import FeatureStoreError
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from prometheus_client import CollectorRegistry
+
+    from featurestore.capture import CaptureSink
+    from featurestore.settings import Settings
 
 GROUP = "featurestore.plugins"
 
@@ -73,6 +82,32 @@ def add_commands(app: typer.Typer) -> None:
         hook = getattr(plugin.module, "add_commands", None)
         if hook is not None:
             hook(app)
+
+
+def routers(settings: Settings) -> list[APIRouter]:
+    """The HTTP routes of every plugin, in plugin order."""
+    found: list[APIRouter] = []
+    for plugin in loaded():
+        hook = getattr(plugin.module, "routers", None)
+        if hook is not None:
+            found.extend(hook(settings))
+    return found
+
+
+def capture_sink(
+    settings: Settings, client_id: str, *, registry: CollectorRegistry | None = None
+) -> CaptureSink | None:
+    """The capture sink for `client_id`; None when capture is off or no plugin provides one."""
+    providers = [p for p in loaded() if hasattr(p.module, "capture_sink")]
+    if len(providers) > 1:
+        raise PluginError(
+            "more than one plugin provides the capture sink: "
+            + ", ".join(repr(p.name) for p in providers)
+        )
+    if settings.capture_rate <= 0 or not providers:
+        return None
+    sink: CaptureSink = providers[0].module.capture_sink(settings, client_id, registry=registry)
+    return sink
 
 
 def declare_tables() -> None:
