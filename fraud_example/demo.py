@@ -197,6 +197,7 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
             feature_service=SERVICE,
         )
     with console.status(f"6/8 training the fraud MLP on {exported.rows:,} rows"):
+        assert settings.model_path is not None  # Settings fills it in
         trained = train(out, settings.model_path, epochs=4, seed=7)
     console.print(
         f"exported {exported.rows:,} rows x {len(exported.features)} features "
@@ -232,7 +233,7 @@ def _serve(
     try:
         with console.status(f"7/8 serving on {url}"), FeatureClient(url, retries=0) as client:
             _wait_ready(client, server, log_path)
-            entities = {"card_id": cards, "merchant_id": [1] * len(cards),
+            entities: dict[str, list] = {"card_id": cards, "merchant_id": [1] * len(cards),
                         "amount": [120.0] * len(cards)}
             rows = client.online_features(entities, feature_service=SERVICE)
             scores = client.score(entities)

@@ -40,6 +40,7 @@ def monitors_baseline(
         raise FeatureStoreError("give --export FILE, --model FILE, or both")
     with console.status("building the baseline"):
         if export is None:
+            assert model is not None  # checked above
             baseline = baseline_for_model(
                 settings, model, feature_view=feature_view, sample_rows=sample_rows
             )

@@ -54,6 +54,11 @@ def stream_produce(
     except ValueError as exc:
         raise FeatureStoreError(str(exc)) from exc
     view = select_views(feature_store(settings), None, aggregated_only=True)[0]
+    if not view.topic or not view.message_key:
+        raise FeatureStoreError(
+            f"stream feature view {view.name!r}: its KafkaSource needs a topic and a "
+            "message_key tag"
+        )
     try:
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -84,7 +84,9 @@ def materialize(
     until = parse_time(end, "--end") if end else datetime.now(UTC)
     views = select_views(store, view)
     ranges = [
-        (v, incremental_start(v, until) if incremental else parse_time(start, "--start"), until)
+        # Exactly one of --start and --incremental was given (checked above).
+        (v, parse_time(start, "--start") if start is not None else incremental_start(v, until),
+         until)
         for v in views
     ]
     with row_progress("materializing rows") as advance:

@@ -30,6 +30,7 @@ def train(
     from featurestore.training.model import train as run_training
 
     out = out or get_settings().model_path
+    assert out is not None  # Settings fills model_path in
     columns = [
         TextColumn("training"),
         BarColumn(),
