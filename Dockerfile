@@ -43,6 +43,7 @@ COPY README.md ./
 COPY featurestore/ featurestore/
 COPY streaming/ streaming/
 COPY monitors/ monitors/
+COPY fraud_example/ fraud_example/
 COPY monitors.yaml ./
 # `featurestore apply` renders feature_repo/feature_store.yaml, so the app user owns this folder.
 COPY --chown=featurestore:featurestore feature_repo/ feature_repo/

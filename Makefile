@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: check-java $(STAMP)
-	$(BIN)/featurestore demo
+	$(BIN)/featurestore example demo
 
 test: check-java $(STAMP)
 	$(BIN)/pytest -q
@@ -32,7 +32,7 @@ test: check-java $(STAMP)
 # The gate .ci/run runs before the tests: ruff over the tree, mypy (config in pyproject.toml) over the
 # product packages.
 lint: $(STAMP)
-	$(BIN)/ruff check featurestore streaming monitors feature_repo tests bench
+	$(BIN)/ruff check featurestore streaming monitors fraud_example feature_repo tests bench
 	$(BIN)/mypy
 
 bench: bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from featurestore import plugins
 from featurestore.api import datasets, scoring
 from featurestore.api.http import (
     ApiError,
@@ -36,7 +38,6 @@ from featurestore.api.schemas import (
 from featurestore.api.state import ServingState, start_serving_state
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
-from monitors import api as monitoring
 
 # Every route behind a key: the key's errors, and 503 while the database of keys is down.
 KEYED = error_responses(401, 403, 503)
@@ -76,9 +77,10 @@ def _document_bearer_keys(app: FastAPI) -> None:
     security classes, which would document it themselves."""
     build = app.openapi
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            document = build()
+    def openapi() -> dict[str, Any]:
+        document = app.openapi_schema
+        if document is None:
+            document = build()  # also kept as app.openapi_schema
             document.setdefault("components", {})["securitySchemes"] = {"apiKey": {
                 "type": "http", "scheme": "bearer",
                 "description": "`featurestore keys create --scope ...` prints one.",
@@ -87,9 +89,9 @@ def _document_bearer_keys(app: FastAPI) -> None:
                 if path not in OPEN_PATHS:
                     for operation in operations.values():
                         operation["security"] = [{"apiKey": []}]
-        return app.openapi_schema
+        return document
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -122,10 +124,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    open_paths = {"/healthz", "/readyz", app.openapi_url, app.docs_url, app.redoc_url,
-                  app.swagger_ui_oauth2_redirect_url}
+    open_paths = frozenset(
+        path for path in ("/healthz", "/readyz", app.openapi_url, app.docs_url, app.redoc_url,
+                          app.swagger_ui_oauth2_redirect_url) if path is not None
+    )
     app.add_middleware(
-        RequestGuard, open_paths=frozenset(open_paths - {None}),
+        RequestGuard, open_paths=open_paths,
         max_body_bytes=settings.serve_max_body_bytes,
     )
     app.add_middleware(MetricsMiddleware)  # outermost: counts what the guard refuses too
@@ -259,7 +263,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
     )
-    app.include_router(monitoring.router(settings))  # scopes per route: read or write
+    for router in plugins.routers(settings):  # the monitors' routes check scopes per route
+        app.include_router(router)
     _document_bearer_keys(app)
     return app
 

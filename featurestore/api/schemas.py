@@ -256,7 +256,9 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def error_responses(*statuses: int, own: dict[int, str] | None = None) -> dict[int, dict]:
+def error_responses(
+    *statuses: int, own: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` in the ErrorBody shape: `statuses` with their default descriptions,
     and a route's `own` statuses and descriptions."""
     chosen = {status: _ERROR_DESCRIPTIONS[status] for status in statuses} | (own or {})

@@ -11,13 +11,16 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from feast import FeatureStore
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from featurestore import plugins
 from featurestore.apikeys import KeyVerifier
+from featurestore.capture import SCORE_COLUMN, CaptureSink
 from featurestore.db import engine
 from featurestore.errors import FeatureStoreError
 from featurestore.feast_config import feature_store
@@ -25,8 +28,6 @@ from featurestore.online.catalog import Catalog, ReadPlan
 from featurestore.online.lookup import LookupResult, check_entities, read_feast, read_redis
 from featurestore.online.redis_pool import RedisAddress, RedisPool
 from featurestore.settings import Settings
-from monitors.capture import CaptureLog
-from monitors.config import SCORE_COLUMN
 
 log = logging.getLogger("featurestore.api")
 
@@ -59,14 +60,17 @@ class ServingState:
                 timeout=settings.serve_redis_timeout_seconds,
             )
         # A sample of what this process serves, for drift monitoring (None: capture is off).
-        self.capture: CaptureLog | None = None
-        if settings.capture_rate > 0:
-            self.capture = CaptureLog(settings, f"featurestore-api-{os.getpid()}")
+        self.capture: CaptureSink | None = plugins.capture_sink(
+            settings, f"featurestore-api-{os.getpid()}"
+        )
 
     def _registry_version(self) -> datetime | None:
         # Feast's SQL registry stamps each apply (to the second) in its metadata table: a second
         # apply within the same second as one already picked up waits for the next change.
-        return self.store.registry._get_last_updated_metadata(self.store.project)
+        # SqlRegistry's method (our registry is always SQL), not declared on BaseRegistry.
+        return self.store.registry._get_last_updated_metadata(  # type: ignore[attr-defined]
+            self.store.project
+        )
 
     def refresh(self) -> bool:
         """Rebuild the snapshot if the registry changed since the last one; True if it did."""
@@ -116,12 +120,17 @@ class ServingState:
         log: short feature names, as a training export names them, whatever the response used;
         join keys left out; each view's event times give its newest event. Lookups by feature
         list are not captured: monitors watch feature services."""
+        capture = self.capture
+        if capture is None:
+            return
         try:
-            picks = self.capture.sample(len(result.values[0]))
+            picks = capture.sample(len(result.values[0]))
             if picks is None:
                 return
             at = {name: i for i, name in enumerate(result.feature_names)}
-            columns, values, event_times = [], [], {}
+            columns: list[str] = []
+            values: list[Sequence[object]] = []
+            event_times: dict[str, Sequence[str | None]] = {}
             for view, feature in plan.outputs:
                 i = at[f"{view}__{feature}" if full_feature_names else feature]
                 columns.append(feature)
@@ -130,7 +139,7 @@ class ServingState:
             if scores is not None:
                 columns.append(SCORE_COLUMN)
                 values.append(scores)
-            self.capture.offer_columns(
+            capture.offer_columns(
                 f"service:{service}", columns, values, event_times, picks=picks
             )
         except Exception:  # a sample is never worth a failed response
@@ -158,5 +167,6 @@ def start_serving_state(settings: Settings) -> ServingState:
                 raise
             # The driver's message names the host; this is the server log, not a response.
             log.warning("waiting for the SQL database to start this worker: %s",
-                        str(exc.orig or exc).splitlines()[0])
+                        # A pool timeout has no driver error (`orig`) to show.
+                        str(getattr(exc, "orig", None) or exc).splitlines()[0])
             time.sleep(1)

@@ -1,7 +1,7 @@
 """The demo's last step: live traffic scored through the API is captured and checked for drift;
 an injected shift from the generator raises an alert that a local receiver gets, signed.
 
-The API (started by `featurestore.demo` with every row captured) scores a normal day of
+The API (started by `fraud_example.demo` with every row captured) scores a normal day of
 transactions, then a day whose amounts the generator multiplies by AMOUNT_SHIFT. The monitor
 worker checks each window of WINDOW_ROWS captured rows against the baseline of the model's
 training export and sends the alert to a webhook receiver on 127.0.0.1 that verifies the HMAC.
@@ -36,6 +36,7 @@ from featurestore.settings import Settings
 from monitors.baseline import baseline_for_model
 from monitors.config import parse_monitors
 from monitors.notifiers import verify_signature
+from monitors.runs import RunSummary
 from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS
 from monitors.worker import MonitorWorker
 
@@ -55,6 +56,8 @@ FEATURES = (
 
 class _Receiver(BaseHTTPRequestHandler):
     """Keeps each alert whose signature checks out (the server holds the list and secret)."""
+
+    server: _ReceiverServer
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -114,6 +117,13 @@ def _score_day(client: FeatureClient, day: pa.Table, seed: int) -> int:
     return day.num_rows
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    def __init__(self, secret: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Receiver)
+        self.secret = secret
+        self.received: list[dict] = []
+
+
 def run_monitoring(
     console: Console, settings: Settings, client: FeatureClient, history: GeneratorConfig,
     live_day: date,
@@ -121,6 +131,7 @@ def run_monitoring(
     """Score a normal and a shifted day through `client`, then check and alert."""
     _forget(settings)
     with console.status("8/8 drift baseline from the model's training export"):
+        assert settings.model_path is not None  # Settings fills it in
         baseline = baseline_for_model(settings, settings.model_path)
     shifted_day = date.fromordinal(live_day.toordinal() + 1)
     traffic = GeneratorConfig(
@@ -132,8 +143,7 @@ def run_monitoring(
     normal, shifted = next(days), next(days)
 
     os.environ[SECRET_ENV] = secrets.token_hex(16)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.secret, server.received = os.environ[SECRET_ENV], []
+    server = _ReceiverServer(os.environ[SECRET_ENV])
     threading.Thread(target=server.serve_forever, daemon=True).start()
     receiver_url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
     try:
@@ -152,11 +162,11 @@ def run_monitoring(
     _show(console, baseline, runs, server.received)
 
 
-def _check_until(worker: MonitorWorker, windows: int) -> list:
+def _check_until(worker: MonitorWorker, windows: int) -> list[RunSummary]:
     """Run the worker until `windows` windows are checked (capture reaches Kafka in the API's
     background thread, so the last rows may land a moment after the last response)."""
     deadline = time.monotonic() + 180
-    runs = []
+    runs: list[RunSummary] = []
     while len(runs) < windows:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the monitor checked {len(runs)} of {windows} windows within 3 "

@@ -1,4 +1,4 @@
-"""`featurestore demo`: the main job end to end on the configured profile (embedded by default).
+"""`featurestore example demo`: the main job end to end on the configured profile (embedded by default).
 
 generate -> apply -> Spark backfill -> materialize -> online lookups through Feast's own reader
 -> a day of live events through Kafka and the stream worker, and the online values it changed
@@ -50,7 +50,7 @@ def _rows(path) -> int:
 def run_demo(console: Console) -> None:
     settings = get_settings()
     end = DEMO_START + timedelta(days=DEMO_DAYS)
-    console.rule(f"featurestore demo — profile {settings.profile}, data in {settings.data_dir}")
+    console.rule(f"featurestore example demo — profile {settings.profile}, data in {settings.data_dir}")
 
     config = GeneratorConfig(
         start=DEMO_START, days=DEMO_DAYS, cards=DEMO_CARDS, merchants=DEMO_MERCHANTS
@@ -197,6 +197,7 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
             feature_service=SERVICE,
         )
     with console.status(f"6/8 training the fraud MLP on {exported.rows:,} rows"):
+        assert settings.model_path is not None  # Settings fills it in
         trained = train(out, settings.model_path, epochs=4, seed=7)
     console.print(
         f"exported {exported.rows:,} rows x {len(exported.features)} features "
@@ -212,7 +213,7 @@ def _serve(
     """`featurestore serve` on localhost, capturing every row it serves: lookups and scores
     through the Python client, then the drift monitors on the traffic it scored."""
     from featurestore.client import FeatureClient
-    from monitors.demo import run_monitoring
+    from fraud_example.monitoring import run_monitoring
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -232,7 +233,7 @@ def _serve(
     try:
         with console.status(f"7/8 serving on {url}"), FeatureClient(url, retries=0) as client:
             _wait_ready(client, server, log_path)
-            entities = {"card_id": cards, "merchant_id": [1] * len(cards),
+            entities: dict[str, list] = {"card_id": cards, "merchant_id": [1] * len(cards),
                         "amount": [120.0] * len(cards)}
             rows = client.online_features(entities, feature_service=SERVICE)
             scores = client.score(entities)
