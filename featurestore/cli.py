@@ -81,10 +81,10 @@ def generate(
     ] = 0.0,
 ) -> None:
     """Write seeded synthetic transactions, labels and card profiles (raw Parquet)."""
-    from featurestore.generator import GeneratorConfig
-    from featurestore.generator import generate as run_generator
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig
+    from fraud_example.generator import generate as run_generator
 
     mix = None
     if country_mix:
@@ -295,9 +295,9 @@ def stream_produce(
 
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
-    from featurestore.generator import GeneratorConfig, transactions
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig, transactions
     from streaming.producer import send_events
 
     settings = get_settings()

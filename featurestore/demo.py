@@ -30,10 +30,10 @@ from featurestore.batch.backfill import backfill
 from featurestore.batch.spark import spark_session
 from featurestore.definitions import select_views
 from featurestore.feast_config import apply
-from featurestore.generator import GeneratorConfig, generate, transactions
 from featurestore.materialize import materialize
 from featurestore.progress import row_progress
 from featurestore.settings import Settings, get_settings
+from fraud_example.generator import GeneratorConfig, generate, transactions
 
 DEMO_START = date(2026, 1, 1)
 DEMO_DAYS = 14

@@ -51,7 +51,7 @@ def test_produce_sends_valid_generated_events_keyed_by_card(
 ) -> None:
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
-    from featurestore.generator import GeneratorConfig, generate
+    from fraud_example.generator import GeneratorConfig, generate
 
     settings = configure(kafka_bootstrap_servers=kafka_bootstrap, transactions_topic=topic)
     options = ["--start", str(pipeline.START), "--cards", "40", "--merchants", "10", "--seed", "5"]
