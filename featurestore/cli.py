@@ -632,6 +632,11 @@ def demo() -> None:
 @_clear_errors
 def train(
     export: Annotated[Path, typer.Option(help="Training export (Parquet) to learn from.")],
+    label: Annotated[
+        str,
+        typer.Option(help="The export's column to predict, 0/1 or bool (the fraud example: "
+                          "is_fraud)."),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="Where to write the model file (default: model_path, which "
@@ -641,7 +646,7 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per gradient step.")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model).")] = 0,
 ) -> None:
-    """Train the fraud model on an export; report ROC AUC on its latest fifth of rows."""
+    """Train a model of a binary label on an export; report ROC AUC on its latest fifth of rows."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from featurestore.settings import get_settings
@@ -660,6 +665,7 @@ def train(
         result = run_training(
             export,
             out,
+            label=label,
             epochs=epochs,
             batch_size=batch_size,
             seed=seed,

@@ -186,7 +186,7 @@ def _stream_live_day(
 
 def _export_and_train(console: Console, settings: Settings, start: date, end: date) -> None:
     """A point-in-time training set of the labelled transactions, and a model trained on it."""
-    from featurestore.export import export, labeled_transactions
+    from featurestore.export import LABEL_COLUMN, export, labeled_transactions
     from featurestore.training.model import train
 
     out = settings.exports_dir / "fraud_training.parquet"
@@ -197,7 +197,7 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
             feature_service=SERVICE,
         )
     with console.status(f"6/8 training the fraud MLP on {exported.rows:,} rows"):
-        trained = train(out, settings.model_path, epochs=4, seed=7)
+        trained = train(out, settings.model_path, label=LABEL_COLUMN, epochs=4, seed=7)
     console.print(
         f"exported {exported.rows:,} rows x {len(exported.features)} features "
         f"({exported.export_id}, {exported.seconds:.1f} s) to {out}\n"
