@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: check-java $(STAMP)
-	$(BIN)/featurestore demo
+	$(BIN)/featurestore example demo
 
 test: check-java $(STAMP)
 	$(BIN)/pytest -q

@@ -21,6 +21,7 @@ import yaml
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from featurestore.capture import SCORE_COLUMN
 from featurestore.errors import FeatureStoreError
 from monitors.stattests import METHODS
 from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS, unfit
@@ -28,7 +29,6 @@ from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS, unfit
 log = logging.getLogger("monitors.config")
 
 Severity = Literal["critical", "error", "warning", "info"]  # PagerDuty's severities
-SCORE_COLUMN = "score"  # the model's fraud score, captured by `POST /v1/score`
 
 
 class MonitorConfigError(FeatureStoreError):

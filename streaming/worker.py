@@ -40,11 +40,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
+from featurestore import plugins
+from featurestore.capture import CaptureSink
 from featurestore.definitions import select_views
 from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
-from monitors.capture import CaptureLog
 from streaming import deadletter
 from streaming import reset as restarts
 from streaming import topology as topologies
@@ -150,7 +151,7 @@ class StreamWorker:
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
-        self.capture: CaptureLog | None = None  # a sample of the rows written, for monitoring
+        self.capture: CaptureSink | None = None  # a sample of the rows written, for monitoring
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -164,10 +165,9 @@ class StreamWorker:
             self.consumer = self._retrying("consumer", self._new_consumer)
         except Stopped:
             return
-        if self.settings.capture_rate > 0:
-            self.capture = CaptureLog(
-                self.settings, f"{self.settings.stream_group}-worker", registry=self.metrics.registry
-            )
+        self.capture = plugins.capture_sink(
+            self.settings, f"{self.settings.stream_group}-worker", registry=self.metrics.registry
+        )
         self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         checkpoint_at = status_at = time.monotonic()
         try:

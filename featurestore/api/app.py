@@ -14,6 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from featurestore import plugins
 from featurestore.api import datasets, scoring
 from featurestore.api.http import (
     ApiError,
@@ -36,7 +37,6 @@ from featurestore.api.schemas import (
 from featurestore.api.state import ServingState, start_serving_state
 from featurestore.online.redis_pool import RedisUnavailable
 from featurestore.settings import Settings, get_settings
-from monitors import api as monitoring
 
 # Every route behind a key: the key's errors, and 503 while the database of keys is down.
 KEYED = error_responses(401, 403, 503)
@@ -259,7 +259,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         datasets.router(settings), dependencies=[Depends(scope_checker("datasets:export"))]
     )
-    app.include_router(monitoring.router(settings))  # scopes per route: read or write
+    for router in plugins.routers(settings):  # the monitors' routes check scopes per route
+        app.include_router(router)
     _document_bearer_keys(app)
     return app
 

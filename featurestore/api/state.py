@@ -17,7 +17,9 @@ from feast import FeatureStore
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from featurestore import plugins
 from featurestore.apikeys import KeyVerifier
+from featurestore.capture import SCORE_COLUMN, CaptureSink
 from featurestore.db import engine
 from featurestore.errors import FeatureStoreError
 from featurestore.feast_config import feature_store
@@ -25,8 +27,6 @@ from featurestore.online.catalog import Catalog, ReadPlan
 from featurestore.online.lookup import LookupResult, check_entities, read_feast, read_redis
 from featurestore.online.redis_pool import RedisAddress, RedisPool
 from featurestore.settings import Settings
-from monitors.capture import CaptureLog
-from monitors.config import SCORE_COLUMN
 
 log = logging.getLogger("featurestore.api")
 
@@ -59,9 +59,9 @@ class ServingState:
                 timeout=settings.serve_redis_timeout_seconds,
             )
         # A sample of what this process serves, for drift monitoring (None: capture is off).
-        self.capture: CaptureLog | None = None
-        if settings.capture_rate > 0:
-            self.capture = CaptureLog(settings, f"featurestore-api-{os.getpid()}")
+        self.capture: CaptureSink | None = plugins.capture_sink(
+            settings, f"featurestore-api-{os.getpid()}"
+        )
 
     def _registry_version(self) -> datetime | None:
         # Feast's SQL registry stamps each apply (to the second) in its metadata table: a second

@@ -146,7 +146,7 @@ def test_materialize_needs_a_start(repo) -> None:
 
 
 def test_generator_rejects_bad_config(repo) -> None:
-    result = _run("generate", "--days", "0")
+    result = _run("example", "generate", "--days", "0")
     assert result.exit_code == 2
     assert "days" in result.output
 
@@ -180,7 +180,7 @@ def test_entities_on_a_repo_without_the_examples_sources(configure, tmp_path) ->
     repo.mkdir()
     (repo / "users.py").write_text(_OTHER_REPO)
     apply(configure(feature_repo=str(repo), project="other"))
-    result = _run("entities", "--start", "2026-02-01", "--end", "2026-02-02",
+    result = _run("example", "entities", "--start", "2026-02-01", "--end", "2026-02-02",
                   "--out", str(tmp_path / "entities.parquet"))
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -194,7 +194,8 @@ def test_entities_from_nanosecond_times_microseconds_cannot_hold(repo, tmp_path)
     nanos = pa.array([1_769_947_200_000_000_001] * 3, pa.timestamp("ns", tz="UTC"))
     _raw_transactions(repo, date(2026, 2, 1), events.set_column(8, "event_timestamp", nanos))
     out = tmp_path / "entities.parquet"
-    result = _run("entities", "--start", "2026-02-01", "--end", "2026-02-02", "--out", str(out))
+    result = _run("example", "entities", "--start", "2026-02-01", "--end", "2026-02-02",
+                  "--out", str(out))
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
     assert "raw source 'transactions_raw'" in output and "would lose data" in output

@@ -360,7 +360,7 @@ def test_cli_entities_then_export(repo, tmp_path) -> None:
 
     entities_path, out = tmp_path / "entities.parquet", tmp_path / "export.parquet"
     result = _run(
-        "entities", "--start", str(pipeline.BACKFILL_START), "--end", str(pipeline.END),
+        "example", "entities", "--start", str(pipeline.BACKFILL_START), "--end", str(pipeline.END),
         "--out", str(entities_path),
     )  # fmt: skip
     assert result.exit_code == 0, result.output

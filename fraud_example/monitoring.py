@@ -1,7 +1,7 @@
 """The demo's last step: live traffic scored through the API is captured and checked for drift;
 an injected shift from the generator raises an alert that a local receiver gets, signed.
 
-The API (started by `featurestore.demo` with every row captured) scores a normal day of
+The API (started by `fraud_example.demo` with every row captured) scores a normal day of
 transactions, then a day whose amounts the generator multiplies by AMOUNT_SHIFT. The monitor
 worker checks each window of WINDOW_ROWS captured rows against the baseline of the model's
 training export and sends the alert to a webhook receiver on 127.0.0.1 that verifies the HMAC.

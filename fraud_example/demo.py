@@ -1,4 +1,4 @@
-"""`featurestore demo`: the main job end to end on the configured profile (embedded by default).
+"""`featurestore example demo`: the main job end to end on the configured profile (embedded by default).
 
 generate -> apply -> Spark backfill -> materialize -> online lookups through Feast's own reader
 -> a day of live events through Kafka and the stream worker, and the online values it changed
@@ -50,7 +50,7 @@ def _rows(path) -> int:
 def run_demo(console: Console) -> None:
     settings = get_settings()
     end = DEMO_START + timedelta(days=DEMO_DAYS)
-    console.rule(f"featurestore demo — profile {settings.profile}, data in {settings.data_dir}")
+    console.rule(f"featurestore example demo — profile {settings.profile}, data in {settings.data_dir}")
 
     config = GeneratorConfig(
         start=DEMO_START, days=DEMO_DAYS, cards=DEMO_CARDS, merchants=DEMO_MERCHANTS
@@ -212,7 +212,7 @@ def _serve(
     """`featurestore serve` on localhost, capturing every row it serves: lookups and scores
     through the Python client, then the drift monitors on the traffic it scored."""
     from featurestore.client import FeatureClient
-    from monitors.demo import run_monitoring
+    from fraud_example.monitoring import run_monitoring
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
