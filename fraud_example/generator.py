@@ -332,7 +332,7 @@ def generate(
 def transactions(config: GeneratorConfig, first_day: date | None = None) -> Iterator[pa.Table]:
     """The transactions of each day of `config` from `first_day` on, in event-time order.
 
-    Nothing is written: this is the live traffic `featurestore stream produce` sends. Each day
+    Nothing is written: this is the live traffic `featurestore example produce` sends. Each day
     is drawn exactly as `generate` draws it, so the stream continues a generated history.
     """
     population = _Population.draw(config)
