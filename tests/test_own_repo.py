@@ -137,6 +137,8 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None:
+    from featurestore.entities import entity_table
+    from featurestore.errors import InputDataError, UnknownNameError
     from featurestore.feast_config import feature_store
     from featurestore.settings import Settings
 
@@ -243,3 +245,9 @@ def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None
         assert online["rider_distance_mean_24h"][i] == pytest.approx(
             pc.mean(window.column("distance_km")).as_py(), rel=1e-9
         ), rider
+
+    # What `entities` refuses, in the user's terms: a source the repo lacks, a column its data lacks.
+    with pytest.raises(UnknownNameError, match="no file data source 'trips'.*trip_outcomes"):
+        entity_table(store, "trips", HISTORY[0], LIVE_DAY)
+    with pytest.raises(InputDataError, match="no column.s. tip_amount; its columns: trip_id"):
+        entity_table(store, "trip_outcomes", HISTORY[0], LIVE_DAY, columns=["tip_amount"])
