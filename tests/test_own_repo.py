@@ -192,7 +192,9 @@ def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None
 
     trained = _cli(repo_env, "train", "--export", str(exported), "--label", "tipped",
                    "--out", str(tmp_path / "tips.pt"), "--epochs", "3")
-    auc = float(re.search(r"ROC AUC (\d\.\d+)", trained).group(1))
+    reported = re.search(r"ROC AUC (\d\.\d+)", trained)
+    assert reported, trained
+    auc = float(reported.group(1))
     assert 0.5 < auc <= 1.0, trained
 
     topic = f"{repo_env['FEATURESTORE_PROJECT']}-trips"

@@ -72,7 +72,7 @@ def test_json_lines_are_sent_as_written_keyed_by_their_field(tmp_path: Path) -> 
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     replayed = replay(path, _topology(), "rider_id", 4_096)
     assert replayed.messages == [
-        (line["rider_id"].encode(), json.dumps(line).encode()) for line in lines
+        (str(line["rider_id"]).encode(), json.dumps(line).encode()) for line in lines
     ]
 
 
