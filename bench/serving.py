@@ -82,9 +82,9 @@ def prepare(cards: int, merchants: int) -> None:
     from featurestore.batch.spark import spark_session
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
-    from featurestore.generator import GeneratorConfig, generate
     from featurestore.materialize import materialize
     from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig, generate
 
     settings = get_settings()
     generate(GeneratorConfig(start=START, days=DAYS, cards=cards, merchants=merchants),

@@ -80,7 +80,7 @@ def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
     """Send `events` generated transactions as fast as possible (the backlog)."""
     from kafka import KafkaProducer
 
-    from featurestore.generator import GeneratorConfig, transactions
+    from fraud_example.generator import GeneratorConfig, transactions
     from streaming.producer import send_events
 
     days = max(1, -(-events // (cards * 2)))

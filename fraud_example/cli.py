@@ -1,5 +1,5 @@
-"""`featurestore example`: the card-payment fraud example's generator, demo and labelled
-entity table."""
+"""`featurestore example`: the card-payment fraud example's generator, live traffic, demo and
+labelled entity table."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ def generate(
     ] = 0.0,
 ) -> None:
     """Write seeded synthetic transactions, labels and card profiles (raw Parquet)."""
-    from featurestore.generator import GeneratorConfig
-    from featurestore.generator import generate as run_generator
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig
+    from fraud_example.generator import generate as run_generator
 
     mix = None
     if country_mix:
@@ -69,6 +69,63 @@ def generate(
     with row_progress("generating transactions") as advance:
         summary = run_generator(config, settings.raw_dir, progress=advance)
     console.print(f"generated {summary.rows['transactions']:,} transactions into {settings.raw_dir}")
+
+
+@clear_errors
+def produce(
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
+    start: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the generated history.")
+    ] = datetime(2026, 1, 1),
+    days: Annotated[int, typer.Option(help="Days of the generated history.")] = 15,
+    from_day: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Send only days from this one (default: all)."),
+    ] = None,
+    cards: Annotated[int, typer.Option(help="Number of cards.")] = 2_000,
+    merchants: Annotated[int, typer.Option(help="Number of merchants.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed (same as `generate` to continue it).")] = 7,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+) -> None:
+    """Send generated transactions into Kafka as live traffic, in event-time order.
+
+    The days are drawn exactly as `generate` draws them, so with the same options and a
+    `--from-day` after the generated history the stream continues that history.
+    """
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.progress import row_progress
+    from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig, transactions
+    from streaming.cli import event_producer
+    from streaming.producer import send_events
+
+    settings = get_settings()
+    if rate is not None and rate <= 0:
+        raise FeatureStoreError(f"--rate must be positive, got {rate}")
+    try:
+        config = GeneratorConfig(
+            start=start.date(), days=days, cards=cards, merchants=merchants, seed=seed
+        )
+    except ValueError as exc:
+        raise FeatureStoreError(str(exc)) from exc
+    view = select_views(feature_store(settings), None, aggregated_only=True)[0]
+    assert view.topic and view.message_key  # every aggregated view has both
+    producer = event_producer(settings)
+    with row_progress(f"producing to {view.topic}") as advance:
+        sent = send_events(
+            producer,
+            view.topic,
+            transactions(config, from_day.date() if from_day else None),
+            view.message_key,
+            rate=rate,
+            limit=limit,
+            progress=advance,
+        )
+    producer.close()
+    console.print(f"sent {sent:,} events to {view.topic}")
 
 
 @clear_errors
@@ -115,5 +172,6 @@ def add_commands(app: typer.Typer) -> None:
     )
     example_app.command()(generate)
     example_app.command()(demo)
+    example_app.command()(produce)
     example_app.command("entities")(entities_command)
     app.add_typer(example_app, name="example")

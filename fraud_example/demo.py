@@ -22,7 +22,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from feast import FeatureStore
-from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -30,10 +29,10 @@ from featurestore.batch.backfill import backfill
 from featurestore.batch.spark import spark_session
 from featurestore.definitions import select_views
 from featurestore.feast_config import apply
-from featurestore.generator import GeneratorConfig, generate, transactions
 from featurestore.materialize import materialize
 from featurestore.progress import row_progress
 from featurestore.settings import Settings, get_settings
+from fraud_example.generator import GeneratorConfig, generate, transactions
 
 DEMO_START = date(2026, 1, 1)
 DEMO_DAYS = 14
@@ -125,6 +124,7 @@ def _stream_live_day(
     console: Console, settings: Settings, store: FeatureStore, history: GeneratorConfig
 ) -> list[int]:
     """Send the day after the history through Kafka; the stream worker applies it."""
+    from streaming import kafka
     from streaming.producer import send_events
     from streaming.worker import StreamWorker
 
@@ -140,17 +140,14 @@ def _stream_live_day(
 
     # A fresh run: the previous demo's partition log belongs to a broker that is gone.
     shutil.rmtree(settings.stream_log_dir, ignore_errors=True)
-    bootstrap = settings.kafka_bootstrap_servers
     with console.status(f"5/8 streaming {day.num_rows:,} live events of {live.dates[-1]}"):
         worker = StreamWorker(settings, store)
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
         thread.start()
-        # One request in flight: a retried batch cannot overtake the next, so order holds.
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-            max_in_flight_requests_per_connection=1,
-        )
+        # The adapter's producer keeps one request in flight, so event order holds; the broker
+        # was just started, so it gets kafka-python's full 30 s to answer.
+        producer = kafka.producer(settings, bootstrap_timeout_ms=30_000)
         sent = send_events(producer, settings.transactions_topic, [day], "card_id")
         producer.close()
         deadline = clock.monotonic() + 180
@@ -186,7 +183,7 @@ def _stream_live_day(
 
 def _export_and_train(console: Console, settings: Settings, start: date, end: date) -> None:
     """A point-in-time training set of the labelled transactions, and a model trained on it."""
-    from featurestore.export import export, labeled_transactions
+    from featurestore.export import LABEL_COLUMN, export, labeled_transactions
     from featurestore.training.model import train
 
     out = settings.exports_dir / "fraud_training.parquet"
@@ -197,8 +194,7 @@ def _export_and_train(console: Console, settings: Settings, start: date, end: da
             feature_service=SERVICE,
         )
     with console.status(f"6/8 training the fraud MLP on {exported.rows:,} rows"):
-        assert settings.model_path is not None  # Settings fills it in
-        trained = train(out, settings.model_path, epochs=4, seed=7)
+        trained = train(out, settings.model_path, label=LABEL_COLUMN, epochs=4, seed=7)
     console.print(
         f"exported {exported.rows:,} rows x {len(exported.features)} features "
         f"({exported.export_id}, {exported.seconds:.1f} s) to {out}\n"

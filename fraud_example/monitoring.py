@@ -31,8 +31,8 @@ from rich.table import Table
 
 from featurestore.client import FeatureClient
 from featurestore.db import engine as sql_engine
-from featurestore.generator import GeneratorConfig, transactions
 from featurestore.settings import Settings
+from fraud_example.generator import GeneratorConfig, transactions
 from monitors.baseline import baseline_for_model
 from monitors.config import parse_monitors
 from monitors.notifiers import verify_signature

@@ -1,90 +1,72 @@
-"""`featurestore stream`: send events into Kafka, run the worker that applies them, start over."""
+"""`featurestore stream`: replay a file of events into Kafka, run the worker that applies them, start over."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from featurestore.cli.common import clear_errors, console
 from featurestore.errors import FeatureStoreError
 
-
-@clear_errors
-def stream_produce(
-    rate: Annotated[
-        float | None, typer.Option(help="Events per second (default: as fast as possible).")
-    ] = None,
-    start: Annotated[
-        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the generated history.")
-    ] = datetime(2026, 1, 1),
-    days: Annotated[int, typer.Option(help="Days of the generated history.")] = 15,
-    from_day: Annotated[
-        datetime | None,
-        typer.Option(formats=["%Y-%m-%d"], help="Send only days from this one (default: all)."),
-    ] = None,
-    cards: Annotated[int, typer.Option(help="Number of cards.")] = 2_000,
-    merchants: Annotated[int, typer.Option(help="Number of merchants.")] = 300,
-    seed: Annotated[int, typer.Option(help="Random seed (same as `generate` to continue it).")] = 7,
-    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
-) -> None:
-    """Send generated transactions into Kafka as live traffic, in event-time order.
-
-    The days are drawn exactly as `generate` draws them, so with the same options and a
-    `--from-day` after the generated history the stream continues that history.
-    """
+if TYPE_CHECKING:
     from kafka import KafkaProducer
+
+    from featurestore.settings import Settings
+
+
+def event_producer(settings: Settings) -> KafkaProducer:
+    """A producer of source events; an unreachable broker is a clear error."""
     from kafka.errors import KafkaError
 
-    from featurestore.definitions import select_views
-    from featurestore.feast_config import feature_store
-    from featurestore.generator import GeneratorConfig, transactions
-    from featurestore.progress import row_progress
-    from featurestore.settings import get_settings
-    from streaming.producer import send_events
+    from streaming import kafka
 
-    settings = get_settings()
-    if rate is not None and rate <= 0:
-        raise FeatureStoreError(f"--rate must be positive, got {rate}")
     try:
-        config = GeneratorConfig(
-            start=start.date(), days=days, cards=cards, merchants=merchants, seed=seed
-        )
-    except ValueError as exc:
-        raise FeatureStoreError(str(exc)) from exc
-    view = select_views(feature_store(settings), None, aggregated_only=True)[0]
-    if not view.topic or not view.message_key:
-        raise FeatureStoreError(
-            f"stream feature view {view.name!r}: its KafkaSource needs a topic and a "
-            "message_key tag"
-        )
-    try:
-        producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            linger_ms=5,
-            # Events of a card stay in event-time order: a retried batch cannot overtake the next.
-            max_in_flight_requests_per_connection=1,
-            # An unreachable broker is reported within 10 s, not after the 30 s default.
-            bootstrap_timeout_ms=10_000,
-        )
+        return kafka.producer(settings)
     except KafkaError as exc:
         raise FeatureStoreError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
         ) from exc
-    with row_progress(f"producing to {view.topic}") as advance:
-        sent = send_events(
-            producer,
-            view.topic,
-            transactions(config, from_day.date() if from_day else None),
-            view.message_key,
-            rate=rate,
-            limit=limit,
-            progress=advance,
-        )
+
+
+@clear_errors
+def stream_produce(
+    from_file: Annotated[
+        Path,
+        typer.Option("--from", help="Events to send: Parquet, or JSON lines (.jsonl), in the "
+                                    "stream source's declared schema."),
+    ],
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Source topic to send to (default: the repo's only stream source)."),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
+) -> None:
+    """Replay a file of events into a stream source's topic, in file order, keyed as the worker
+    expects; every row is checked against the declared schema before any is sent."""
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.progress import row_progress
+    from featurestore.settings import get_settings
+    from streaming import replay, topology
+
+    settings = get_settings()
+    if rate is not None and rate <= 0:
+        raise FeatureStoreError(f"--rate must be positive, got {rate}")
+    if not from_file.is_file():
+        raise FeatureStoreError(f"--from {from_file}: no such file")
+    views = select_views(feature_store(settings), None, aggregated_only=True)
+    chosen = replay.choose_topology(topology.build(views, settings.stream_group), topic)
+    source = chosen.stages[chosen.source_topic]
+    replayed = replay.replay(from_file, chosen, source.key, settings.stream_max_message_bytes)
+    producer = event_producer(settings)
+    with row_progress(f"producing to {replayed.topic}") as advance:
+        sent = replay.send(producer, replayed, rate=rate, progress=advance)
     producer.close()
-    console.print(f"sent {sent:,} events to {view.topic}")
+    console.print(f"sent {sent:,} events from {from_file} to {replayed.topic}", highlight=False)
 
 
 @clear_errors

@@ -1,6 +1,6 @@
-"""Sends generated transactions into Kafka, at a given rate or as fast as possible.
+"""Sends tables of events into Kafka, at a given rate or as fast as possible.
 
-Events are sent in the tables' order (the generator's is event time) as JSON in the stream
+Events are sent in the tables' order (the fraud example's generator's is event time) as JSON in the stream
 source's declared schema (timestamps as ISO-8601 UTC), keyed by the source's message key so all
 events of an entity land in one partition, in order.
 """

@@ -1,4 +1,5 @@
-"""`featurestore train` and `export`: point-in-time training exports and the model."""
+"""`featurestore entities`, `export` and `train`: entity tables, point-in-time training
+exports and the model."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from featurestore.errors import FeatureStoreError
 @clear_errors
 def train(
     export: Annotated[Path, typer.Option(help="Training export (Parquet) to learn from.")],
+    label: Annotated[
+        str,
+        typer.Option(help="The export's column to predict, 0/1 or bool (the fraud example: "
+                          "is_fraud)."),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="Where to write the model file (default: model_path, which "
@@ -23,7 +29,7 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per gradient step.")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model).")] = 0,
 ) -> None:
-    """Train the fraud model on an export; report ROC AUC on its latest fifth of rows."""
+    """Train a model of a binary label on an export; report ROC AUC on its latest fifth of rows."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from featurestore.settings import get_settings
@@ -43,6 +49,7 @@ def train(
         result = run_training(
             export,
             out,
+            label=label,
             epochs=epochs,
             batch_size=batch_size,
             seed=seed,
@@ -98,6 +105,50 @@ def export_command(
     )
 
 
+@clear_errors
+def entities_command(
+    source: Annotated[
+        str,
+        typer.Option(help="Data source of the repo (a FileSource) whose rows are the entities, "
+                          "e.g. a stream's raw event archive."),
+    ],
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD, UTC), inclusive.")],
+    end: Annotated[str, typer.Option(help="Last day (YYYY-MM-DD, UTC), exclusive.")],
+    out: Annotated[str, typer.Option(help="Where to write the entity table (Parquet).")],
+    key: Annotated[
+        list[str] | None,
+        typer.Option(help="Join key column (repeatable; default: the repo's entity join keys "
+                          "that the source has)."),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="Another column to keep (repeatable): the label, request fields of "
+                          "on-demand views."),
+    ] = None,
+) -> None:
+    """Write a training entity table: one row per row of a source in days [start, end).
+
+    Its columns: the join keys, `event_timestamp` (the source's timestamp field) and any
+    `--column`; rows in event-time order.
+    """
+    from featurestore.entities import entity_table
+    from featurestore.feast_config import feature_store
+    from featurestore.offline import write_atomically
+    from featurestore.settings import get_settings
+    from featurestore.timestamps import parse_day
+
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
+    table = entity_table(
+        feature_store(get_settings()), source, first, last, keys=key or (), columns=column or ()
+    )
+    write_atomically(table, Path(out))
+    console.print(
+        f"wrote {table.num_rows:,} rows of {source!r} ({', '.join(table.column_names)}) to {out}",
+        highlight=False,
+    )
+
+
 def add_commands(app: typer.Typer) -> None:
     app.command()(train)
     app.command("export")(export_command)
+    app.command("entities")(entities_command)

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from featurestore.errors import InputDataError
-from featurestore.export import LABEL_COLUMN, read_export_metadata
+from featurestore.export import read_export_metadata
 from featurestore.training.encoding import FeatureEncoding
 
 
@@ -81,7 +81,7 @@ class ExportDataset(IterableDataset):
         self,
         path: str | Path,
         *,
-        label: str = LABEL_COLUMN,
+        label: str,
         batch_size: int = 1024,
         encoding: FeatureEncoding | None = None,
         since: datetime | None = None,

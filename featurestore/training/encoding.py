@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from featurestore.errors import InputDataError
 
 MAX_CATEGORIES = 32
-Columns = pa.Table | pa.RecordBatch | Mapping[str, Sequence[Any]]
+Columns: TypeAlias = "pa.Table | pa.RecordBatch | Mapping[str, Sequence[Any]]"
 
 
 @dataclass(frozen=True)
@@ -218,10 +218,8 @@ def _feature(
                 f"export statistics of numeric feature {name!r} lack its mean: {dict(stats)}"
             )
         mean, std = stats["mean"], stats.get("std")  # mean None: the export saw no value
-        usable = std is not None and math.isfinite(std) and std > 0
-        return NumericFeature(
-            name, float(mean or 0.0), float(std) if usable else 1.0, missing_column
-        )
+        spread = float(std) if std is not None and math.isfinite(std) and std > 0 else 1.0
+        return NumericFeature(name, float(mean or 0.0), spread, missing_column)
     if CategoricalFeature.accepts(arrow_type):
         if "categories" not in stats:
             raise InputDataError(

@@ -1,8 +1,11 @@
-"""The fraud model: a small MLP trained on an export, checked on its latest rows, in one file.
+"""The scoring model: a small MLP trained on an export's binary label, checked on its latest rows.
 
-The file (torch.save of plain types and tensors, loadable with `weights_only=True`) holds the
-weights and the frozen feature encoding, so `load_model(path).score(...)` encodes and scores a
-transaction online exactly as its row was encoded and scored offline.
+The label is any 0/1 (or bool) column of the export, named by the caller: the fraud example's is
+`is_fraud`. The file (torch.save of plain types and tensors, loadable with `weights_only=True`)
+holds the weights and the frozen feature encoding, so `load_model(path).score(...)` encodes and
+scores a row online exactly as it was encoded and scored offline. The format name and the
+"fraud" wording of some messages are kept from when the example was the only user: model files
+already written stay loadable.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from featurestore.errors import InputDataError
-from featurestore.export import LABEL_COLUMN
 from featurestore.training.dataset import ExportDataset, ExportFile, open_export
 from featurestore.training.encoding import Columns, FeatureEncoding
 
@@ -118,7 +120,7 @@ def time_split(export: ExportFile, label: str, holdout_fraction: float) -> TimeS
         raise InputDataError(f"export {export.path} has no rows with a known {label!r}")
     moments = labelled.column(0)
     ticks = np.asarray(moments.cast("int64"))
-    frauds = np.asarray(labelled.column(1).cast("int8"))
+    frauds = _zero_one(labelled.column(1), label, export.path)
     position = math.floor(len(ticks) * (1 - holdout_fraction))
     cutoff = np.partition(ticks, position)[position]
     held = ticks >= cutoff
@@ -151,6 +153,18 @@ def time_split(export: ExportFile, label: str, holdout_fraction: float) -> TimeS
     return split
 
 
+def _zero_one(values: pa.ChunkedArray, label: str, path: Path) -> np.ndarray:
+    """The label as 0/1 int8; any other value is an error (a cast would silently truncate 0.5)."""
+    numbers = np.asarray(values.cast("float64"))
+    stray = ~np.isin(numbers, (0.0, 1.0))
+    if stray.any():
+        raise InputDataError(
+            f"label column {label!r} of export {path} must hold only 0 and 1 (or false and "
+            f"true); {int(stray.sum()):,} row(s) hold other values, e.g. {numbers[stray][0]:g}"
+        )
+    return numbers.astype(np.int8)
+
+
 def train(
     export_path: str | Path,
     model_path: str | Path,
@@ -159,13 +173,14 @@ def train(
     batch_size: int = 512,
     seed: int = 0,
     holdout_fraction: float = 0.2,
-    label: str = LABEL_COLUMN,
+    label: str,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Trains on the export's earlier rows, reports ROC AUC on its latest, writes `model_path`.
 
-    Deterministic for a seed (and a torch thread count). The loss is BCE with positives
-    weighted by legitimate/fraud in the training part, as fraud is rare. `on_epoch(epoch, loss)`
+    `label` names the export's 0/1 column to predict. Deterministic for a seed (and a torch
+    thread count). The loss is BCE with positives weighted by negatives/positives in the
+    training part, as positives (e.g. frauds) are usually rare. `on_epoch(epoch, loss)`
     follows progress.
     """
     if epochs < 1:

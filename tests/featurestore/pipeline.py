@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore.generator import SCHEMAS, TRANSACTIONS
+from fraud_example.generator import SCHEMAS, TRANSACTIONS
 from tests.conftest import REDIS_URL
 
 START = date(2026, 3, 1)
@@ -63,8 +63,8 @@ def build(root: Path, cards: int, project: str | None = None) -> Pipeline:
     from featurestore.batch.spark import spark_session
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
-    from featurestore.generator import GeneratorConfig, generate
     from featurestore.settings import get_settings
+    from fraud_example.generator import GeneratorConfig, generate
 
     env = {
         "FEATURESTORE_DATA_DIR": str(root / "data"),

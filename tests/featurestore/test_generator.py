@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore import generator, offline
-from featurestore.generator import (
+from featurestore import offline
+from fraud_example import generator
+from fraud_example.generator import (
     CARD_PROFILES,
     DATASETS,
     LABELS,
@@ -409,8 +410,8 @@ def test_transactions_match_the_declared_stream_schema(configure) -> None:
     """The generator writes exactly the raw event schema feature_repo/ declares."""
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
-    from featurestore.generator import SCHEMAS, TRANSACTIONS
     from featurestore.offline import schema_from_ddl
+    from fraud_example.generator import SCHEMAS, TRANSACTIONS
 
     for view in select_views(apply(configure()), None, aggregated_only=True):
         assert SCHEMAS[TRANSACTIONS].equals(schema_from_ddl(view.raw_schema))

@@ -26,6 +26,7 @@ from featurestore.training.model import load_model, time_split, train
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+LABEL = "is_fraud"  # the fraud example's label column, which these exports carry
 NUMERIC = [
     "card_txn_count_10m",
     "card_amount_sum_1h",
@@ -259,7 +260,7 @@ def _sorted_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def test_dataset_batches_shapes_and_dtypes(export) -> None:
     path, table = export
-    dataset = ExportDataset(path, batch_size=300)
+    dataset = ExportDataset(path, label=LABEL, batch_size=300)
     batches = list(dataset)
     for features, labels in batches:
         assert features.dtype == torch.float32 and labels.dtype == torch.float32
@@ -275,7 +276,7 @@ def test_dataset_time_range(export) -> None:
     since, until = START + timedelta(days=2), START + timedelta(days=5)
     moments = table.column("event_timestamp").to_pylist()
     keep = [since <= m < until for m in moments]
-    _, y = _collect(ExportDataset(path, since=since, until=until))
+    _, y = _collect(ExportDataset(path, label=LABEL, since=since, until=until))
     assert 0 < len(y) == sum(keep) < table.num_rows
     np.testing.assert_array_equal(
         y, table.column("is_fraud").filter(pa.array(keep)).to_numpy(False)
@@ -286,7 +287,9 @@ def test_shuffle_is_a_seeded_permutation(export) -> None:
     path, _ = export
 
     def batches(seed: int, epoch: int = 0) -> list[np.ndarray]:
-        dataset = ExportDataset(path, batch_size=256, shuffle_seed=seed, shuffle_buffer=2_000)
+        dataset = ExportDataset(
+            path, label=LABEL, batch_size=256, shuffle_seed=seed, shuffle_buffer=2_000
+        )
         dataset.set_epoch(epoch)
         return [x.numpy() for x, _ in dataset]
 
@@ -295,10 +298,12 @@ def test_shuffle_is_a_seeded_permutation(export) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(first, batches(5), strict=True))
     assert not np.array_equal(np.concatenate(first), np.concatenate(batches(6)))
     assert not np.array_equal(np.concatenate(first), np.concatenate(batches(5, epoch=1)))
-    plain = ExportDataset(path)
+    plain = ExportDataset(path, label=LABEL)
     x, y = _collect(plain)
     assert not np.array_equal(np.concatenate(first), x)
-    shuffled = ExportDataset(path, batch_size=256, shuffle_seed=5, shuffle_buffer=2_000)
+    shuffled = ExportDataset(
+        path, label=LABEL, batch_size=256, shuffle_seed=5, shuffle_buffer=2_000
+    )
     np.testing.assert_array_equal(_sorted_rows(*_collect(shuffled)), _sorted_rows(x, y))
 
 
@@ -306,7 +311,7 @@ def test_shuffle_is_a_seeded_permutation(export) -> None:
 def test_two_workers_share_the_rows(export, shuffle_seed) -> None:
     path, _ = export
     assert open_export(path).row_groups == 5
-    dataset = ExportDataset(path, batch_size=200, shuffle_seed=shuffle_seed)
+    dataset = ExportDataset(path, label=LABEL, batch_size=200, shuffle_seed=shuffle_seed)
     single = _sorted_rows(*_collect(dataset))
     assert len(np.unique(single, axis=0)) == len(single), "fixture rows must be distinct"
     loader = DataLoader(dataset, batch_size=None, num_workers=2)
@@ -322,13 +327,13 @@ def test_dataset_errors(export, tmp_path) -> None:
     plain = tmp_path / "plain.parquet"
     pq.write_table(table.replace_schema_metadata(None), plain)
     with pytest.raises(InputDataError, match="not a featurestore export.*featurestore.export"):
-        ExportDataset(plain)
+        ExportDataset(plain, label=LABEL)
     garbage = tmp_path / "notes.parquet"
     garbage.write_text("not parquet")
     with pytest.raises(InputDataError, match="not a readable Parquet file"):
-        ExportDataset(garbage)
+        ExportDataset(garbage, label=LABEL)
     with pytest.raises(InputDataError, match="does not exist"):
-        ExportDataset(tmp_path / "absent.parquet")
+        ExportDataset(tmp_path / "absent.parquet", label=LABEL)
     wrong = tmp_path / "wrong-label.parquet"
     pq.write_table(table.append_column("verdict", pa.array(["yes"] * table.num_rows)), wrong)
     with pytest.raises(InputDataError, match="label column 'verdict'.* is string"):
@@ -341,7 +346,7 @@ def test_rows_without_label_are_left_out(export, tmp_path) -> None:
     labels = pc.if_else(known, table.column("is_fraud"), pa.scalar(None, pa.bool_()))
     partial = tmp_path / "partial.parquet"
     pq.write_table(table.set_column(5, "is_fraud", labels), partial)
-    x, y = _collect(ExportDataset(partial))
+    x, y = _collect(ExportDataset(partial, label=LABEL))
     np.testing.assert_array_equal(x, _encoding(path).encode(table.filter(known)))
     np.testing.assert_array_equal(y, table.column("is_fraud").filter(known).to_numpy(False))
     split = time_split(open_export(partial), "is_fraud", 0.2)
@@ -366,7 +371,7 @@ def test_time_split_holds_out_the_latest_rows(tmp_path) -> None:
     assert split.cutoff == moments[700]
     assert (split.train_rows, split.holdout_rows) == (700, 300)
     assert split.holdout_frauds == sum(labels[700:])
-    _, y = _collect(ExportDataset(path, until=split.cutoff))
+    _, y = _collect(ExportDataset(path, label=LABEL, until=split.cutoff))
     assert len(y) == 700
 
 
@@ -377,6 +382,7 @@ def test_train_learns_fraud(big_export, tmp_path) -> None:
     result = train(
         path,
         tmp_path / "model.pt",
+        label=LABEL,
         epochs=3,
         batch_size=256,
         seed=1,
@@ -404,7 +410,7 @@ def test_training_is_deterministic(export, tmp_path) -> None:
     path, _ = export
 
     def weights(seed: int, name: str) -> dict:
-        train(path, tmp_path / name, epochs=1, batch_size=512, seed=seed)
+        train(path, tmp_path / name, label=LABEL, epochs=1, batch_size=512, seed=seed)
         return torch.load(tmp_path / name, weights_only=True)["state_dict"]
 
     first, again, other = weights(4, "a.pt"), weights(4, "b.pt"), weights(5, "c.pt")
@@ -414,7 +420,7 @@ def test_training_is_deterministic(export, tmp_path) -> None:
 
 def test_online_score_equals_offline_score(export, tmp_path) -> None:
     path, table = export
-    model = load_model(train(path, tmp_path / "m.pt", epochs=1, seed=0).model_path)
+    model = load_model(train(path, tmp_path / "m.pt", label=LABEL, epochs=1, seed=0).model_path)
     offline = model.score(table)
     assert offline.dtype == np.float32 and offline.shape == (table.num_rows,)
     assert ((offline >= 0) & (offline <= 1)).all() and offline.std() > 0
@@ -429,8 +435,22 @@ def test_single_class_holdout_is_refused(tmp_path) -> None:
     labels = pa.array([i < 700 and i % 10 == 0 for i in range(1_000)])
     pq.write_table(table.set_column(5, "is_fraud", labels), path)
     with pytest.raises(InputDataError, match="holdout .* has only legitimate transactions"):
-        train(path, tmp_path / "m.pt", epochs=1)
+        train(path, tmp_path / "m.pt", label=LABEL, epochs=1)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_any_zero_one_label_trains_and_other_values_are_refused(tmp_path) -> None:
+    """A label under another name, as 0/1 integers, trains; a 0.5 in it is named, not truncated."""
+    path = tmp_path / "churn.parquet"
+    table = write_export(path, 2_000)
+    churned = pc.cast(table.column("is_fraud"), pa.int64())
+    pq.write_table(table.drop_columns(["is_fraud"]).append_column("churned", churned), path)
+    result = train(path, tmp_path / "m.pt", label="churned", epochs=1)
+    assert 0 <= result.roc_auc <= 1 and result.train_rows + result.holdout_rows == 2_000
+    halves = pc.divide(pc.cast(churned, pa.float64()), 2.0)
+    pq.write_table(table.drop_columns(["is_fraud"]).append_column("churned", halves), path)
+    with pytest.raises(InputDataError, match=r"'churned' .* only 0 and 1 .* e\.g\. 0\.5"):
+        train(path, tmp_path / "m2.pt", label="churned", epochs=1)
 
 
 def test_load_model_errors(export, tmp_path) -> None:
@@ -452,7 +472,8 @@ def test_cli_train(export, tmp_path) -> None:
 
     path, _ = export
     out = tmp_path / "models" / "fraud.pt"
-    args = ["train", "--export", str(path), "--out", str(out), "--epochs", "2", "--seed", "3"]
+    args = ["train", "--export", str(path), "--out", str(out), "--epochs", "2", "--seed", "3",
+            "--label", LABEL]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     export_id = open_export(path).metadata["export_id"]
@@ -460,7 +481,8 @@ def test_cli_train(export, tmp_path) -> None:
     assert f"ROC AUC {auc:.4f}" in result.output
     assert export_id in result.output and str(out) in result.output and "4,000" in result.output
 
-    bad = CliRunner().invoke(app, ["train", "--export", str(tmp_path / "no.parquet"), "--out", "m"])
+    bad = CliRunner().invoke(app, ["train", "--export", str(tmp_path / "no.parquet"), "--out", "m",
+                                        "--label", LABEL])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
@@ -481,7 +503,7 @@ def test_train_on_a_real_export(tmp_path_factory, spark, monkeypatch) -> None:
     settings = get_settings()
     entities = labeled_transactions(settings, pipeline.BACKFILL_START, pipeline.END)
     written = export(settings, entities, root / "export.parquet", feature_service=SERVICE)
-    result = train(written.path, root / "fraud.pt", epochs=5, batch_size=256, seed=0)
+    result = train(written.path, root / "fraud.pt", label=LABEL, epochs=5, batch_size=256, seed=0)
     print(f"real export of {written.rows:,} rows: {result}")
 
     table = pq.read_table(written.path)

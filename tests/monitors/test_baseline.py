@@ -134,7 +134,7 @@ def model_file(export_file: Path, tmp_path_factory) -> Path:
     torch.set_num_threads(2)  # two shared cores
     try:
         path = tmp_path_factory.mktemp("model") / "fraud_mlp.pt"
-        train(export_file, path, epochs=1, batch_size=1_024)
+        train(export_file, path, label="is_fraud", epochs=1, batch_size=1_024)
     finally:
         torch.set_num_threads(before)
     return path

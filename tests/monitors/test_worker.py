@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from featurestore.db import engine as sql_engine
 from featurestore.export import EXPORT_METADATA_KEY
-from featurestore.generator import GeneratorConfig, transactions
+from fraud_example.generator import GeneratorConfig, transactions
 from monitors.baseline import build_baseline
 from monitors.capture import CaptureLog, Window
 from monitors.config import parse_monitors

@@ -20,7 +20,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from featurestore.generator import GeneratorConfig, transactions
+from fraud_example.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
 from tests.servers import wait_for
 

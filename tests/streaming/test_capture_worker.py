@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from featurestore.definitions import select_views
-from featurestore.generator import GeneratorConfig
+from fraud_example.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.monitors.test_capture import capture_records
 from tests.streaming.harness import StreamRun, generated_messages

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import redis
 
-from featurestore.generator import GeneratorConfig, generate, transactions
+from fraud_example.generator import GeneratorConfig, generate, transactions
 from streaming.producer import event_messages
 from tests.conftest import REDIS_URL
 from tests.streaming.harness import StreamRun

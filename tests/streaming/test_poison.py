@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from featurestore.generator import GeneratorConfig
+from fraud_example.generator import GeneratorConfig
 from streaming import validation as v
 from tests.conftest import REDIS_URL
 from tests.streaming.harness import StreamRun, assert_same_results, generated_messages

@@ -51,7 +51,7 @@ def test_produce_sends_valid_generated_events_keyed_by_card(
 ) -> None:
     from featurestore.definitions import select_views
     from featurestore.feast_config import apply
-    from featurestore.generator import GeneratorConfig, generate
+    from fraud_example.generator import GeneratorConfig, generate
 
     settings = configure(kafka_bootstrap_servers=kafka_bootstrap, transactions_topic=topic)
     options = ["--start", str(pipeline.START), "--cards", "40", "--merchants", "10", "--seed", "5"]
@@ -64,7 +64,7 @@ def test_produce_sends_valid_generated_events_keyed_by_card(
     started = time.perf_counter()
     result = CliRunner().invoke(
         app,
-        ["stream", "produce", *options, "--days", "2", "--from-day", second_day, "--rate", "2000"],
+        ["example", "produce", *options, "--days", "2", "--from-day", second_day, "--rate", "2000"],
     )
     elapsed = time.perf_counter() - started
     assert result.exit_code == 0, result.output
@@ -98,6 +98,6 @@ def test_produce_reports_an_unreachable_broker(configure) -> None:
     from featurestore.feast_config import apply
 
     apply(configure(kafka_bootstrap_servers="127.0.0.1:1"))
-    result = CliRunner().invoke(app, ["stream", "produce", "--limit", "1"])
+    result = CliRunner().invoke(app, ["example", "produce", "--limit", "1"])
     assert result.exit_code == 2
     assert "cannot reach Kafka at 127.0.0.1:1" in result.output

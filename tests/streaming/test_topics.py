@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore.generator import GeneratorConfig
+from fraud_example.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.featurestore.oracle import feature_rows
 from tests.servers import wait_for

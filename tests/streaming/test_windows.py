@@ -22,7 +22,7 @@ LATENESS = timedelta(minutes=5)
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory) -> pd.DataFrame:
-    from featurestore.generator import GeneratorConfig, generate
+    from fraud_example.generator import GeneratorConfig, generate
 
     raw_dir = tmp_path_factory.mktemp("windows")
     generate(GeneratorConfig(start=pipeline.START, days=2, cards=80, merchants=15, seed=3), raw_dir)

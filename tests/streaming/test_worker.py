@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featurestore.generator import GeneratorConfig
+from fraud_example.generator import GeneratorConfig
 from tests.conftest import REDIS_URL
 from tests.servers import free_port, redis_server, wait_for
 from tests.streaming.harness import (

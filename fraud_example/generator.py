@@ -332,7 +332,7 @@ def generate(
 def transactions(config: GeneratorConfig, first_day: date | None = None) -> Iterator[pa.Table]:
     """The transactions of each day of `config` from `first_day` on, in event-time order.
 
-    Nothing is written: this is the live traffic `featurestore stream produce` sends. Each day
+    Nothing is written: this is the live traffic `featurestore example produce` sends. Each day
     is drawn exactly as `generate` draws it, so the stream continues a generated history.
     """
     population = _Population.draw(config)
@@ -694,10 +694,11 @@ def _check_date(name: str, value: object) -> None:
 
 def _check_real(name: str, value: object, *, low: float, high: float | None = None,
                 low_open: bool = False) -> None:
+    # float() of a Real is exact for the ints and floats a config holds, and comparable to bounds.
     ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(value)
-          and (value > low if low_open else value >= low)
-          and (high is None or value <= high))
+          and math.isfinite(number := float(value))
+          and (number > low if low_open else number >= low)
+          and (high is None or number <= high))
     if not ok:
         bound = f"> {low}" if low_open else f">= {low}"
         if high is not None:
