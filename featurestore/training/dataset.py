@@ -27,8 +27,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from featurestore.errors import InputDataError
-from featurestore.export import LABEL_COLUMN, read_export_metadata
+from featurestore.export import read_export_metadata
 from featurestore.training.encoding import FeatureEncoding
+
+# The label column when none is named: the fraud example's (`label=` names another).
+LABEL_COLUMN = "is_fraud"
 
 
 @dataclass(frozen=True)

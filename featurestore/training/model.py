@@ -24,8 +24,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from featurestore.errors import InputDataError
-from featurestore.export import LABEL_COLUMN
-from featurestore.training.dataset import ExportDataset, ExportFile, open_export
+from featurestore.training.dataset import LABEL_COLUMN, ExportDataset, ExportFile, open_export
 from featurestore.training.encoding import Columns, FeatureEncoding
 
 MODEL_FORMAT = "featurestore.fraud-model/1"
