@@ -12,8 +12,9 @@ from feast.types import from_feast_to_pyarrow_type
 from featurestore.errors import DefinitionError
 from featurestore.export.plan import OnDemandRequest
 
-# (view name, feature name) -> the feature's values, one per entity row of the chunk.
-Joined: TypeAlias = dict[tuple[str, str], pa.Array]
+# (view name, feature name) -> the feature's values, one per entity row of the chunk (the local
+# engine takes them from its rows' table as one-chunk ChunkedArrays).
+Joined: TypeAlias = dict[tuple[str, str], pa.Array | pa.ChunkedArray]
 # Told what an export is doing ("reading card_profile", "joined 131,072 of 1,000,000 rows").
 Progress: TypeAlias = Callable[[str], None]
 
