@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 import statistics as py_statistics
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
@@ -513,6 +516,52 @@ def test_a_failure_half_way_leaves_the_old_file_and_nothing_partial(
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out.parquet"] if existing else [])
     if existing:
         assert path.read_bytes() == b"the previous export"
+
+
+_KILLED_WRITER = """
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+from featurestore.export.writer import write_export
+
+schema = pa.schema([("card_id", pa.int64())])
+
+
+def chunks():
+    for i in range(2):
+        yield pa.table({"card_id": list(range(i * 1000, (i + 1) * 1000))}, schema=schema)
+    print("row groups written", flush=True)  # the first written, the second in flight
+    sys.stdin.read()  # until killed
+
+
+write_export(Path(sys.argv[1]), schema, chunks(), dict)
+"""
+
+
+def test_a_writer_killed_half_way_leaves_the_old_file_for_every_reader(tmp_path) -> None:
+    """SIGKILL runs no cleanup: the partial file stays, hidden from Parquet readers by its
+    leading dot, and the export's name still holds the previous export."""
+    path = tmp_path / "out.parquet"
+    pq.write_table(_chunk(1), path)
+    before = path.read_bytes()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "row groups written\n"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert path.read_bytes() == before
+    (partial,) = [p for p in tmp_path.iterdir() if p != path]
+    assert partial.name.startswith(".")
+    assert ds.dataset(str(tmp_path), format="parquet").files == [str(path)]
 
 
 def test_read_export_metadata_names_what_a_file_is_not(tmp_path) -> None:
