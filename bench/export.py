@@ -96,11 +96,11 @@ def child_prepare(root: Path, sizes: list[int]) -> dict[str, Any]:
     from featurestore.batch.backfill import backfill
     from featurestore.batch.spark import spark_session
     from featurestore.definitions import select_views
-    from featurestore.export import labeled_transactions
     from featurestore.feast_config import apply
     from featurestore.offline import write_atomically
     from featurestore.settings import get_settings
     from fraud_example.generator import GeneratorConfig, generate
+    from fraud_example.labels import labeled_transactions
 
     settings = get_settings()
     began = time.perf_counter()

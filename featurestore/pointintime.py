@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +29,8 @@ INT64_MIN = np.iinfo(np.int64).min
 _COMPOSITE_LIMIT = 2**62
 _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
-Column = pa.Array | pa.ChunkedArray
-KeyCoder = Callable[[Sequence[Column]], np.ndarray]
+Column: TypeAlias = pa.Array | pa.ChunkedArray
+KeyCoder: TypeAlias = Callable[[Sequence[Column]], np.ndarray]
 
 
 def bounds(times: Column, ttl: timedelta, unit: str) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,7 @@ def entities_command(
     """Write the training entity table: transactions of [start, end) with their fraud label."""
     from pathlib import Path
 
-    from featurestore.export import LABEL_COLUMN, labeled_transactions
+    from fraud_example.labels import LABEL_COLUMN, labeled_transactions
     from featurestore.offline import write_atomically
     from featurestore.settings import get_settings
     from featurestore.timestamps import parse_day

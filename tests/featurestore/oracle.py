@@ -1,11 +1,14 @@
-"""A naive oracle of the window semantics: row by row, straight from the definition."""
+"""Naive oracles of the window and point-in-time semantics: row by row, straight from the
+definitions."""
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
+
+NO_MATCH = -1
 
 
 def aggregate(function: str, values: list) -> object:
@@ -40,3 +43,32 @@ def feature_rows(raw: pd.DataFrame, view, start: datetime, end: datetime) -> pd.
                 row[agg.name] = aggregate(agg.function, inside[agg.column].tolist())
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def naive_latest(
+    entity_keys: list[tuple],
+    entity_ns: list[int],
+    row_keys: list[tuple],
+    row_ns: list[int | None],
+    row_created_ns: list[int | None],
+    ttl: timedelta,
+) -> list[int]:
+    """Straight from the definition: the latest row of the key with t - ttl <= ts <= t.
+
+    Ties on ts go to the greatest created time (null is the smallest), then to the later row.
+    A key with a null part matches nothing; a zero ttl means no lower bound.
+    """
+    ttl_ns = ttl // timedelta(microseconds=1) * 1_000
+    found = []
+    for key, t in zip(entity_keys, entity_ns):
+        best, best_rank = NO_MATCH, None
+        for j, (row_key, ts, created) in enumerate(zip(row_keys, row_ns, row_created_ns)):
+            if None in key or None in row_key or row_key != key or ts is None:
+                continue
+            if ts > t or (ttl_ns and ts < t - ttl_ns):
+                continue
+            rank = (ts, float("-inf") if created is None else created, j)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = j, rank
+        found.append(best)
+    return found

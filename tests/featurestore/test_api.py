@@ -519,7 +519,7 @@ def test_pandas_mode_on_demand_views_are_computed_too(settings, client) -> None:
 def _latest_transactions(settings) -> pa.Table:
     """Transactions that are the newest of both their card and their merchant: their offline
     feature rows are exactly what the online store holds."""
-    from featurestore.export import labeled_transactions
+    from fraud_example.labels import labeled_transactions
 
     rows = labeled_transactions(settings, pipeline.START, pipeline.END).to_pandas()
     newest_card = rows.groupby("card_id")["event_timestamp"].transform("max")

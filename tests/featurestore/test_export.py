@@ -45,7 +45,7 @@ def repo(built, monkeypatch):
 @pytest.fixture
 def entities(repo) -> pa.Table:
     """The labelled transactions of the backfilled days, plus rows at the edges of history."""
-    from featurestore.export import labeled_transactions
+    from fraud_example.labels import labeled_transactions
 
     settings, _ = repo
     table = labeled_transactions(settings, pipeline.BACKFILL_START, pipeline.END)
@@ -322,7 +322,7 @@ def test_entity_times_at_the_ends_of_the_datetime_range(
 
 def test_labeled_transactions_join_raw_events_with_labels(repo) -> None:
     from featurestore.errors import RangeError
-    from featurestore.export import labeled_transactions
+    from fraud_example.labels import labeled_transactions
 
     settings, _ = repo
     table = labeled_transactions(settings, pipeline.START, pipeline.END)

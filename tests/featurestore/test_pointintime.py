@@ -10,38 +10,10 @@ import pyarrow as pa
 import pytest
 
 from featurestore import pointintime
+from tests.featurestore.oracle import naive_latest
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 US = pa.timestamp("us", tz="UTC")
-
-
-def naive_latest(
-    entity_keys: list[tuple],
-    entity_ns: list[int],
-    row_keys: list[tuple],
-    row_ns: list[int | None],
-    row_created_ns: list[int | None],
-    ttl: timedelta,
-) -> list[int]:
-    """Straight from the definition: the latest row of the key with t - ttl <= ts <= t.
-
-    Ties on ts go to the greatest created time (null is the smallest), then to the later row.
-    A key with a null part matches nothing; a zero ttl means no lower bound.
-    """
-    ttl_ns = ttl // timedelta(microseconds=1) * 1_000
-    found = []
-    for key, t in zip(entity_keys, entity_ns):
-        best, best_rank = pointintime.NO_MATCH, None
-        for j, (row_key, ts, created) in enumerate(zip(row_keys, row_ns, row_created_ns)):
-            if None in key or None in row_key or row_key != key or ts is None:
-                continue
-            if ts > t or (ttl_ns and ts < t - ttl_ns):
-                continue
-            rank = (ts, float("-inf") if created is None else created, j)
-            if best_rank is None or rank > best_rank:
-                best, best_rank = j, rank
-        found.append(best)
-    return found
 
 
 @dataclass

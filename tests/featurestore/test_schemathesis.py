@@ -36,7 +36,7 @@ monitors:
 def api(served, tmp_path_factory):
     from featurestore.apikeys import create_key
     from featurestore.db import engine
-    from featurestore.export import labeled_transactions
+    from fraud_example.labels import labeled_transactions
 
     tmp = tmp_path_factory.mktemp("schemathesis")
     (tmp / "monitors.yaml").write_text(MONITORS_YAML)

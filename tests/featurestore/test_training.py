@@ -492,8 +492,9 @@ def test_cli_train(export, tmp_path) -> None:
 @pytest.mark.spark
 def test_train_on_a_real_export(tmp_path_factory, spark, monkeypatch) -> None:
     """Generated transactions, backfilled by Spark, exported point-in-time, then trained on."""
-    from featurestore.export import export, labeled_transactions
+    from featurestore.export import export
     from featurestore.settings import get_settings
+    from fraud_example.labels import labeled_transactions
     from tests.featurestore import pipeline
 
     root = tmp_path_factory.mktemp("real-export")
