@@ -151,10 +151,10 @@ def entities_command(
     """Write the training entity table: transactions of [start, end) with their fraud label."""
     from pathlib import Path
 
-    from fraud_example.labels import LABEL_COLUMN, labeled_transactions
     from featurestore.offline import write_atomically
     from featurestore.settings import get_settings
     from featurestore.timestamps import parse_day
+    from fraud_example.labels import LABEL_COLUMN, labeled_transactions
 
     first, last = parse_day(start, "--start"), parse_day(end, "--end")
     table = labeled_transactions(get_settings(), first, last)

@@ -184,9 +184,8 @@ def _stream_live_day(
 def _export_and_train(console: Console, settings: Settings, start: date, end: date) -> None:
     """A point-in-time training set of the labelled transactions, and a model trained on it."""
     from featurestore.export import export
-    from fraud_example.labels import LABEL_COLUMN, labeled_transactions
     from featurestore.training.model import train
-    from fraud_example.labels import labeled_transactions
+    from fraud_example.labels import LABEL_COLUMN, labeled_transactions
 
     out = settings.exports_dir / "fraud_training.parquet"
     with console.status(f"6/8 point-in-time export of the labelled transactions {start} .. {end}"):

@@ -30,6 +30,7 @@ from featurestore.errors import InputDataError
 from featurestore.export import read_export_metadata
 from featurestore.training.encoding import FeatureEncoding
 
+
 @dataclass(frozen=True)
 class ExportFile:
     """What a training export says about itself: its Arrow schema and export metadata."""
