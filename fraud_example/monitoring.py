@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
-import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
@@ -37,7 +36,7 @@ from monitors.baseline import baseline_for_model
 from monitors.config import parse_monitors
 from monitors.notifiers import verify_signature
 from monitors.runs import RunSummary
-from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS
+from monitors.sql.runs import forget_monitor
 from monitors.worker import MonitorWorker
 
 MONITOR = "demo_fraud_scoring"
@@ -97,12 +96,7 @@ monitors:
 def _forget(settings: Settings) -> None:
     """A fresh run: the previous demo's windows point into a capture log that is gone."""
     with sql_engine(settings).begin() as conn:
-        alerts = sa.select(ALERTS.c.alert_id).where(ALERTS.c.monitor == MONITOR)
-        runs = sa.select(RUNS.c.run_id).where(RUNS.c.monitor == MONITOR)
-        conn.execute(sa.delete(OUTBOX).where(OUTBOX.c.alert_id.in_(alerts)))
-        conn.execute(sa.delete(ALERTS).where(ALERTS.c.monitor == MONITOR))
-        conn.execute(sa.delete(RUN_FEATURES).where(RUN_FEATURES.c.run_id.in_(runs)))
-        conn.execute(sa.delete(RUNS).where(RUNS.c.monitor == MONITOR))
+        forget_monitor(conn, MONITOR)
 
 
 def _score_day(client: FeatureClient, day: pa.Table, seed: int) -> int:

@@ -32,7 +32,7 @@ def error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-def documented(*parts: Mapping[int, dict[str, Any]]) -> Responses:
+def documented(*parts: Mapping[int, dict[str, Any]] | Responses) -> Responses:
     """A route's `responses`: `parts` merged in order."""
     merged: Responses = {}
     for part in parts:
