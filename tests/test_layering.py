@@ -120,7 +120,7 @@ def test_every_plugin_is_registered_and_adds_its_commands() -> None:
     assert [plugin.name for plugin in plugins.loaded()] == sorted(PLUGINS)
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert {"stream", "monitors", "example"} <= set(commands)
-    assert set(commands["example"].commands) == {"demo", "generate", "entities"}
+    assert set(commands["example"].commands) == {"demo", "generate", "entities", "produce"}
     # The installed script, as a user runs it.
     script = Path(sys.executable).parent / "featurestore"
     shown = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
