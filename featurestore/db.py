@@ -2,7 +2,7 @@
 
 Each owner declares its tables on `METADATA` at import, for its queries; the schema in the
 database comes from the Alembic revisions in `featurestore.migrations` (a table or column added
-here needs a new revision there: see the README, "Schema and upgrades"). `engine()` checks the
+here needs a new revision there: see docs/configuration.md, "Schema and upgrades"). `engine()` checks the
 schema once per process: it creates it on an empty database and refuses one behind or ahead of
 this code.
 """

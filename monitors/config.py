@@ -369,7 +369,7 @@ def check_secrets(config: MonitorsFile, source: str = "monitors.yaml") -> None:
 
 
 def _missing(path: Path) -> str:
-    return (f"no monitors file at {path}; write one (see README, Drift monitoring) or set "
+    return (f"no monitors file at {path}; write one (see docs/monitoring.md) or set "
             "FEATURESTORE_MONITORS_CONFIG")
 
 

@@ -105,7 +105,7 @@ def _forget(settings: Settings) -> None:
 def _score_day(client: FeatureClient, day: pa.Table, seed: int) -> int:
     """Score the day's transactions in a random order: each window is then a sample of the
     whole day. (Cards of each time zone pay in their own daytime, so windows of a few hours in
-    event-time order differ from the baseline by the hour; see README.)"""
+    event-time order differ from the baseline by the hour; see docs/monitoring.md.)"""
     day = day.take(np.random.default_rng(seed).permutation(day.num_rows))
     for start in range(0, day.num_rows, BATCH):
         part = day.slice(start, BATCH)

@@ -1,7 +1,7 @@
 """Versioned migrations of our SQL tables (Alembic; one module per revision under versions/).
 
-What a process finds at start, and what it does (the reasons are in the README, "Schema and
-upgrades"):
+What a process finds at start, and what it does (the reasons are in docs/configuration.md, "Schema
+and upgrades"):
 - an empty database (none of our tables): the first process takes the schema lock and migrates it
   to the head revision in one transaction; the others wait on the lock, then find it done;
 - tables created before migrations existed (no version table): under the lock, if every table

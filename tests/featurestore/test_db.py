@@ -98,8 +98,8 @@ def test_an_empty_database_gets_the_schema_the_code_declares(database) -> None:
     state = _state(database)
     assert state.current == state.head == "0002"
     assert migrations.describe(state) == "0002 (head)"
-    # A table or column declared without its revision fails here: add one (README, Schema and
-    # upgrades: `featurestore db revision`).
+    # A table or column declared without its revision fails here: add one (docs/configuration.md,
+    # Schema and upgrades: `featurestore db revision`).
     with database.connect() as connection:
         assert compare_metadata(MigrationContext.configure(
             connection, opts={"version_table": migrations.VERSION_TABLE}), _declared_tables()) == []

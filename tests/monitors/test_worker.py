@@ -134,7 +134,7 @@ def test_seasonal_days_without_drift_rarely_alarm(settings, baseline) -> None:
     """Fifty-two days of normal traffic after the training period, one window per day: each
     window spans the daily cycle, weekdays and weekends come and go, and at most 5% of windows
     raise anything. (Half-day windows do alarm, on the country mix: cards of each time zone pay
-    at their own daytime, a real seasonal shift the window must span; see README.)"""
+    at their own daytime, a real seasonal shift the window must span; see docs/monitoring.md.)"""
     name = f"quiet_{uuid.uuid4().hex[:8]}"
     config = _config(name, window="{rows: 1000}")
     windows = alarms = 0
