@@ -24,10 +24,8 @@ def assume_utc(moment: datetime) -> datetime:
 
 def to_utc(moment: datetime, name: str = "time") -> datetime:
     """`moment` as an aware UTC datetime (naive means UTC already)."""
-    if moment.tzinfo is None:
-        return assume_utc(moment)
     try:
-        return moment.astimezone(UTC)
+        return assume_utc(moment).astimezone(UTC)
     except OverflowError:
         raise RangeError(
             f"{name} {moment.isoformat()} is outside years 1 to 9999 once converted to UTC"

@@ -189,5 +189,20 @@ def kafka_bootstrap() -> Iterator[str]:
         yield address
 
 
+@pytest.fixture(scope="session")
+def example_store(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The example `feature_repo/` applied to a SQLite registry of its own (no server)."""
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+
+    root = tmp_path_factory.mktemp("example-registry")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _SETTINGS_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("FEATURESTORE_CONFIG", str(root / "absent.yaml"))
+        patch.setenv("FEATURESTORE_DATA_DIR", str(root / "data"))
+        return apply(get_settings())
+
+
 def unique_project() -> str:
     return f"t{uuid.uuid4().hex[:12]}"

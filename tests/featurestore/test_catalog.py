@@ -16,24 +16,14 @@ from hypothesis import strategies as st
 from featurestore.errors import TooManyFeaturesError, UnknownNameError
 from featurestore.online import resp
 from featurestore.online.catalog import _PLAN_CACHE_SIZE, Catalog
-from tests.conftest import _SETTINGS_ENV
 
 SERVICE = "fraud_detection_v1"
 RATIO = "transaction_amount_ratio:amount_to_card_mean_24h"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from featurestore.feast_config import apply
-    from featurestore.settings import get_settings
-
-    root = tmp_path_factory.mktemp("catalog")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in _SETTINGS_ENV:
-            patch.delenv(name, raising=False)
-        patch.setenv("FEATURESTORE_CONFIG", str(root / "absent.yaml"))
-        patch.setenv("FEATURESTORE_DATA_DIR", str(root / "data"))
-        return apply(get_settings())
+def store(example_store):
+    return example_store
 
 
 @pytest.fixture

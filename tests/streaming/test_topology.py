@@ -10,24 +10,15 @@ import pytest
 
 from featurestore.errors import DefinitionError
 from streaming.topology import build, repartition_topic
-from tests.conftest import _SETTINGS_ENV
 
 CARD, MERCHANT = "card_transaction_features", "merchant_transaction_features"
 
 
 @pytest.fixture(scope="module")
-def views(tmp_path_factory) -> dict:
+def views(example_store) -> dict:
     from featurestore.definitions import select_views
-    from featurestore.feast_config import apply
-    from featurestore.settings import get_settings
 
-    root = tmp_path_factory.mktemp("topology")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in _SETTINGS_ENV:
-            patch.delenv(name, raising=False)
-        patch.setenv("FEATURESTORE_CONFIG", str(root / "absent.yaml"))
-        patch.setenv("FEATURESTORE_DATA_DIR", str(root / "data"))
-        selected = select_views(apply(get_settings()), None, aggregated_only=True)
+    selected = select_views(example_store, None, aggregated_only=True)
     return {view.name: view for view in selected}
 
 
