@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from fastapi import Request
