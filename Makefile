@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor check-java install clean lint
+.PHONY: demo test test-fast bench bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor check-java install clean lint
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: check-java $(STAMP)
 
 test: check-java $(STAMP)
 	$(BIN)/pytest -q
+
+# The tests that need no server (no Redis, PostgreSQL, broker, Spark, HTTP server or CLI
+# subprocess; tests/conftest.py marks the others `needs_server`).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not needs_server"
 
 # The gate .ci/run runs before the tests: ruff over the tree, mypy (config in pyproject.toml) over the
 # product packages.

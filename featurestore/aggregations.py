@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 SUM_SCALE = 1_000_000
 SUM_RESOLUTION = 1 / SUM_SCALE
-MICROS = 1_000_000
 
 INTEGER_FUNCTIONS = frozenset({"count", "count_distinct"})
 FLOAT_FUNCTIONS = frozenset({"sum", "mean", "max", "min"})

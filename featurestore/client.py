@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 import httpx
 import pandas as pd
@@ -89,17 +89,17 @@ class _Retry:
     def __init__(self, retries: int, backoff: float, max_wait: float) -> None:
         self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
 
-    def after(
-        self, attempt: int, response: httpx.Response | None, error: Exception | None, url: str
-    ) -> float | None:
+    def after_error(self, attempt: int, error: Exception, url: str) -> float:
+        """How long to wait before the next attempt after a failed connection; raises ApiError
+        when no attempt is left."""
+        if attempt == self.retries:
+            raise ApiError(0, "unreachable", f"{url}: {error}") from error
+        return self._delay(attempt, None)
+
+    def after_response(self, attempt: int, response: httpx.Response) -> float | None:
         """None when `response` is the answer; else how long to wait before the next attempt.
-        Raises ApiError for an error answer, or when no attempt is left."""
-        last = attempt == self.retries
-        if error is not None:
-            if last:
-                raise ApiError(0, "unreachable", f"{url}: {error}") from error
-            return self._delay(attempt, None)
-        if response.status_code == 503 and not last:
+        Raises ApiError for an error answer, or a 503 when no attempt is left."""
+        if response.status_code == 503 and attempt < self.retries:
             return self._delay(attempt, response)
         if response.status_code >= 400:
             raise _error(response)
@@ -115,8 +115,15 @@ class _Retry:
         return min(wait, self.max_wait)
 
 
-class _Base:
-    _http_type: type[httpx.Client | httpx.AsyncClient]
+_Http = TypeVar("_Http", httpx.Client, httpx.AsyncClient)
+
+
+class _Base(Generic[_Http]):
+    """What both clients share: the URL, the retry policy and one pooled HTTP client, blocking
+    (`httpx.Client`) or asyncio (`httpx.AsyncClient`) as the subclass names."""
+
+    _http_type: type[_Http]
+    _http: _Http
 
     def __init__(
         self,
@@ -143,21 +150,22 @@ class _Base:
         return f"{type(self).__name__}({self.url!r})"
 
 
-class FeatureClient(_Base):
+class FeatureClient(_Base[httpx.Client]):
     """Blocking client, safe to share between threads."""
 
     _http_type = httpx.Client
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         for attempt in range(self._retry.retries + 1):
-            response, error = None, None
             try:
                 response = self._http.request(method, path, **kwargs)
             except _RETRIABLE as exc:
-                error = exc
-            wait = self._retry.after(attempt, response, error, self.url)
-            if wait is None:
-                return response
+                wait = self._retry.after_error(attempt, exc, self.url)
+            else:
+                retry_wait = self._retry.after_response(attempt, response)
+                if retry_wait is None:
+                    return response
+                wait = retry_wait
             time.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -219,21 +227,22 @@ class FeatureClient(_Base):
         self.close()
 
 
-class AsyncFeatureClient(_Base):
+class AsyncFeatureClient(_Base[httpx.AsyncClient]):
     """asyncio client for async serving code (one per event loop)."""
 
     _http_type = httpx.AsyncClient
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         for attempt in range(self._retry.retries + 1):
-            response, error = None, None
             try:
                 response = await self._http.request(method, path, **kwargs)
             except _RETRIABLE as exc:
-                error = exc
-            wait = self._retry.after(attempt, response, error, self.url)
-            if wait is None:
-                return response
+                wait = self._retry.after_error(attempt, exc, self.url)
+            else:
+                retry_wait = self._retry.after_response(attempt, response)
+                if retry_wait is None:
+                    return response
+                wait = retry_wait
             await asyncio.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 

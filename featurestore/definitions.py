@@ -15,6 +15,7 @@ from feast import (
     KafkaSource,
     OnDemandFeatureView,
 )
+from feast.data_format import JsonFormat
 from feast.stream_feature_view import StreamFeatureView
 from feast.types import FeastType
 
@@ -74,6 +75,13 @@ class ViewDefinition:
         return bool(self.aggregations)
 
     @property
+    def raw_events(self) -> Table:
+        """The raw event table an aggregated view is computed from."""
+        if self.raw is None:
+            raise DefinitionError(f"feature view {self.name!r} is not computed from raw events")
+        return self.raw
+
+    @property
     def max_window(self) -> timedelta:
         return max(a.window for a in self.aggregations)
 
@@ -92,6 +100,11 @@ def _table(source: object, owner: str) -> Table:
     )
 
 
+def _ttl(view: FeatureView) -> timedelta:
+    # Feast types ttl Optional; its registry reads "no ttl" back as 0, which means forever.
+    return view.ttl if view.ttl is not None else timedelta(0)
+
+
 def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
     entity_columns = {c.name: c for c in view.entity_columns}
     join_keys = tuple(Feature(name, entity_columns[name].dtype) for name in view.join_keys)
@@ -100,7 +113,7 @@ def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
     features = tuple(Feature(f.name, f.dtype) for f in view.features)
     offline = _table(view.batch_source, f"feature view {view.name!r}")
     if not isinstance(view, StreamFeatureView) or not view.aggregations:
-        return ViewDefinition(view.name, join_keys, features, view.ttl, offline, view)
+        return ViewDefinition(view.name, join_keys, features, _ttl(view), offline, view)
 
     stream = view.stream_source
     if not isinstance(stream, KafkaSource):
@@ -110,6 +123,12 @@ def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
         raise DefinitionError(
             f"feature view {view.name!r}: its KafkaSource {stream.name!r} needs a "
             "tags={'raw_source': <FileSource name>} naming the raw event archive"
+        )
+    message_format = stream.kafka_options.message_format
+    if not isinstance(message_format, JsonFormat):
+        raise DefinitionError(
+            f"feature view {view.name!r}: its KafkaSource {stream.name!r} needs "
+            "message_format=JsonFormat(schema_json=<the events' DDL>): the stream reads JSON"
         )
     raw = _table(store.get_data_source(raw_name), f"raw source of {view.name!r}")
     aggregations = tuple(resolve_all(view.aggregations, view.name))
@@ -123,12 +142,12 @@ def _definition(store: FeatureStore, view: FeatureView) -> ViewDefinition:
         view.name,
         join_keys,
         features,
-        view.ttl,
+        _ttl(view),
         offline,
         view,
         aggregations=aggregations,
         raw=raw,
-        raw_schema=stream.kafka_options.message_format.schema_json,
+        raw_schema=message_format.schema_json,
         topic=stream.kafka_options.topic,
         message_key=stream.tags.get("message_key"),
         lateness=stream.kafka_options.watermark_delay_threshold or timedelta(0),
@@ -175,10 +194,10 @@ def _event_ranges(stream: KafkaSource) -> tuple[tuple[str, float, float], ...]:
             continue
         low, sep, high = text.partition("..")
         try:
-            bounds = (float(low), float(high))
+            bounds: tuple[float, float] | None = (float(low), float(high))
         except ValueError:
-            bounds = ()
-        if not sep or len(bounds) != 2 or not bounds[0] <= bounds[1]:
+            bounds = None
+        if not sep or bounds is None or not bounds[0] <= bounds[1]:
             raise DefinitionError(
                 f"KafkaSource {stream.name!r}: tag {tag}={text!r} must read 'low..high'"
             )

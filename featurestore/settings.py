@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -21,6 +21,12 @@ from pydantic_settings import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ENV_VAR = "FEATURESTORE_CONFIG"
+
+
+def _default_model_path(fields: dict[str, Any]) -> Path:
+    # `fields` holds the fields declared before model_path, validated; without data_dir (which
+    # then failed validation, and is reported by name) its own default stands in.
+    return fields.get("data_dir", PROJECT_ROOT / "data") / "models" / "fraud_mlp.pt"
 
 
 def _config_file() -> Path:
@@ -103,8 +109,8 @@ class Settings(BaseSettings):
     # A worker (re)started while the SQL database (registry, keys) is unreachable waits this long
     # for it instead of failing its start-up, which would make uvicorn stop every worker.
     serve_startup_wait_seconds: float = Field(300.0, ge=0)
-    # The model `POST /v1/score` serves (written by `featurestore train`). Empty = under data_dir.
-    model_path: Path | None = None
+    # The model `POST /v1/score` serves (written by `featurestore train`). Unset = under data_dir.
+    model_path: Path = Field(default_factory=_default_model_path)
     # Where this API is reached from outside (links to drift reports in alerts).
     public_url: str = "http://127.0.0.1:8000"
 
@@ -177,8 +183,6 @@ class Settings(BaseSettings):
                 self.database_url = f"sqlite:///{self.data_dir / 'featurestore.db'}"
             else:
                 self.database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/featurestore"
-        if self.model_path is None:
-            self.model_path = self.data_dir / "models" / "fraud_mlp.pt"
         return self
 
     # Where things live on disk (the offline store is Parquet under data_dir).

@@ -15,12 +15,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FORMATS = "2026-01-31, 2026-01-31T12:00:00Z or 2026-01-31T07:00:00-05:00"
 
 
+def assume_utc(moment: datetime) -> datetime:
+    """Naive means UTC: `moment` with UTC attached when it has no zone, else as it is.
+
+    For times read back from where we only ever write UTC (SQLite keeps no zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def to_utc(moment: datetime, name: str = "time") -> datetime:
     """`moment` as an aware UTC datetime (naive means UTC already)."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
     try:
-        return moment.astimezone(UTC)
+        return assume_utc(moment).astimezone(UTC)
     except OverflowError:
         raise RangeError(
             f"{name} {moment.isoformat()} is outside years 1 to 9999 once converted to UTC"

@@ -42,6 +42,7 @@ from featurestore.errors import FeatureStoreError, InputDataError
 from featurestore.export import read_export_metadata
 from featurestore.offline import replacing
 from featurestore.settings import Settings
+from featurestore.timestamps import assume_utc
 from monitors.columns import column_kind, missing_values
 from monitors.config import SCORE_COLUMN
 from monitors.store import BASELINES, RUN_FEATURES, unfit
@@ -356,7 +357,8 @@ def _store(settings: Settings, values: dict[str, Any], content: bytes) -> Baseli
                     "created_at": created_at,
                 }
                 inserted = conn.execute(sa.insert(BASELINES).values(**row))
-                baseline_id = inserted.inserted_primary_key[0]
+                # SQLAlchemy types the key Optional; a single-row INSERT always reports it.
+                baseline_id = inserted.inserted_primary_key[0]  # type: ignore[index]
                 with replacing(path) as sink:
                     sink.write(content)
             return _baseline(row | {"baseline_id": baseline_id})
@@ -369,9 +371,7 @@ def _store(settings: Settings, values: dict[str, Any], content: bytes) -> Baseli
 
 def _baseline(row: Any) -> Baseline:
     row = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
-    created_at = row["created_at"]
-    if created_at.tzinfo is None:  # SQLite keeps no zone; we always write UTC
-        created_at = created_at.replace(tzinfo=UTC)
+    created_at = assume_utc(row["created_at"])
     return Baseline(
         baseline_id=row["baseline_id"],
         subject=row["subject"],
@@ -451,7 +451,7 @@ def build_baseline(
             "subject": source.subject,
             "export_id": source.export_id,
             "export_path": str(source.path.absolute()),
-            "model_path": str(Path(model_path).absolute()) if model is not None else None,
+            "model_path": str(Path(model_path).absolute()) if model_path is not None else None,
             "rows": rows,
             "sample_rows": sample.num_rows,
             "profile": profile,

@@ -7,14 +7,14 @@ the kind Evidently would infer for the same column after `Table.to_pandas()`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Column = pa.ChunkedArray | pd.Series
+Column: TypeAlias = pa.ChunkedArray | pd.Series
 
 Kind = Literal["numeric", "categorical", "text", "other"]
 

@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ from monitors.stattests import (
     get_method,
 )
 
-Frame = pa.Table | pd.DataFrame
+Frame: TypeAlias = pa.Table | pd.DataFrame
 
 
 class DriftInputError(ValueError):

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +61,7 @@ def _kinds(current: pa.Table, given: Mapping[str, str]) -> dict[str, ColumnKind]
                 f"column {name!r}: Evidently would check it as {kind}, which the drift checks "
                 "do not; leave it out of the report"
             )
-        kinds[name] = kind
+        kinds[name] = cast(ColumnKind, kind)  # one of ColumnKind's two values, checked above
     return kinds
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -294,16 +294,16 @@ class PartitionTask:
     def _apply(self, records: Sequence[Record], now_us: int) -> Step:
         step = Step()
         if not self.stage.is_source:
-            records, step.duplicates = self._new_records(records)
+            records, step.duplicates = fresh_records(records, self.source_offsets)
         parsed = self.validator.parse_batch([r.value for r in records])
         events, index = parsed.events, parsed.accepted
         step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
         ts = event_micros(events.column(self.topology.timestamp_field))
 
-        def drop(mask: np.ndarray, reject) -> None:
+        def drop(mask: np.ndarray, reject: Callable[[int], Rejected]) -> None:
             nonlocal events, index, ts
             for i in np.flatnonzero(mask):
-                step.dead_letters.append(DeadLetter(records[index[i]], reject(i)))
+                step.dead_letters.append(DeadLetter(records[index[i]], reject(int(i))))
             if mask.any():
                 events, index, ts = events.filter(pa.array(~mask)), index[~mask], ts[~mask]
 
@@ -314,13 +314,13 @@ class PartitionTask:
             for name in dict.fromkeys([self.stage.key, *(s.key for s in self.stage.forwards)]):
                 drop(
                     pc.is_null(events.column(name)).to_numpy(zero_copy_only=False),
-                    lambda i, name=name: Rejected(WRONG_TYPE, f"{name} is null (an entity key)"),
+                    _always(Rejected(WRONG_TYPE, f"{name} is null (an entity key)")),
                 )
             expected = [str(k).encode() for k in events.column(self.stage.key).to_pylist()]
-            keys = [records[i].key for i in index]
+            message_keys = [records[i].key for i in index]
             drop(
-                np.fromiter((k != e for k, e in zip(keys, expected)), bool, len(index)),
-                lambda i: Rejected(KEY_MISMATCH, _key_mismatch(self.stage.key, keys[i],
+                np.fromiter((k != e for k, e in zip(message_keys, expected)), bool, len(index)),
+                lambda i: Rejected(KEY_MISMATCH, _key_mismatch(self.stage.key, message_keys[i],
                                                               expected[i])),
             )
             drop(
@@ -338,7 +338,7 @@ class PartitionTask:
         if step.handed_over:
             events, index, ts = events.filter(pa.array(after)), index[after], ts[after]
         sources = self._sources(records, index)
-        late, newest = self._late(ts, sources)
+        late, newest = late_events(ts, sources, self.watermarks, self.lateness_us)
         drop(
             late,
             lambda i: Rejected(
@@ -369,26 +369,12 @@ class PartitionTask:
             (records[i].timestamp for i in index), np.int64, len(index)
         )
         for stage in self.stage.forwards:
-            keys = events.column(stage.key).to_pylist()
+            forward_keys = events.column(stage.key).to_pylist()
             step.forwards.extend(
-                Forward(stage.topic, str(key).encode(), records[i]) for key, i in zip(keys, index)
+                Forward(stage.topic, str(key).encode(), records[i])
+                for key, i in zip(forward_keys, index)
             )
         return step
-
-    def _new_records(self, records: Sequence[Record]) -> tuple[list[Record], int]:
-        """Records not yet applied: a source stage that crashed may have forwarded some twice."""
-        fresh = []
-        for record in records:
-            headers = dict(record.headers or ())
-            source = headers.get(SOURCE_PARTITION)
-            if source is None or SOURCE_OFFSET not in headers:
-                fresh.append(record)
-                continue
-            source, offset = source.decode(), int(headers[SOURCE_OFFSET])
-            if offset > self.source_offsets.get(source, -1):
-                self.source_offsets[source] = offset
-                fresh.append(record)
-        return fresh, len(records) - len(fresh)
 
     def _sources(self, records: Sequence[Record], index: np.ndarray) -> np.ndarray:
         """The input each accepted event came from: its source partition, or "" at the source."""
@@ -398,22 +384,6 @@ class PartitionTask:
             [dict(records[i].headers or ()).get(SOURCE_PARTITION, b"").decode() for i in index],
             dtype=object,
         )
-
-    def _late(self, ts: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which events trail the newest earlier event of their input by more than the lateness.
-
-        Decided per event in offset order, so it does not depend on how records are batched.
-        Returns the mask and, per event, the newest event time before it.
-        """
-        newest = np.empty(len(ts), dtype=np.int64)
-        for source in np.unique(sources):
-            at = np.flatnonzero(sources == source)
-            start = self.watermarks.get(source, NO_WATERMARK)
-            newest[at] = np.maximum.accumulate(np.concatenate(([start], ts[at][:-1])))
-        late = np.zeros(len(ts), dtype=bool)
-        known = newest != NO_WATERMARK
-        late[known] = ts[known] < newest[known] - self.lateness_us
-        return late, newest
 
     def _window_inputs(
         self, events: pa.Table, view: ViewDefinition, state: WindowState
@@ -461,6 +431,50 @@ class PartitionTask:
         resume = self.last + 1
         self._reset()
         return resume
+
+
+def fresh_records(
+    records: Sequence[Record], source_offsets: dict[str, int]
+) -> tuple[list[Record], int]:
+    """Records not yet applied, and how many were not: a source stage that crashed may have
+    forwarded some twice. `source_offsets` (newest offset applied per source partition) is
+    advanced past the fresh ones."""
+    fresh = []
+    for record in records:
+        headers = dict(record.headers or ())
+        source_header = headers.get(SOURCE_PARTITION)
+        if source_header is None or SOURCE_OFFSET not in headers:
+            fresh.append(record)
+            continue
+        source, offset = source_header.decode(), int(headers[SOURCE_OFFSET])
+        if offset > source_offsets.get(source, -1):
+            source_offsets[source] = offset
+            fresh.append(record)
+    return fresh, len(records) - len(fresh)
+
+
+def late_events(
+    ts: np.ndarray, sources: np.ndarray, watermarks: Mapping[str, int], lateness_us: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which events trail the newest earlier event of their input by more than the lateness.
+
+    `sources` names each event's input, `watermarks` the newest event time applied per input
+    before this batch. Decided per event in offset order, so it does not depend on how records
+    are batched. Returns the mask and, per event, the newest event time before it.
+    """
+    newest = np.empty(len(ts), dtype=np.int64)
+    for source in np.unique(sources):
+        at = np.flatnonzero(sources == source)
+        start = watermarks.get(source, NO_WATERMARK)
+        newest[at] = np.maximum.accumulate(np.concatenate(([start], ts[at][:-1])))
+    late = np.zeros(len(ts), dtype=bool)
+    known = newest != NO_WATERMARK
+    late[known] = ts[known] < newest[known] - lateness_us
+    return late, newest
+
+
+def _always(rejected: Rejected) -> Callable[[int], Rejected]:
+    return lambda _: rejected
 
 
 def _key_mismatch(field: str, key: bytes | None, expected: bytes) -> str:

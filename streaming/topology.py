@@ -63,18 +63,32 @@ def build(views: list[ViewDefinition], group: str) -> list[Topology]:
         raise DefinitionError("the registry has no stream feature views with aggregations")
     by_topic: dict[str, list[ViewDefinition]] = {}
     for view in views:
-        if not view.topic or not view.message_key or view.raw is None or not view.raw_schema:
-            raise DefinitionError(
-                f"stream feature view {view.name!r}: its KafkaSource needs a topic, a "
-                "message_key tag and a raw_source tag"
-            )
-        by_topic.setdefault(view.topic, []).append(view)
+        by_topic.setdefault(_source(view).topic, []).append(view)
     built = [_build_one(by_topic[topic], group) for topic in sorted(by_topic)]
     consumed = [topic for topology in built for topic in topology.topics]
     clashes = sorted({t for t in consumed if consumed.count(t) > 1})
     if clashes:
         raise DefinitionError(f"stream topics {clashes} are both a source and a repartition topic")
     return built
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a stream feature view declares of its KafkaSource, all of it present."""
+
+    topic: str
+    message_key: str
+    raw: Table
+    raw_schema: str
+
+
+def _source(view: ViewDefinition) -> _Source:
+    if not view.topic or not view.message_key or view.raw is None or not view.raw_schema:
+        raise DefinitionError(
+            f"stream feature view {view.name!r}: its KafkaSource needs a topic, a "
+            "message_key tag and a raw_source tag"
+        )
+    return _Source(view.topic, view.message_key, view.raw, view.raw_schema)
 
 
 def _build_one(views: list[ViewDefinition], group: str) -> Topology:
@@ -89,7 +103,8 @@ def _build_one(views: list[ViewDefinition], group: str) -> Topology:
                     f"declare different {attribute}: {getattr(first, attribute)!r} vs "
                     f"{getattr(view, attribute)!r}"
                 )
-    schema = schema_from_ddl(first.raw_schema)
+    source = _source(first)
+    schema = schema_from_ddl(source.raw_schema)
     for view in views:
         for key in view.join_keys:
             if schema.get_field_index(key.name) < 0:
@@ -104,25 +119,25 @@ def _build_one(views: list[ViewDefinition], group: str) -> Topology:
     for view in views:
         by_key.setdefault(view.join_keys[0].name, []).append(view)
     forwards = tuple(
-        Stage(repartition_topic(group, first.topic, key), key, tuple(group_views))
+        Stage(repartition_topic(group, source.topic, key), key, tuple(group_views))
         for key, group_views in sorted(by_key.items())
-        if key != first.message_key
+        if key != source.message_key
     )
-    source = Stage(
-        first.topic,
-        first.message_key,
-        tuple(by_key.get(first.message_key, ())),
+    source_stage = Stage(
+        source.topic,
+        source.message_key,
+        tuple(by_key.get(source.message_key, ())),
         forwards=forwards,
         is_source=True,
     )
     return Topology(
-        source_topic=first.topic,
+        source_topic=source.topic,
         schema=schema,
-        raw=first.raw,
-        timestamp_field=first.raw.timestamp_field,
+        raw=source.raw,
+        timestamp_field=source.raw.timestamp_field,
         lateness=first.lateness,
         ranges={name: (low, high) for name, low, high in first.event_ranges},
-        stages={stage.topic: stage for stage in (source, *forwards)},
+        stages={stage.topic: stage for stage in (source_stage, *forwards)},
         max_future_skew=first.max_future_skew,
         timestamp_range=first.timestamp_range,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,77 @@ _SETTINGS_ENV = (
 )
 
 
+# What starts or connects to a server (Redis, PostgreSQL, a Kafka-protocol broker, a Spark
+# session, an HTTP server or receiver, a subprocess of a CLI). A test is marked `needs_server`
+# when it uses one of these fixtures (directly or through other fixtures), has a server marker or
+# a PostgreSQL parameter, or when its code, its fixtures' code or the tests' helpers they call
+# name one of SERVER_NAMES. `make test-fast` runs the others (`-m "not needs_server"`).
+SERVER_FIXTURES = frozenset({
+    "redis_client", "services", "spark", "kafka_bootstrap", "served", "receiver", "postgres_url",
+})
+SERVER_MARKERS = frozenset({"spark", "redis", "postgres", "kafka"})
+SERVER_PARAMETERS = frozenset({"postgres", "postgresql"})
+SERVER_NAMES = frozenset({
+    "REDIS_URL", "SERVED_REDIS_URL", "POSTGRES_URL", "redis_server", "PostgresServer",
+    "featurestore_server", "local_broker", "spark_session", "Receiver", "StreamRun", "subprocess",
+})
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    """The global and attribute names `code` and the functions nested in it use."""
+    yield from code.co_names
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _code_names(constant)
+
+
+def _names_a_server(function: object, seen: set[types.CodeType]) -> bool:
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    namespace = getattr(function, "__globals__", {})
+    for name in _code_names(code):
+        if name in SERVER_NAMES:
+            return True
+        helper = namespace.get(name)
+        if (
+            inspect.isfunction(helper)
+            and helper.__module__.startswith("tests.")
+            and _names_a_server(helper, seen)
+        ):
+            return True
+    return False
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    if any(mark.name in SERVER_MARKERS for mark in item.iter_markers()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(
+        isinstance(value, str) and value in SERVER_PARAMETERS for value in callspec.params.values()
+    ):
+        return True
+    seen: set[types.CodeType] = set()
+    fixtures = getattr(item, "_fixtureinfo", None)
+    definitions = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+    # This file's fixtures are named in SERVER_FIXTURES, or need none (the autouse PostgreSQL
+    # upgrade connects only when a selected test needs a server).
+    functions = [getattr(item, "function", None)] + [
+        d.func for defs in definitions for d in defs
+        if d.func.__module__.startswith("tests.") and d.func.__module__ != __name__
+    ]
+    return any(_names_a_server(function, seen) for function in functions)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_server(item):
+            item.add_marker(pytest.mark.needs_server)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never read a developer's featurestore.yaml or FEATURESTORE_* variables."""
@@ -40,10 +113,13 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _postgres_schema_at_head() -> None:
+def _postgres_schema_at_head(request: pytest.FixtureRequest) -> None:
     """The shared test database keeps our tables between runs (as a deployment does): bring it
     to this code's revision once, as `featurestore db upgrade` would, so a run after a schema
-    change does not find it behind. A PostgreSQL that is down is the postgres tests' failure."""
+    change does not find it behind. A PostgreSQL that is down is the postgres tests' failure;
+    a run of tests that need no server does not connect."""
+    if not any(item.get_closest_marker("needs_server") for item in request.session.items):
+        return
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
@@ -111,6 +187,21 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with local_broker() as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def example_store(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The example `feature_repo/` applied to a SQLite registry of its own (no server)."""
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+
+    root = tmp_path_factory.mktemp("example-registry")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _SETTINGS_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("FEATURESTORE_CONFIG", str(root / "absent.yaml"))
+        patch.setenv("FEATURESTORE_DATA_DIR", str(root / "data"))
+        return apply(get_settings())
 
 
 def unique_project() -> str:

@@ -26,7 +26,7 @@ from featurestore.api.schemas import DatasetJob, DatasetRequest, StoredText, err
 from featurestore.db import METADATA, engine
 from featurestore.errors import FeatureStoreError, InputDataError, TooManyFeaturesError
 from featurestore.settings import Settings
-from featurestore.timestamps import utc_micros
+from featurestore.timestamps import assume_utc, utc_micros
 
 TIMESTAMP = "event_timestamp"
 PARQUET = "application/vnd.apache.parquet"
@@ -56,17 +56,15 @@ def _worker(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+def _iso(moment: datetime) -> str:
+    return assume_utc(moment).isoformat()
 
 
 def _job(row: sa.Row) -> dict:
     return DatasetJob(
         id=row.id, status=row.status, feature_service=row.feature_service, rows=row.rows,
         export_id=row.export_id, error=row.error, created_at=_iso(row.created_at),
-        finished_at=_iso(row.finished_at),
+        finished_at=_iso(row.finished_at) if row.finished_at is not None else None,
         download=f"/v1/datasets/{row.id}/download" if row.status == "succeeded" else None,
     ).model_dump()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -52,7 +53,9 @@ STALE_KEYS = Counter(
 )
 
 
-def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+def json_response(
+    body: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(
         orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
         status_code=status,
@@ -63,7 +66,7 @@ def json_response(body: object, status: int = 200, headers: dict | None = None) 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
@@ -176,7 +179,7 @@ def _printable(part: object, limit: int | None = None) -> str | int:
     return str(part)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def malformed_body(errors: list[dict]) -> dict:
+def malformed_body(errors: Sequence[Mapping[str, Any]]) -> dict:
     """The 422 body: each problem's location, type and message, never the input that caused it
     (it may be huge, or hold what JSON cannot encode: ints over 64 bits, lone surrogates)."""
     details = [

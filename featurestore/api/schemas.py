@@ -14,6 +14,7 @@ from pydantic import (
     StrictBool,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 # JSON Schema (ECMA regex) of a string without NUL: PostgreSQL text cannot hold U+0000.
 NO_NUL_PATTERN = "^[^\\u0000]*$"
@@ -60,7 +61,7 @@ def exactly_one(first: tuple[str, dict], second: tuple[str, dict]) -> dict:
 _ONE_SELECTION = exactly_one(
     ("feature_service", {"type": "string"}), ("features", {"type": "array"})
 )
-_ENTITIES_EXAMPLE = {"card_id": [1, 2], "merchant_id": [10, 11], "amount": [42.5, 980.0]}
+_ENTITIES_EXAMPLE: JsonDict = {"card_id": [1, 2], "merchant_id": [10, 11], "amount": [42.5, 980.0]}
 
 
 class OnlineFeaturesRequest(BaseModel):

@@ -57,7 +57,7 @@ def required_raw_schema(view: ViewDefinition) -> pa.Schema:
     """The raw columns `view` reads, typed as its stream source declares them."""
     assert view.raw_schema is not None
     declared = offline.schema_from_ddl(view.raw_schema)
-    names = [k.name for k in view.join_keys] + [view.raw.timestamp_field]
+    names = [k.name for k in view.join_keys] + [view.raw_events.timestamp_field]
     names += [a.column for a in view.aggregations if a.column not in names]
     missing = [n for n in names if declared.get_field_index(n) < 0]
     if missing:
@@ -71,7 +71,7 @@ def required_raw_schema(view: ViewDefinition) -> pa.Schema:
 def feature_frame(raw: DataFrame, view: ViewDefinition, start: datetime, end: datetime) -> DataFrame:
     """Feature rows for the events of `raw` in [start, end) (raw must cover the lookback)."""
     keys = [k.name for k in view.join_keys]
-    ts = view.raw.timestamp_field
+    ts = view.raw_events.timestamp_field
     events = raw.withColumn(_TS_US, F.unix_micros(F.col(ts)))
     features = [_aggregate(a, keys).alias(a.name) for a in view.aggregations]
     rows = events.select(*keys, F.col(ts), F.col(_TS_US), *features)
@@ -112,7 +112,7 @@ def backfill_view(
 ) -> BackfillResult:
     start_ts, end_ts = _midnight(start), _midnight(end)
     raw = spark.read.parquet(*files).where(
-        F.col(view.raw.timestamp_field) >= F.lit(start_ts - view.max_window)
+        F.col(view.raw_events.timestamp_field) >= F.lit(start_ts - view.max_window)
     )
     rows = feature_frame(raw, view, start_ts, end_ts)
     created_column = view.offline.created_timestamp_column

@@ -74,6 +74,13 @@ def scripts() -> ScriptDirectory:
     return ScriptDirectory(str(DIRECTORY))
 
 
+def _head() -> str:
+    head = scripts().get_current_head()
+    if head is None:  # only a versions directory without any revision has none
+        raise SchemaError(f"no schema revision in {DIRECTORY}")
+    return head
+
+
 def history() -> list[Script]:
     """Every revision, oldest first."""
     return list(reversed(list(scripts().walk_revisions())))
@@ -89,7 +96,7 @@ def read_state(connection: Connection) -> SchemaState:
     present = set(sa.inspect(connection).get_table_names())
     return SchemaState(
         current=current,
-        head=scripts().get_current_head(),
+        head=_head(),
         known=frozenset(script.revision for script in scripts().walk_revisions()),
         base_tables=frozenset(present & set(_base_schema().tables)),
     )
@@ -99,16 +106,20 @@ def _where(connection: Connection) -> str:
     return connection.engine.url.render_as_string(hide_password=True)
 
 
+def _ahead(state: SchemaState, where: str) -> SchemaError:
+    return SchemaError(
+        f"the database {where} is at schema revision {state.current}, which this version of "
+        f"featurestore does not know (it needs {state.head}): a newer version migrated it. "
+        "Run that newer version, or restore the backup taken before its upgrade"
+    )
+
+
 def refusal(state: SchemaState, where: str) -> SchemaError | None:
     """Why a process of this code must not use the database, or None if it may."""
     if state.current == state.head:
         return None
     if state.ahead:
-        return SchemaError(
-            f"the database {where} is at schema revision {state.current}, which this version of "
-            f"featurestore does not know (it needs {state.head}): a newer version migrated it. "
-            "Run that newer version, or restore the backup taken before its upgrade"
-        )
+        return _ahead(state, where)
     return SchemaError(
         f"the database {where} is at schema revision {state.current or 'none (unversioned)'}; "
         f"this version of featurestore needs {state.head}: stop every featurestore process, "
@@ -217,7 +228,7 @@ def prepare(engine: Engine) -> None:
 
 def _upgrade(connection: Connection, state: SchemaState) -> None:
     if state.ahead:
-        raise refusal(state, _where(connection))
+        raise _ahead(state, _where(connection))
     if state.unversioned:
         _adopt(connection, state)
     command.upgrade(_config(connection), "head")
@@ -245,4 +256,5 @@ def new_revision(message: str, metadata: sa.MetaData) -> Path:
             )
         scratch_engine.dispose()
     scripts.cache_clear()
-    return Path(script.path)
+    # Alembic's type also covers several heads (a list) and no script; ours has one head.
+    return Path(script.path)  # type: ignore[union-attr]

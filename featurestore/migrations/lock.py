@@ -65,8 +65,7 @@ def _advisory_lock(url: URL, name: str, wait_seconds: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _file_lock(url: URL, name: str, wait_seconds: float) -> Iterator[None]:
-    database = Path(url.database)
+def _file_lock(url: URL, database: Path, name: str, wait_seconds: float) -> Iterator[None]:
     database.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(database.with_name(f"{database.name}.{name}.lock"))
     try:
@@ -95,7 +94,7 @@ def schema_lock(url: URL, name: str, wait_seconds: float = LOCK_WAIT_SECONDS) ->
             f"{url.get_backend_name()} databases are not supported: use PostgreSQL or SQLite"
         )
     elif url.database and url.database != ":memory:":
-        with _file_lock(url, name, wait_seconds):
+        with _file_lock(url, Path(url.database), name, wait_seconds):
             yield
     else:  # an in-memory SQLite database belongs to one process
         yield

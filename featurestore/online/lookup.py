@@ -81,8 +81,8 @@ def _check_type(name: str, values: list[object], value_type: ValueType) -> None:
         # Exact types: True is not an entity id. JSON parsers take Infinity, NaN and 1e309 (inf).
         if (
             type(value) not in types
-            or (bound is not None and not -bound <= value < bound)
-            or (value_type in _NUMBERS and not _finite(value))
+            or (bound is not None and isinstance(value, int) and not -bound <= value < bound)
+            or (value_type in _NUMBERS and isinstance(value, int | float) and not _finite(value))
         ):
             shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
             raise EntityKeyError(f"{name!r} must hold {expected} (no nulls), got {shown}")
@@ -159,13 +159,14 @@ def _output_name(view: str, feature: str, full_feature_names: bool) -> str:
 
 def _on_demand(odfv: OnDemandFeatureView, inputs: dict[str, list]) -> dict[str, list]:
     """The view's outputs as lists (None for null/NaN); python-mode views skip pandas."""
+    # Feast types feature_transformation Optional; every view its registry loads has one.
     if odfv.mode == "python":
-        outputs = odfv.feature_transformation.udf(inputs)
+        outputs = odfv.feature_transformation.udf(inputs)  # type: ignore[union-attr]
         return {
             name: [None if v is None or v != v else v for v in values]  # noqa: PLR0124 (NaN)
             for name, values in outputs.items()
         }
-    frame = odfv.feature_transformation.transform(pd.DataFrame(inputs))
+    frame = odfv.feature_transformation.transform(pd.DataFrame(inputs))  # type: ignore[union-attr]
     return {
         name: frame[name].astype(object).where(frame[name].notna(), None).tolist()
         for name in frame.columns
@@ -243,9 +244,9 @@ async def read_redis(
         statuses=[[PRESENT] * count for _ in plan.join_keys],
         event_timestamps=[[None] * count for _ in plan.join_keys],
     )
-    for view, feature in plan.outputs:
-        values, statuses, stamps = columns[(view, feature)]
-        names.append(_output_name(view, feature, full_feature_names))
+    for view_name, feature in plan.outputs:
+        values, statuses, stamps = columns[(view_name, feature)]
+        names.append(_output_name(view_name, feature, full_feature_names))
         result.values.append(values)
         result.statuses.append(statuses)
         result.event_timestamps.append(stamps)

@@ -103,7 +103,7 @@ class RedisFeatureWriter:
             ]
         )
         self._outstanding = 0  # replies not read yet
-        self._connection = None
+        self._connection: redis.Connection | None = None
         client.script_load(WRITE_IF_NOT_OLDER)
 
     def _encode(self, table: pa.Table) -> list[bytes]:
@@ -181,7 +181,7 @@ class RedisFeatureWriter:
             raise errors[0]
         return written
 
-    def _connect(self):
+    def _connect(self) -> redis.Connection:
         if self._connection is None:
             self._connection = self.client.connection_pool.get_connection()
         return self._connection

@@ -118,12 +118,9 @@ class RespRows:
             self._slots.append(constant(self._pending, self.rows))
             self._pending = b""
 
-    def bulk_constant(self, value: bytes) -> None:
-        self._pending += b"$%d\r\n%s\r\n" % (len(value), value)
-
     def bulk(self, *parts: Slot) -> None:
         """One bulk string per row whose content is the concatenation of `parts`."""
-        length = sum(p.lengths for p in parts)
+        length = np.sum([p.lengths for p in parts], axis=0)
         self._pending += b"$"
         self._flush()
         self._slots.append(decimal(length))

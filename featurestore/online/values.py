@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value
@@ -75,13 +76,15 @@ def _fixed_width_values(raw: Sequence[bytes | None], value_type: ValueType) -> l
     Each value's own length, tag and (for ints) varint byte are checked: a byte total alone can
     match with missing values and longer varints adding up to it."""
     packed, tag = _FIXED_WIDTH[value_type]
+    # Typed as present: len(None) raises below, so past it every value is bytes.
+    present = cast("Sequence[bytes]", raw)
     try:
-        widths = set(map(len, raw))
+        widths = set(map(len, present))
     except TypeError:  # a missing value (None)
         return None
     if widths != {packed.itemsize}:
         return None
-    values = np.frombuffer(b"".join(raw), packed)
+    values = np.frombuffer(b"".join(present), packed)
     if not (values["tag"] == tag).all():
         return None
     if packed is _PACKED_SMALL_INTS and (values["value"] >= 0x80).any():

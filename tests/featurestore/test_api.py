@@ -389,8 +389,15 @@ def test_catalog_and_openapi(client) -> None:
     lookup = spec["paths"]["/v1/online-features"]["post"]
     request = lookup["requestBody"]["content"]["application/json"]["schema"]
     assert request["examples"][0]["feature_service"] == SERVICE
-    assert "200" in lookup["responses"]
-    assert "413" in spec["paths"]["/v1/online-features"]["post"]["responses"]
+    # Exactly the documented statuses: the answer in its schema, and each error the route gives.
+    responses = lookup["responses"]
+    assert set(responses) == {"200", "400", "401", "403", "404", "413", "422", "503"}
+    assert responses["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OnlineFeaturesResponse"
+    }
+    assert responses["413"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
 
 
 def test_api_keys_and_scopes(settings) -> None:

@@ -64,7 +64,7 @@ def test_timestamps_match_protobuf() -> None:
 
 def test_resp_bulk_strings_and_offsets() -> None:
     rows = resp.RespRows(3)
-    rows.bulk_constant(b"k")
+    rows.bulk(resp.constant(b"k", 3))
     rows.bulk(resp.from_bytes([b"", b"abc", b"x" * 12]))
     data, offsets = rows.build()
     expected = [b"$1\r\nk\r\n$0\r\n\r\n", b"$1\r\nk\r\n$3\r\nabc\r\n", b"$1\r\nk\r\n$12\r\n" + b"x" * 12 + b"\r\n"]

@@ -32,11 +32,10 @@ def events(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.fixture
-def views(configure):
+def views(example_store):
     from featurestore.definitions import select_views
-    from featurestore.feast_config import apply
 
-    return select_views(apply(configure()), None, aggregated_only=True)
+    return select_views(example_store, None, aggregated_only=True)
 
 
 def _arrival_order(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
