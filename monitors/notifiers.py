@@ -49,6 +49,7 @@ import httpx
 import orjson
 
 from featurestore.errors import FeatureStoreError
+from featurestore.timestamps import assume_utc
 from monitors.config import (
     AlertmanagerNotifier,
     PagerDutyNotifier,
@@ -379,8 +380,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+        when = assume_utc(when)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 

@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
+from featurestore.timestamps import to_utc
 from monitors.notifiers import (
     DeliveryError,
     HttpRequest,
@@ -70,11 +71,6 @@ class DeliveryCounts:
     failed: int = 0
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; we only ever store UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _forget(tasks: dict[int, asyncio.Task], message_id: int, _: asyncio.Task) -> None:
     tasks.pop(message_id, None)
 
@@ -90,7 +86,7 @@ def enqueue(
 ) -> int:
     """Queue `notification` for each notifier that takes its event, in the caller's
     transaction; returns how many rows were written."""
-    now = _utc(now)
+    now = to_utc(now)
     rows = [
         {
             "alert_id": alert_id, "dedup_key": dedup_key, "notifier": name,
@@ -170,7 +166,7 @@ class Outbox:
         """Send every row due at `now` (default: the clock; a fixed `now` runs on from there),
         each at most once per call, and return when all are done (`monitors run --once`)."""
         before = self.counts()
-        asyncio.run(self._drain(_utc(now) if now is not None else None))
+        asyncio.run(self._drain(to_utc(now) if now is not None else None))
         after = self.counts()
         return DeliveryCounts(after.delivered - before.delivered, after.retried - before.retried,
                               after.failed - before.failed)
@@ -359,7 +355,7 @@ class Outbox:
 
     def _failed_attempt(self, row, error: DeliveryError, now: datetime) -> tuple[str, dict]:
         attempts = row.attempts + 1
-        age = now - _utc(row.created_at)
+        age = now - to_utc(row.created_at)
         if error.retryable and age < self.give_up_after:
             delay = self._delay(row.attempts, error.retry_after)
             log.warning(

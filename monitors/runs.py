@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy.engine import Connection, Engine
 
+from featurestore.timestamps import assume_utc
 from monitors.alerts import apply_window
 from monitors.baseline import Baseline
 from monitors.capture import Window
@@ -42,7 +43,7 @@ def history(conn: Connection, monitor: str, runs: int) -> list[RunOutcome]:
     """The monitor's newest `runs` runs as the rules see them, oldest first."""
     return [
         RunOutcome(
-            run_id=row.run_id, status=row.status, window_end=sql.aware(row.window_end),
+            run_id=row.run_id, status=row.status, window_end=assume_utc(row.window_end),
             current_rows=row.current_rows,
             columns={f.feature: ColumnOutcome(f.drifted, f.method, f.statistic, f.threshold,
                                               f.reference_null_rate, f.current_null_rate)

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.engine import Row
 
+from featurestore.timestamps import assume_utc
 from monitors.config import MonitorConfig
 
 
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    # SQLite hands back naive datetimes; we only ever store UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return assume_utc(value).isoformat()  # SQLite hands back naive datetimes
 
 
 def _run_links(row: Row) -> dict[str, str]:

@@ -20,6 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featurestore.timestamps import assume_utc
+
 MAX_MESSAGE_BYTES = 512 * 1024  # below Kafka's default 1 MB message limit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -31,9 +33,7 @@ def epoch_ms(value: Any) -> int:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return (value - _EPOCH) // _MS
+        return (assume_utc(value) - _EPOCH) // _MS
     return int(value)
 
 

@@ -8,15 +8,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
+from featurestore.timestamps import assume_utc
 from monitors.sql import inserted_id
-from monitors.sql.runs import aware
 from monitors.store import ALERTS, SILENCES
 
 RESOLVED = "resolved"  # the status of a closed alert; any other is open
 
 
 def _iso(value: datetime | None) -> str | None:
-    return aware(value).isoformat() if value is not None else None
+    return assume_utc(value).isoformat() if value is not None else None
 
 
 def alert_dict(row: Row) -> dict:
@@ -143,7 +143,7 @@ def end_silence(engine: Engine, silence_id: int, now: datetime) -> dict | None:
         if row is None:
             return None
         conn.execute(sa.update(SILENCES).where(SILENCES.c.silence_id == silence_id).values(
-            ends_at=min(aware(row.ends_at), now)
+            ends_at=min(assume_utc(row.ends_at), now)
         ))
         return _stored_silence(conn, silence_id)
 

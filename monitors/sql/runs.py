@@ -4,19 +4,15 @@ window's read position (`cursor`), so a run and the position after it commit tog
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
+from featurestore.timestamps import assume_utc
 from monitors.sql import inserted_id
 from monitors.store import ALERTS, OUTBOX, RUN_FEATURES, RUNS
-
-
-def aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; we only ever store UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def insert_run(conn: Connection, run: dict[str, Any], features: list[dict[str, Any]]) -> int:
@@ -52,7 +48,7 @@ def read_position(engine: Engine, monitor: str) -> tuple[dict[int, int] | None, 
         ).one_or_none()
     if row is None:
         return None, None
-    return {int(p): o for p, o in row.cursor.items()}, aware(row.window_end)
+    return {int(p): o for p, o in row.cursor.items()}, assume_utc(row.window_end)
 
 
 def latest_runs(conn: Connection, monitors: list[str]) -> dict[str, Row]:
