@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def test_two_source_topics_run_in_one_worker_group(tmp_path, kafka_bootstrap) ->
         "shop_id": lambda n: rng.integers(1, 9, n),
         "total": lambda n: np.round(rng.lognormal(3, 1, n), 2),
     })
-    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL, feature_repo=str(TWO_TOPICS_REPO))
+    # A copy: apply renders feature_store.yaml into the repo, and the tracked one must stay as is.
+    repo = shutil.copytree(TWO_TOPICS_REPO, tmp_path / "two_topics")
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL, feature_repo=str(repo))
     for topic, frame, key in ((f"{run.topic}-clicks", clicks, "user_id"),
                               (f"{run.topic}-orders", orders, "shop_id")):
         create_topic(kafka_bootstrap, topic, 2)
