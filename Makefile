@@ -27,7 +27,7 @@ demo: check-java $(STAMP)
 	$(BIN)/featurestore example demo
 
 test: check-java $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 # The tests that need no server (no Redis, PostgreSQL, broker, Spark, HTTP server or CLI
 # subprocess; tests/conftest.py marks the others `needs_server`).
