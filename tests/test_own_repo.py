@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REDIS_URL
-from tests.servers import wait_for
+from tests.servers import free_port, wait_for
 from tests.streaming.harness import FAST_WORKER, StreamRun, create_topic
 
 REPO = Path(__file__).parent / "repos" / "ride_hailing"
@@ -137,6 +137,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None:
+    from featurestore.client import FeatureClient
     from featurestore.entities import entity_table
     from featurestore.errors import InputDataError, UnknownNameError
     from featurestore.feast_config import feature_store
@@ -247,6 +248,35 @@ def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None
         assert online["rider_distance_mean_24h"][i] == pytest.approx(
             pc.mean(window.column("distance_km")).as_py(), rel=1e-9
         ), rider
+
+    # Serving: the real API answers the user's feature service (string and int keys, an on-demand
+    # feature over a request field) exactly as Feast's own reader does.
+    entities = {"driver_id": DRIVERS[:len(riders)], "rider_id": riders[:len(DRIVERS)],
+                "distance_km": [float(i + 1) for i in range(min(len(riders), len(DRIVERS)))]}
+    expected = store.get_online_features(
+        features=store.get_feature_service("tip_model_v1"), entity_rows=[
+            dict(zip(entities, row)) for row in zip(*entities.values())
+        ],
+    ).to_dict()
+    port = free_port()
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [FEATURESTORE, "serve", "--port", str(port), "--workers", "1"],
+            env={**repo_env, "FEATURESTORE_API_AUTH": "off"}, stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        with FeatureClient(f"http://127.0.0.1:{port}") as client:
+            wait_for(lambda: client.ready() or server.poll() is not None, 120, "featurestore serve")
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            served = client.online_features(entities, feature_service="tip_model_v1").to_dict()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert sorted(served) == sorted(expected)
+    for name, values in expected.items():
+        assert served[name] == pytest.approx(values, nan_ok=True), name
+    assert None not in served["rider_trips_24h"]
 
     # What `entities` refuses, in the user's terms: a source the repo lacks, a column its data lacks.
     with pytest.raises(UnknownNameError, match="no file data source 'trips'.*trip_outcomes"):
