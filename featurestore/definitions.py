@@ -86,18 +86,23 @@ class ViewDefinition:
         return max(a.window for a in self.aggregations)
 
 
-def _table(source: object, owner: str) -> Table:
-    if not isinstance(source, FileSource):
-        raise DefinitionError(
-            f"{owner}: offline source {getattr(source, 'name', source)!r} must be a FileSource "
-            f"(Parquet), got {type(source).__name__}"
-        )
+def file_table(source: FileSource) -> Table:
+    """The Parquet dataset a FileSource declares (callers check the kind, in their own terms)."""
     return Table(
         name=source.name,
         path=Path(source.path),
         timestamp_field=source.timestamp_field,
         created_timestamp_column=source.created_timestamp_column or None,
     )
+
+
+def _table(source: object, owner: str) -> Table:
+    if not isinstance(source, FileSource):
+        raise DefinitionError(
+            f"{owner}: offline source {getattr(source, 'name', source)!r} must be a FileSource "
+            f"(Parquet), got {type(source).__name__}"
+        )
+    return file_table(source)
 
 
 def _ttl(view: FeatureView) -> timedelta:

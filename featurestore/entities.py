@@ -20,7 +20,7 @@ from feast.errors import DataSourceObjectNotFoundException
 from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
 
 from featurestore import offline
-from featurestore.definitions import Table
+from featurestore.definitions import Table, file_table
 from featurestore.errors import InputDataError, RangeError, UnknownNameError
 
 # The column the export reads each row's point in time from (Feast's name for it).
@@ -43,12 +43,7 @@ def source_table(store: FeatureStore, name: str) -> Table:
             f"data source {name!r} is a {type(source).__name__}; an entity table is read from "
             "a FileSource (Parquet), e.g. a stream's raw archive"
         )
-    return Table(
-        name=source.name,
-        path=Path(source.path),
-        timestamp_field=source.timestamp_field,
-        created_timestamp_column=source.created_timestamp_column or None,
-    )
+    return file_table(source)
 
 
 def entity_keys(store: FeatureStore) -> list[str]:

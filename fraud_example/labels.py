@@ -7,7 +7,6 @@ repository builds its entity table in its own way, and the product's export take
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +16,7 @@ from feast import FeatureStore, FileSource
 from feast.errors import DataSourceObjectNotFoundException
 
 from featurestore import offline
-from featurestore.definitions import Table
+from featurestore.definitions import Table, file_table
 from featurestore.errors import DefinitionError, InputDataError, RangeError, UnknownNameError
 from featurestore.export import TIMESTAMP_FIELD
 from featurestore.export.rows import ROW_TIMESTAMP
@@ -81,12 +80,7 @@ def _source_table(store: FeatureStore, name: str) -> Table:
             f"data source {name!r} of the fraud example must be a FileSource (Parquet), "
             f"got {type(source).__name__}"
         )
-    return Table(
-        name=source.name,
-        path=Path(source.path),
-        timestamp_field=source.timestamp_field,
-        created_timestamp_column=source.created_timestamp_column or None,
-    )
+    return file_table(source)
 
 
 def _read_source(
