@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
+
+# Property tests explore the same examples on every run and machine: a CI failure reproduces
+# locally, and a run cannot fail by the luck of the draw. A test's own @settings adds to this
+# profile. Explore new examples locally with `--hypothesis-profile=default`.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.load_profile("deterministic")
 
 # One SparkSession per test session, on two local cores.
 os.environ.setdefault("FEATURESTORE_SPARK_MASTER", "local[2]")
