@@ -3,9 +3,11 @@
 The ride-hailing repo (tests/repos/ride_hailing/) shares nothing with the fraud example: string
 rider keys on the stream, integer driver keys in a batch view, an on-demand view, a feature
 service, trip outcomes as the training entities and `tipped` as the label. Its data is written
-here with a seeded RNG. Every step runs as `featurestore ...` in a process of its own, against
-real Redis, a Kafka-protocol broker and local Spark, and the test checks the values it gets back
-against what it wrote.
+here with a seeded RNG. Each step is a `featurestore ...` command line against real Redis, a
+Kafka-protocol broker and local Spark, and the test checks the values it gets back against what it
+wrote. The one-shot steps run through the CLI's own Typer app in this process (on the session's
+Spark: a process each paid ~10 s of imports and a JVM start); the two long-running ones, `stream
+run` (stopped by SIGTERM) and `serve`, are the installed console script in processes of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import traceback
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -128,15 +131,21 @@ def repo_env(tmp_path: Path, kafka_bootstrap: str, redis_client) -> dict[str, st
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [FEATURESTORE, *args],
-        check=False, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, f"featurestore {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+    """`featurestore ARGS` in this process, in `env`: its output (stdout and stderr)."""
+    from typer.testing import CliRunner
+
+    from featurestore.cli import build_app
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        done = CliRunner().invoke(build_app(), list(args))
+    failure = "".join(traceback.format_exception(done.exception)) if done.exception else ""
+    assert done.exit_code == 0, f"featurestore {' '.join(args)}:\n{done.output}\n{failure}"
+    return done.output
 
 
-def test_every_cli_step_on_a_ride_hailing_repo(repo_env, tmp_path: Path) -> None:
+def test_every_cli_step_on_a_ride_hailing_repo(repo_env, spark, tmp_path: Path) -> None:
     from featurestore.client import FeatureClient
     from featurestore.entities import entity_table
     from featurestore.errors import InputDataError, UnknownNameError
