@@ -27,7 +27,7 @@ Feast keeps one row per (join keys, event_timestamp), so the entity table leaves
 payments (two rows of a card or a merchant at the same microsecond) that it would collapse.
 
     .venv/bin/python bench/export.py                          # full run: ~6.5 min, ~21 GiB RAM
-    .venv/bin/python bench/export.py --rows 2000 20000 --feast-rows 2000  # quick trial
+    .venv/bin/python bench/export.py --rows 2000 20000 100000 --feast-rows 2000 --repeat 1  # trial
     .venv/bin/python bench/export.py --workdir /tmp/bx        # keep (and reuse) the data
 """
 
