@@ -60,6 +60,20 @@ def run_child(
     return json.loads(result.read_text())
 
 
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS since it started its program (`VmHWM`, Linux).
+
+    Not `getrusage(RUSAGE_SELF).ru_maxrss`: a child forked by the benchmark keeps, across its
+    exec, the RSS its parent had when forking (Linux folds the old address space's high-water
+    mark into the process's), so a child would report at least what the parent held, e.g. the
+    windows the drift benchmark had just generated."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise BenchmarkError("no VmHWM in /proc/self/status: peak RSS is measured on Linux only")
+
+
 def write_results(path: Path, benchmark: str, cases: list[dict]) -> None:
     """`bench/results/NAME.json` (format in bench/README.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)

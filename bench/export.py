@@ -9,12 +9,13 @@ Feast cannot join 1M entity rows here: its file offline store merges every entit
 every offline row of its key, then filters by ttl, so a merchant's n transactions cost n x n
 merged rows. The generator's merchants are Zipf-popular, and at 10k entity rows the merge is
 already ~56M rows and ~20 GiB; 20k rows (~112M) and 200k rows ran out of this machine's 23 GiB.
-So Feast runs at --feast-rows (default 10k) and ours at both sizes; the case names say so.
+So Feast runs at --feast-rows (default 10k) and ours at every size of --rows (default 10k,
+100k and 1M: the growth curve) and at --feast-rows; the case names say so.
 
 Cases (written to bench/results/export.json):
   1. throughput at --feast-rows entity rows, ours (local engine) vs Feast, rows/s;
-  2. throughput of ours at --rows (default 1M) against Feast's rate at --feast-rows;
-  3. peak RSS at --feast-rows, ours vs Feast; 4. peak RSS of ours at --rows.
+  2. throughput of ours at each other size against Feast's rate at --feast-rows;
+  3. peak RSS at --feast-rows, ours vs Feast; 4. peak RSS of ours at each other size.
 
 Timed: ours from an Arrow entity table in memory to the Parquet file written (join, on-demand
 features, statistics, write), the median of --repeat runs (peak RSS: the largest); Feast, once,
@@ -26,7 +27,7 @@ Feast keeps one row per (join keys, event_timestamp), so the entity table leaves
 payments (two rows of a card or a merchant at the same microsecond) that it would collapse.
 
     .venv/bin/python bench/export.py                          # full run: ~6.5 min, ~21 GiB RAM
-    .venv/bin/python bench/export.py --rows 100000 --feast-rows 2000    # quick trial
+    .venv/bin/python bench/export.py --rows 2000 20000 100000 --feast-rows 2000 --repeat 1  # trial
     .venv/bin/python bench/export.py --workdir /tmp/bx        # keep (and reuse) the data
 """
 
@@ -44,7 +45,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import BenchmarkError, print_cases, run_main, write_results
+from common import BenchmarkError, own_peak_rss_mib, print_cases, run_main, write_results
 from common import run_child as common_run_child
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -139,9 +140,10 @@ def child_prepare(root: Path, sizes: list[int]) -> dict[str, Any]:
 
 
 def peak_rss_mib() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024  # KiB on Linux
+    # A child's ru_maxrss is at least the RSS it was forked at (`own_peak_rss_mib`): at most
+    # this process's own peak, so the largest of the two is still the true one.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    return max(own_peak_rss_mib(), children)
 
 
 def current_rss_mib() -> float:
@@ -210,12 +212,13 @@ def run_ours(root: Path, rows: int, repeat: int) -> dict[str, Any]:
 
 def child_main(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
+    [rows] = args.rows  # a child works at one size
     if args.child == "prepare":
         result = child_prepare(root, [int(s) for s in args.sizes.split(",")])
     elif args.child == "ours":
-        result = child_ours(root, args.rows)
+        result = child_ours(root, rows)
     else:
-        result = child_feast(root, args.rows)
+        result = child_feast(root, rows)
     result["peak_rss_mib"] = peak_rss_mib()
     Path(args.result).write_text(json.dumps(result))
 
@@ -273,8 +276,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def build_cases(
-    rows: int, feast_rows: int, ours: dict, ours_at_feast: dict, feast: dict
+    feast_rows: int, ours: dict[int, dict], feast: dict
 ) -> tuple[list[dict], list[bool | None]]:
+    """Throughput, then peak RSS, at each size ours ran at (`ours`: size -> its result)."""
     shape = f"x {SERVICE} (3 views + on-demand)"
     feast_rate = feast_rows / feast["seconds"]
     target = f">= {THROUGHPUT_TARGET:g}x"
@@ -296,24 +300,24 @@ def build_cases(
             "target": "> 1x (below Feast)" if anchor else "-",
         }  # fmt: skip
 
-    small, big = rows_label(feast_rows), rows_label(rows)
-    cases = [
-        throughput(
-            f"export {small} entity rows {shape}", feast_rows / ours_at_feast["seconds"], ANCHOR
-        )
-    ]
-    if rows != feast_rows:
-        cases.append(
-            throughput(
-                f"export {big} entity rows {shape} "
+    small = rows_label(feast_rows)
+    cases = []
+    for rows, result in sorted(ours.items()):
+        if rows == feast_rows:
+            cases.append(throughput(f"export {small} entity rows {shape}",
+                                    rows / result["seconds"], ANCHOR))
+        else:
+            cases.append(throughput(
+                f"export {rows_label(rows)} entity rows {shape} "
                 f"(Feast measured at {small} only: 20k exhausts 23 GiB)",
-                rows / ours["seconds"],
-                f"{ANCHOR}, at {small} entity rows",
-            )
-        )
-    cases.append(memory(f"export {small} entity rows {shape}", ours_at_feast, feast))
-    if rows != feast_rows:
-        cases.append(memory(f"export {big} entity rows {shape} (ours only)", ours, None))
+                rows / result["seconds"], f"{ANCHOR}, at {small} entity rows",
+            ))
+    for rows, result in sorted(ours.items()):
+        if rows == feast_rows:
+            cases.append(memory(f"export {small} entity rows {shape}", result, feast))
+        else:
+            cases.append(memory(f"export {rows_label(rows)} entity rows {shape} (ours only)",
+                                result, None))
     verdicts: list[bool | None] = [
         None if c["ratio"] is None
         else c["ratio"] >= THROUGHPUT_TARGET if c["metric"] == "throughput"
@@ -342,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-export-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.update(environment(root))
-    sizes = sorted({args.rows, args.feast_rows})
+    sizes = sorted({*args.rows, args.feast_rows})
     try:
         if all(entity_path(root, rows).exists() for rows in sizes):
             out.print(f"reusing the data in {root}")
@@ -354,14 +358,11 @@ def run(args: argparse.Namespace) -> int:
                 f"rows from {prepared['first']} to {prepared['last']} "
                 f"({prepared['seconds']:.0f} s)"
             )
-        out.rule(f"[bold]{rows_label(args.rows)} entity rows x {SERVICE}")
-        ours = run_ours(root, args.rows, args.repeat)
-        out.print(describe("ours ", args.rows, ours))
-        ours_at_feast = ours
-        if args.feast_rows != args.rows:
-            out.rule(f"[bold]{rows_label(args.feast_rows)} entity rows x {SERVICE}")
-            ours_at_feast = run_ours(root, args.feast_rows, args.repeat)
-            out.print(describe("ours ", args.feast_rows, ours_at_feast))
+        ours = {}
+        for rows in reversed(sizes):
+            out.rule(f"[bold]{rows_label(rows)} entity rows x {SERVICE}")
+            ours[rows] = run_ours(root, rows, args.repeat)
+            out.print(describe("ours ", rows, ours[rows]))
         feast = run_child("feast", root, args.feast_rows)
         out.print(describe("feast", args.feast_rows, feast))
         values = check_identical(root, args.feast_rows)
@@ -372,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
 
-    cases, verdicts = build_cases(args.rows, args.feast_rows, ours, ours_at_feast, feast)
+    cases, verdicts = build_cases(args.feast_rows, ours, feast)
     out.rule()
     print_cases(out, "export: ours vs Feast get_historical_features", cases, verdicts)
     write_results(args.output, "export", cases)
@@ -382,7 +383,10 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="entity rows of ours")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+        help="entity rows of ours, one case each",
+    )
     parser.add_argument(
         "--feast-rows", type=int, default=10_000, help="entity rows of Feast; ours runs at both"
     )
@@ -398,8 +402,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if min(args.rows, args.feast_rows, args.repeat) <= 0 or args.feast_rows > args.rows:
-        parser.error("--rows, --feast-rows and --repeat must be positive, --feast-rows <= --rows")
+    # (A child is given the one size it works at.)
+    if min(*args.rows, args.feast_rows, args.repeat) <= 0 or (
+        not args.child and args.feast_rows > max(args.rows)
+    ):
+        parser.error(
+            "--rows, --feast-rows and --repeat must be positive, --feast-rows <= the largest --rows"
+        )
     return args
 
 

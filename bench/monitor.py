@@ -1,4 +1,5 @@
-"""Benchmark: one monitor window of 1M captured rows x 20 numeric features, checked end to end.
+"""Benchmark: a monitor window of captured rows x 20 numeric features, checked end to end, at
+three window sizes (--rows, default 100k, 300k and 1M rows: the growth curve).
 
 Ours: `monitors.runs.check_window` on a window of --rows rows against a baseline built from a
 training export (a sample of --reference-rows rows): the per-feature tests on every row, the MMD
@@ -8,9 +9,9 @@ default `report_max_rows`; HTML + JSON), and the run, per-feature rows and alert
 `Report([DataDriftPreset()])` on the same reference sample and the whole window. Each runs in a
 child process of its own; timed from the data in memory to the stored run (ours) or the report.
 Target (issue 5): the window is checked in seconds (<= 10 s); the run fails, with exit status 1,
-unless ours and Evidently find the same drifted features.
+unless ours and Evidently find the same drifted features at every size.
 
-    .venv/bin/python bench/monitor.py                 # full run (Evidently ~80 s)
+    .venv/bin/python bench/monitor.py                 # full run (Evidently ~70 s at 1M)
     .venv/bin/python bench/monitor.py --rows 100000   # quick trial
 """
 
@@ -30,9 +31,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BenchmarkError, print_cases, run_main, write_results
+from common import BenchmarkError, own_peak_rss_mib, print_cases, run_main, write_results
 from common import run_child as common_run_child
-from drift import current_rss_mib, numeric_column, peak_rss_mib
+from drift import current_rss_mib, numeric_column
 from rich.console import Console
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -133,17 +134,30 @@ def run_child(role: str, root: Path, reference_rows: int) -> dict[str, Any]:
 def child_main(args: argparse.Namespace) -> None:
     check = child_ours if args.child == "ours" else child_evidently
     result = check(Path(args.workdir), args.reference_rows)
-    result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_rss_mib"] = own_peak_rss_mib()
     Path(args.result).write_text(json.dumps(result))
 
 
 def run(args: argparse.Namespace) -> int:
+    cases: list[dict] = []
+    verdicts: list[bool | None] = []
+    for rows in args.rows:
+        more_cases, more_verdicts = run_size(args, rows)
+        cases += more_cases
+        verdicts += more_verdicts
+    print_cases(console, "monitor window: ours vs Evidently", cases, verdicts)
+    write_results(args.output, "monitor", cases)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+def run_size(args: argparse.Namespace, rows: int) -> tuple[list[dict], list[bool | None]]:
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     try:
-        label = (f"monitor window {args.rows:,} rows x {args.columns} numeric features vs a "
+        label = (f"monitor window {rows:,} rows x {args.columns} numeric features vs a "
                  f"{args.reference_rows:,}-row baseline")
         console.rule(f"[bold]{label}")
-        write_data(root, args.rows, args.reference_rows, args.columns)
+        write_data(root, rows, args.reference_rows, args.columns)
         ours = run_child("ours", root, args.reference_rows)
         console.print(f"  ours: {ours['seconds']:.2f} s, peak {ours['peak_rss_mib']:,.0f} MiB, "
                       f"drifted {ours['drifted']}, report {ours['report']}")
@@ -165,16 +179,15 @@ def run(args: argparse.Namespace) -> int:
          "anchor_name": ANCHOR, "ratio": round(theirs["peak_rss_mib"] / ours["peak_rss_mib"], 2),
          "target": "-"},
     ]
-    print_cases(console, "monitor window: ours vs Evidently", cases,
-                [ours["seconds"] <= TIME_TARGET, None])
-    write_results(args.output, "monitor", cases)
-    console.print(f"wrote {args.output}")
-    return 0
+    return cases, [ours["seconds"] <= TIME_TARGET, None]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the window")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000],
+        help="rows of the window, one case each",
+    )
     parser.add_argument("--reference-rows", type=int, default=100_000,
                         help="rows of the baseline sample")
     parser.add_argument("--columns", type=int, default=20, help="numeric features")

@@ -15,28 +15,35 @@ or pandas DataFrames, in a fraction of the time and memory:
 
 Evidently checks free-text columns with a trained text classifier; this check does not, and
 refuses them by name rather than leave them out of the drifted share unnoticed.
+
+The steps are public for `monitors.drift_parquet`, which runs them on Parquet files a column at
+a time: `select_columns`, `check_options`, a sample per column (`numeric_sample`,
+`category_sample`), then `judge_column`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitors.columns import (
+    CategoryTally,
     Column,
+    Kind,
     category_counts,
     column_kind,
     dtype_name,
     is_integer,
+    numpy_of,
     sorted_numbers,
 )
 from monitors.stattests import (
@@ -50,7 +57,13 @@ from monitors.stattests import (
     get_method,
 )
 
-Frame: TypeAlias = pa.Table | pd.DataFrame
+if TYPE_CHECKING:
+    import pandas as pd
+
+Frame: TypeAlias = "pa.Table | pd.DataFrame"
+# A column's sample for its test, the rows each side left out of it, and why its verdict may
+# not be a plain reading of the statistic.
+BuiltSample: TypeAlias = tuple[Sample, int, int, "str | None"]
 
 
 class DriftInputError(ValueError):
@@ -94,10 +107,16 @@ class DriftResult:
         return self.share >= self.drift_share
 
 
+def _is_dataframe(frame: object) -> bool:
+    # A DataFrame exists only once pandas is imported: Arrow callers are spared its import.
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(frame, pandas.DataFrame)
+
+
 def _columns_of(frame: Frame) -> dict[str, Column]:
     if isinstance(frame, pa.Table):
         return dict(zip(frame.column_names, frame.columns))
-    if isinstance(frame, pd.DataFrame):
+    if _is_dataframe(frame):
         return {str(name): frame[name] for name in frame.columns}
     raise TypeError(f"expected a pyarrow.Table or a pandas.DataFrame, got {type(frame).__name__}")
 
@@ -106,13 +125,19 @@ def _row_count(frame: Frame) -> int:
     return frame.num_rows if isinstance(frame, pa.Table) else len(frame)
 
 
-def _select(
-    current: dict[str, Column],
-    reference: dict[str, Column],
+def select_columns(
+    current: Sequence[str],
+    reference: Collection[str],
     columns: Sequence[str] | None,
     kinds: Mapping[str, ColumnKind],
+    infer_kind: Callable[[str], Kind],
+    type_name: Callable[[str], str],
 ) -> tuple[dict[str, ColumnKind], dict[str, str]]:
-    """Kinds of the columns to check, and the columns left out with the reason."""
+    """Kinds of the columns to check, and the columns left out with the reason.
+
+    current, reference: each side's column names; infer_kind and type_name: of a current
+    column, by name (asked only of the columns `kinds` does not fix).
+    """
     names = list(current) if columns is None else list(columns)
     missing = [
         f"{name!r} (not in {side} data)"
@@ -132,7 +157,7 @@ def _select(
                 )
             chosen[name] = kinds[name]
             continue
-        kind = column_kind(current[name])
+        kind = infer_kind(name)
         if kind == "text":
             raise DriftInputError(
                 f"column {name!r} holds free text (more than half of its current values are "
@@ -141,7 +166,7 @@ def _select(
             )
         if kind == "other":
             reason = (
-                f"{dtype_name(current[name])} values: Evidently infers no numeric or "
+                f"{type_name(name)} values: Evidently infers no numeric or "
                 "categorical kind for them"
             )
             if columns is not None:
@@ -154,7 +179,7 @@ def _select(
     return chosen, skipped
 
 
-def _check_options(
+def check_options(
     kinds: Mapping[str, ColumnKind],
     methods: Mapping[str, str],
     thresholds: Mapping[str, float],
@@ -176,9 +201,7 @@ def _check_options(
         raise DriftInputError(f"drift_share {drift_share!r} is not a share between 0 and 1")
 
 
-def _numeric_sample(
-    name: str, reference: Column, current: Column
-) -> tuple[Sample, int, int, str | None]:
+def numeric_sample(name: str, reference: Column, current: Column) -> BuiltSample:
     sides = []
     for side, column in (("reference", reference), ("current", current)):
         try:
@@ -210,16 +233,22 @@ def _comparable(ref_values: pa.Array, cur_values: pa.Array) -> tuple[pa.Array, p
     return ref_values, cur_values
 
 
-def _category_sample(
-    name: str, reference: Column, current: Column
-) -> tuple[Sample, int, int, str | None]:
+def _counted_categories(name: str, reference: Column, current: Column) -> BuiltSample:
     counted = []
     for side, column in (("reference", reference), ("current", current)):
         try:
             counted.append(category_counts(column))
         except TypeError as exc:
             raise DriftInputError(f"categorical column {name!r} in the {side} data {exc}") from None
-    (ref_values, ref_counts, ref_left_out), (cur_values, cur_counts, cur_left_out) = counted
+    return category_sample(*counted)
+
+
+def category_sample(reference: CategoryTally, current: CategoryTally) -> BuiltSample:
+    """Both sides' category counts aligned on the union of their values."""
+    (ref_values, ref_counts, ref_left_out), (cur_values, cur_counts, cur_left_out) = (
+        reference,
+        current,
+    )
     ref_values, cur_values = _comparable(ref_values, cur_values)
     if ref_values.type != cur_values.type:
         # A type change is a change: no category is shared, so the test sees the sides apart
@@ -238,7 +267,7 @@ def _category_sample(
     aligned = []
     for values, counts in ((ref_values, ref_counts), (cur_values, cur_counts)):
         slots = np.zeros(len(union), np.int64)
-        slots[pc.index_in(values, value_set=union).to_numpy()] = counts
+        slots[numpy_of(pc.index_in(values, value_set=union))] = counts
         aligned.append(slots)
     return CategoryCounts(*aligned), ref_left_out, cur_left_out, None
 
@@ -251,21 +280,31 @@ def _check_column(
     method_name: str | None,
     threshold: float | None,
 ) -> ColumnDrift:
-    build = _numeric_sample if kind == "numeric" else _category_sample
-    sample, ref_left_out, cur_left_out, warning = build(name, reference, current)
+    build = numeric_sample if kind == "numeric" else _counted_categories
+    rows = (len(reference), len(current))
+    return judge_column(name, kind, build(name, reference, current), rows, method_name, threshold)
+
+
+def judge_column(
+    name: str,
+    kind: ColumnKind,
+    built: BuiltSample,
+    rows: tuple[int, int],
+    method_name: str | None,
+    threshold: float | None,
+) -> ColumnDrift:
+    """The verdict on one column from its sample; rows: each side's rows, counted or not."""
+    sample, ref_left_out, cur_left_out, warning = built
     if isinstance(sample, NumericSample):
         ref_size, cur_size = sample.reference.size, sample.current.size
         n_unique = distinct_union(sample, FEW_VALUES)
     else:
         ref_size, cur_size = int(sample.reference.sum()), int(sample.current.sum())
         n_unique = sample.reference.size
-    for side, size, rows in (
-        ("reference", ref_size, len(reference)),
-        ("current", cur_size, len(current)),
-    ):
+    for side, size, side_rows in (("reference", ref_size, rows[0]), ("current", cur_size, rows[1])):
         if size == 0:
             raise DriftInputError(
-                f"column {name!r} has no usable value in the {side} data: all of its {rows} "
+                f"column {name!r} has no usable value in the {side} data: all of its {side_rows} "
                 "rows are null, NaN or infinite"
             )
     if method_name is None:
@@ -295,8 +334,8 @@ def _check_column(
         statistic=statistic,
         threshold=threshold,
         drifted=drifted,
-        reference_rows=len(reference),
-        current_rows=len(current),
+        reference_rows=rows[0],
+        current_rows=rows[1],
         reference_nulls=ref_left_out,
         current_nulls=cur_left_out,
         warning=warning,
@@ -341,8 +380,11 @@ def check_drift(
     for side, frame in (("reference", reference), ("current", current)):
         if _row_count(frame) == 0:
             raise DriftInputError(f"the {side} data has no rows")
-    kinds, skipped = _select(cur_columns, ref_columns, columns, kinds or {})
-    _check_options(kinds, methods, thresholds, drift_share)
+    kinds, skipped = select_columns(
+        list(cur_columns), ref_columns.keys(), columns, kinds or {},
+        lambda name: column_kind(cur_columns[name]), lambda name: dtype_name(cur_columns[name]),
+    )  # fmt: skip
+    check_options(kinds, methods, thresholds, drift_share)
     workers = threads or len(os.sched_getaffinity(0))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(kinds)))) as pool:
         checked = pool.map(
