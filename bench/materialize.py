@@ -227,10 +227,13 @@ def prepare(root: Path, rows: int, redis_url: str, dbs: list[int]) -> Workspace:
 
 
 def peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux. Children (none expected) are included to be safe.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into
+    a child across fork + exec, so each child reported the bench process's peak, which grows
+    with the table it generated (the "4M RSS growth" was the parent's, not the materializer's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchmarkError("/proc/self/status has no VmHWM: peak RSS is measured on Linux only")
 
 
 def current_rss_mib() -> float:
