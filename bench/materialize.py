@@ -4,21 +4,28 @@ Both read the same Parquet offline table and write the same feature view into th
 server (ours into db 13, Feast into db 12), so the only difference is the code in between.
 Each materialization runs in a child process of its own, so its peak RSS is its own.
 
-Cases (written to bench/results/materialize.json):
-  1. throughput at --rows entities (default 1M), ours vs Feast, rows/s;
-  2. throughput of ours at --big-rows entities (default 4M);
-  3. peak RSS at --rows, ours vs Feast;
-  4. peak RSS of ours at --big-rows, which must stay flat (memory is bounded by the batch size).
+Each size (--small-rows, --rows, --big-rows: 100k, 1M, 4M by default, the growth curve) is
+materialized by ours and by the Redis ceiling: plain pipelined HSETs of the same rows, fields and
+bytes (Feast's layout) with no never-older check, the most one Redis takes. `feast materialize`
+runs at --rows only (it needs ~11 GiB there). Cases (written to bench/results/materialize.json):
+  1. throughput at --rows, ours vs Feast, rows/s;
+  2. throughput of ours vs the ceiling at each size (target >= 0.8x);
+  3. throughput at --big-rows, flat vs --rows;
+  4. peak RSS at --rows, ours vs Feast; at the other sizes vs --rows (flat: <= 1.2x).
+Each child's line also gives Redis's `INFO commandstats` time per row of each command and the
+peak RSS after each stage of ours (set-up, first batch, last batch, end).
 
-The run fails loudly unless both stores hold byte-identical Redis hashes for a sample of
-entities and Feast's `get_online_features` reads back the Parquet values from what we wrote.
+The run fails loudly unless ours, Feast and the ceiling hold byte-identical Redis hashes for a
+sample of entities and Feast's `get_online_features` reads back the Parquet values from what we
+wrote.
 
 The view is a plain `FeatureView`, not a `StreamFeatureView` with aggregations: Feast's local
 compute engine cannot materialize time-window aggregations, so a plain view is the only kind
 both sides can materialize.
 
     .venv/bin/python bench/materialize.py      # full run: ~6.5 min, ~11 GiB RAM for Feast
-    .venv/bin/python bench/materialize.py --rows 50000 --big-rows 200000      # quick trial
+    .venv/bin/python bench/materialize.py --rows 50000 --big-rows 200000 --skip-feast \
+        --redis redis://127.0.0.1:6394                                          # quick trial
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from common import BenchmarkError, print_cases, run_main, write_results
+from common import BenchmarkError, own_peak_rss_mib, print_cases, run_main, write_results
 from common import run_child as common_run_child
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -49,7 +56,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "materialize.json"
 
 REDIS_URL = "redis://127.0.0.1:6379"
-OURS_DB, FEAST_DB = 13, 12
+OURS_DB, FEAST_DB = 13, 12  # the ceiling run writes into FEAST_DB after Feast's run is checked
 PROJECT = "bench"
 VIEW = "bench_features"
 DAY = date(2025, 6, 2)
@@ -69,10 +76,10 @@ SAMPLE = 2_000  # entities compared between the two Redis dbs and against the Pa
 THROUGHPUT_TARGET = 20.0  # ours / Feast, rows/s
 FLAT_RSS_TARGET = 1.2  # peak RSS at --big-rows / peak RSS at --rows
 BIG_THROUGHPUT_TARGET = 0.8  # rows/s at --big-rows / rows/s at --rows
+CEILING_TARGET = 0.8  # ours / plain pipelined HSET of the same rows, rows/s
 
 # Piped output (make, CI logs) gets a width that fits the results table.
 console = Console(width=None if sys.stdout.isatty() else 150)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +93,7 @@ class Workspace:
 
     root: Path
     rows: int
+    redis_url: str
 
     @property
     def offline_table(self) -> Path:
@@ -104,7 +112,7 @@ class Workspace:
             project=PROJECT,
             data_dir=self.root / f"data-db{db}",
             feature_repo=self.repo,
-            redis_url=f"{REDIS_URL}/{db}",
+            redis_url=f"{self.redis_url}/{db}",
             registry_url=f"sqlite:///{self.root / f'registry-db{db}.db'}",
         )
 
@@ -196,10 +204,10 @@ def write_offline(table_dir: Path, rows: int) -> Path:
     return path
 
 
-def prepare(root: Path, rows: int, dbs: list[int]) -> Workspace:
+def prepare(root: Path, rows: int, redis_url: str, dbs: list[int]) -> Workspace:
     from featurestore.feast_config import feature_store
 
-    workspace = Workspace(root, rows)
+    workspace = Workspace(root, rows, redis_url)
     workspace.repo.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     path = write_offline(workspace.offline_table, rows)
@@ -218,13 +226,6 @@ def prepare(root: Path, rows: int, dbs: list[int]) -> Workspace:
 # ---------------------------------------------------------------------------------------------
 
 
-def peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux. Children (none expected) are included to be safe.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
-
-
 def current_rss_mib() -> float:
     import psutil
 
@@ -234,8 +235,8 @@ def current_rss_mib() -> float:
 class CpuMeter:
     """CPU seconds of this process and of the Redis server over a block: where the time goes."""
 
-    def __init__(self) -> None:
-        self.client = redis.Redis.from_url(REDIS_URL)
+    def __init__(self, redis_url: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
 
     def _redis_cpu(self) -> float:
         cpu = self.client.info("cpu")
@@ -274,13 +275,26 @@ def child_ours(workspace: Workspace) -> dict[str, Any]:
     store = feature_store(settings)
     [view] = select_views(store, [VIEW])
     rss_before = current_rss_mib()
-    with row_progress("ours: materialize", total=workspace.rows) as advance, CpuMeter() as meter:
-        [result] = materialize(settings, store, [(view, START, END)], progress=advance)
+    # Peak RSS after each stage: a growth shows whether it is set-up, the batches or the end.
+    peaks = {"set-up": own_peak_rss_mib()}
+    with (
+        row_progress("ours: materialize", total=workspace.rows) as advance,
+        CpuMeter(workspace.redis_url) as meter,
+    ):
+
+        def advance_and_watch(rows: int) -> None:
+            advance(rows)
+            peaks.setdefault("first batch", own_peak_rss_mib())
+            peaks["last batch"] = own_peak_rss_mib()
+
+        [result] = materialize(settings, store, [(view, START, END)], progress=advance_and_watch)
+    peaks["end"] = own_peak_rss_mib()
     return {
         **meter.figures(),
         "rows_read": result.rows_read,
         "rows_written": result.rows_written,
         "rss_before_mib": rss_before,
+        "peak_rss_by_stage_mib": peaks,
         "batch_size": settings.materialize_batch_size,
     }
 
@@ -291,38 +305,114 @@ def child_feast(workspace: Workspace) -> dict[str, Any]:
     store = feature_store(workspace.settings(FEAST_DB))
     store.get_feature_view(VIEW)  # registry read outside the timed part, as ours does
     rss_before = current_rss_mib()
-    with CpuMeter() as meter:
+    with CpuMeter(workspace.redis_url) as meter:
         # What `feast materialize START END --views bench_features` runs.
         store.materialize(START, END, feature_views=[VIEW])
     return {**meter.figures(), "rss_before_mib": rss_before}
 
 
+def hset_commands(layout: Any, table: pa.Table) -> bytes:
+    """One `HSET key _ts:<view> ts field value ...` per row: Feast's layout, our bytes."""
+    from featurestore.online import resp
+    from featurestore.online.feast_layout import event_micros, timestamp_slots, value_slots
+
+    rows = table.num_rows
+    commands = resp.RespRows(rows)
+    commands.raw(b"*%d\r\n" % (4 + 2 * len(layout.feature_fields)) + resp.bulk(b"HSET"))
+    commands.bulk(*layout.key_slots(table))
+    commands.bulk(resp.constant(layout.ts_field, rows))
+    commands.bulk(*timestamp_slots(event_micros(table.column("event_timestamp"))))
+    for name, field in layout.feature_fields.items():
+        commands.bulk(resp.constant(field, rows))
+        commands.bulk(*value_slots(table.column(name), layout.value_types[name]))
+    data, _ = commands.build()
+    return data.tobytes()
+
+
+def child_ceiling(workspace: Workspace) -> dict[str, Any]:
+    """What Redis alone can take: the rows ours writes, as plain pipelined HSETs (no check).
+
+    Same reader, same per-batch latest row, same encoders and the same one-batch-ahead
+    pipelining as ours; only the never-older script is missing.
+    """
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.materialize import latest_per_entity, offline_batches, offline_files
+    from featurestore.online.feast_layout import RedisLayout
+
+    settings = workspace.settings(OURS_DB)  # its registry; the rows go to FEAST_DB
+    store = feature_store(settings)
+    [view] = select_views(store, [VIEW])
+    layout = RedisLayout(view, store.config)
+    connection = redis.Redis.from_url(f"{workspace.redis_url}/{FEAST_DB}").connection_pool
+    connection = connection.get_connection()
+    rss_before = current_rss_mib()
+    with CpuMeter(workspace.redis_url) as meter:
+        files = offline_files(view, START, END)
+        outstanding = 0
+        for batch in offline_batches(view, files, START, END, settings.materialize_batch_size):
+            rows = latest_per_entity(batch, view)
+            connection.send_packed_command([hset_commands(layout, rows)], check_health=False)
+            for _ in range(outstanding):
+                connection.read_response()
+            outstanding = rows.num_rows
+        for _ in range(outstanding):
+            connection.read_response()
+    return {**meter.figures(), "rss_before_mib": rss_before}
+
+
+CHILDREN = {"ours": child_ours, "feast": child_feast, "ceiling": child_ceiling}
+
+
+def redis_usec_per_row(stats: dict[str, dict[str, float]], rows: int) -> dict[str, float]:
+    """Microseconds Redis spent per row in each command (`INFO commandstats`; commands a
+    script calls are counted on their own too, and inside the script's figure)."""
+    return {
+        name.removeprefix("cmdstat_"): round(stat["usec"] / rows, 2)
+        for name, stat in stats.items()
+        if stat["usec"] / rows >= 0.01
+    }
+
+
 def describe(who: str, rows: int, result: dict[str, Any]) -> str:
     micros = 1e6 / rows
+    commands = ", ".join(f"{name} {usec:.2f}" for name, usec in result["redis_usec"].items())
     return (
         f"  {who}: {rows / result['seconds']:,.0f} rows/s ({result['seconds']:.1f} s); CPU "
         f"{result['client_cpu_seconds'] * micros:.1f} µs/row in the process, "
-        f"{result['redis_cpu_seconds'] * micros:.1f} µs/row in redis-server; peak RSS "
+        f"{result['redis_cpu_seconds'] * micros:.1f} µs/row in redis-server "
+        f"(commandstats µs/row: {commands}); peak RSS "
         f"{result['peak_rss_mib']:,.0f} MiB ({result['rss_before_mib']:,.0f} MiB before "
         "materializing)"
         + (f"; batch size {result['batch_size']:,}" if "batch_size" in result else "")
+        + "".join(
+            f"; peak after {stage} {mib:,.0f} MiB"
+            for stage, mib in result.get("peak_rss_by_stage_mib", {}).items()
+        )
     )
 
 
 def run_child(role: str, workspace: Workspace) -> dict[str, Any]:
+    stats = redis.Redis.from_url(workspace.redis_url)
+    stats.config_resetstat()
     started = time.perf_counter()
     result = common_run_child(
         __file__, role, workspace.root / f"result-{role}.json",
-        ["--workdir", str(workspace.root), "--rows", str(workspace.rows)],
-    )
+        [
+            "--workdir", str(workspace.root), "--rows", str(workspace.rows),
+            "--redis", workspace.redis_url,
+        ],
+    )  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
+    result["redis_usec"] = redis_usec_per_row(stats.info("commandstats"), workspace.rows)
+    console.print(describe(f"{role:<7}", workspace.rows, result))
     return result
 
 
 def child_main(args: argparse.Namespace) -> None:
-    workspace = Workspace(Path(args.workdir), args.rows)
-    result = (child_ours if args.child == "ours" else child_feast)(workspace)
-    result["peak_rss_mib"] = peak_rss_mib()
+    workspace = Workspace(Path(args.workdir), args.rows, args.redis)
+    result = CHILDREN[args.child](workspace)
+    result["peak_rss_mib"] = own_peak_rss_mib()
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -353,7 +443,7 @@ def check_key_count(client: redis.Redis, rows: int, who: str) -> None:
         raise BenchmarkError(f"{who}: Redis db holds {found:,} keys, expected {rows:,}")
 
 
-def check_same_hashes(ours: redis.Redis, feast: redis.Redis, ids: np.ndarray) -> None:
+def check_same_hashes(ours: redis.Redis, feast: redis.Redis, ids: np.ndarray, who: str) -> None:
     keys = [redis_key(int(i)) for i in ids]
     ours_pipe, feast_pipe = ours.pipeline(transaction=False), feast.pipeline(transaction=False)
     for key in keys:
@@ -367,9 +457,13 @@ def check_same_hashes(ours: redis.Redis, feast: redis.Redis, ids: np.ndarray) ->
         card_id, ours_hash, feast_hash = mismatches[0]
         raise BenchmarkError(
             f"{len(mismatches)} of {len(ids)} sampled entities differ between ours (db "
-            f"{OURS_DB}) and Feast (db {FEAST_DB}); first: card_id={card_id}\n"
-            f"  ours:  {ours_hash!r}\n  feast: {feast_hash!r}"
+            f"{OURS_DB}) and {who} (db {FEAST_DB}); first: card_id={card_id}\n"
+            f"  ours:  {ours_hash!r}\n  {who}: {feast_hash!r}"
         )
+    console.print(
+        f"  [green]ok[/] HGETALL byte-identical in db {OURS_DB} (ours) and db {FEAST_DB} ({who}) "
+        f"for {len(ids):,} sampled entities"
+    )
 
 
 def check_online_values(workspace: Workspace, db: int, ids: np.ndarray) -> None:
@@ -430,75 +524,86 @@ def rows_label(rows: int) -> str:
     return f"{rows:,}"
 
 
+FEAST_ANCHOR = "feast materialize (Feast 0.67, local compute engine, Redis online store)"
+CEILING_ANCHOR = "Redis ceiling: pipelined HSET of the same fields and bytes, no never-older check"
+SHAPE = f"x {len(FEATURES)} features"
+
+
+def case(
+    rows: int,
+    metric: str,
+    unit: str,
+    ours: float,
+    anchor: float | None,
+    anchor_name: str | None,
+    ratio_: float | None,
+    target: str,
+) -> dict:
+    return {
+        "case": f"materialize {rows_label(rows)} entities {SHAPE}",
+        "metric": metric,
+        "unit": unit,
+        "ours": ours,
+        "anchor": anchor,
+        "anchor_name": anchor_name,
+        "ratio": ratio_,
+        "target": target,
+    }  # fmt: skip
+
+
 def build_cases(
-    rows: int, big_rows: int, ours: dict, feast: dict | None, big: dict | None
+    main_rows: int, runs: dict[int, dict[str, dict]]
 ) -> tuple[list[dict], list[bool | None]]:
-    anchor_name = "feast materialize (Feast 0.67, local compute engine, Redis online store)"
-    shape = f"x {len(FEATURES)} features"
-    ours_rate = rows / ours["seconds"]
-    feast_rate = rows / feast["seconds"] if feast else None
+    """`runs[rows][role]`: the children's results per size ("ours", "ceiling", "feast")."""
     cases: list[dict] = []
     verdicts: list[bool | None] = []
-
-    throughput = ratio(ours_rate, feast_rate)
-    cases.append(
-        {
-            "case": f"materialize {rows_label(rows)} entities {shape}",
-            "metric": "throughput",
-            "unit": "rows/s",
-            "ours": round(ours_rate),
-            "anchor": round(feast_rate) if feast_rate else None,
-            "anchor_name": anchor_name,
-            "ratio": throughput,
-            "target": f">= {THROUGHPUT_TARGET:g}x",
-        }
-    )
-    verdicts.append(None if throughput is None else throughput >= THROUGHPUT_TARGET)
-
-    if big:
-        big_rate = big_rows / big["seconds"]
+    main = runs[main_rows]
+    main_rate = main_rows / main["ours"]["seconds"]
+    for rows, run in runs.items():
+        rate = rows / run["ours"]["seconds"]
+        if "feast" in run:
+            feast_rate = rows / run["feast"]["seconds"]
+            throughput = ratio(rate, feast_rate)
+            cases.append(
+                case(rows, "throughput", "rows/s", round(rate), round(feast_rate), FEAST_ANCHOR,
+                     throughput, f">= {THROUGHPUT_TARGET:g}x")
+            )  # fmt: skip
+            verdicts.append(throughput is not None and throughput >= THROUGHPUT_TARGET)
+        ceiling_rate = rows / run["ceiling"]["seconds"]
+        of_ceiling = ratio(rate, ceiling_rate)
         cases.append(
-            {
-                "case": f"materialize {rows_label(big_rows)} entities {shape}",
-                "metric": "throughput",
-                "unit": "rows/s",
-                "ours": round(big_rate),
-                "anchor": None,
-                "anchor_name": None,
-                "ratio": None,
-                "target": f"flat vs {rows_label(rows)} (>= {BIG_THROUGHPUT_TARGET:g}x its rows/s)",
-            }
-        )
-        verdicts.append(big_rate >= BIG_THROUGHPUT_TARGET * ours_rate)
+            case(rows, "throughput vs Redis ceiling", "rows/s", round(rate), round(ceiling_rate),
+                 CEILING_ANCHOR, of_ceiling, f">= {CEILING_TARGET:g}x")
+        )  # fmt: skip
+        verdicts.append(of_ceiling is not None and of_ceiling >= CEILING_TARGET)
+        if rows > main_rows:
+            cases.append(
+                case(rows, "throughput", "rows/s", round(rate), None, None, None,
+                     f"flat vs {rows_label(main_rows)} (>= {BIG_THROUGHPUT_TARGET:g}x its rows/s)")
+            )  # fmt: skip
+            verdicts.append(rate >= BIG_THROUGHPUT_TARGET * main_rate)
 
-    cases.append(
-        {
-            "case": f"materialize {rows_label(rows)} entities {shape}",
-            "metric": "peak RSS",
-            "unit": "MiB",
-            "ours": round(ours["peak_rss_mib"], 1),
-            "anchor": round(feast["peak_rss_mib"], 1) if feast else None,
-            "anchor_name": anchor_name,
-            "ratio": ratio(feast["peak_rss_mib"], ours["peak_rss_mib"]) if feast else None,
-            "target": "> 1x (below Feast)",
-        }
-    )
-    verdicts.append(None if not feast else feast["peak_rss_mib"] > ours["peak_rss_mib"])
-
-    if big:
-        cases.append(
-            {
-                "case": f"materialize {rows_label(big_rows)} entities {shape}",
-                "metric": "peak RSS",
-                "unit": "MiB",
-                "ours": round(big["peak_rss_mib"], 1),
-                "anchor": None,
-                "anchor_name": None,
-                "ratio": None,
-                "target": f"flat vs {rows_label(rows)} (<= {FLAT_RSS_TARGET:g}x)",
-            }
-        )
-        verdicts.append(big["peak_rss_mib"] <= FLAT_RSS_TARGET * ours["peak_rss_mib"])
+    main_rss = main["ours"]["peak_rss_mib"]
+    for rows, run in runs.items():
+        rss = run["ours"]["peak_rss_mib"]
+        if "feast" in run:
+            feast_rss = run["feast"]["peak_rss_mib"]
+            cases.append(
+                case(rows, "peak RSS", "MiB", round(rss, 1), round(feast_rss, 1), FEAST_ANCHOR,
+                     ratio(feast_rss, rss), "> 1x (below Feast)")
+            )  # fmt: skip
+            verdicts.append(feast_rss > rss)
+        elif rows == main_rows:
+            cases.append(case(rows, "peak RSS", "MiB", round(rss, 1), None, None, None, "-"))
+            verdicts.append(None)
+        if rows != main_rows:
+            cases.append(
+                case(rows, "peak RSS vs " + rows_label(main_rows), "MiB", round(rss, 1),
+                     round(main_rss, 1), f"ours at {rows_label(main_rows)}",
+                     ratio(main_rss, rss), f">= {1 / FLAT_RSS_TARGET:.2f}x (flat: peak at most "
+                     f"{FLAT_RSS_TARGET:g}x the {rows_label(main_rows)} peak)")
+            )  # fmt: skip
+            verdicts.append(rss <= FLAT_RSS_TARGET * main_rss)
     return cases, verdicts
 
 
@@ -507,69 +612,57 @@ def build_cases(
 # ---------------------------------------------------------------------------------------------
 
 
-def flush(db: int) -> redis.Redis:
+def flush(redis_url: str, db: int) -> redis.Redis:
     if db == 0:
         raise BenchmarkError("refusing to touch Redis db 0")
-    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+    client = redis.Redis.from_url(f"{redis_url}/{db}")
     client.flushdb()
     return client
+
+
+def run_size(root: Path, rows: int, args: argparse.Namespace, with_feast: bool) -> dict:
+    """Ours, then Feast (when asked), then the ceiling, on one freshly generated table."""
+    console.rule(f"[bold]{rows_label(rows)} entities x {len(FEATURES)} features")
+    ours_client = flush(args.redis, OURS_DB)
+    other_client = flush(args.redis, FEAST_DB)
+    workspace = prepare(root, rows, args.redis, [OURS_DB, FEAST_DB] if with_feast else [OURS_DB])
+    ids = sample_ids(rows)
+    results = {"ours": run_child("ours", workspace)}
+    if results["ours"]["rows_written"] != rows:
+        raise BenchmarkError(f"ours wrote {results['ours']['rows_written']:,} rows of {rows:,}")
+    check_key_count(ours_client, rows, "ours")
+    check_online_values(workspace, OURS_DB, ids)
+    if with_feast:
+        results["feast"] = run_child("feast", workspace)
+        check_key_count(other_client, rows, "feast")
+        check_same_hashes(ours_client, other_client, ids, "feast")
+        flush(args.redis, FEAST_DB)
+    results["ceiling"] = run_child("ceiling", workspace)
+    check_key_count(other_client, rows, "ceiling")
+    check_same_hashes(ours_client, other_client, ids, "ceiling")
+    shutil.rmtree(root, ignore_errors=True)  # the 4M table needs the disk the 1M one held
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench-materialize-"))
-    ours_client, feast_client = flush(OURS_DB), flush(FEAST_DB)
+    sizes = sorted({rows for rows in (args.small_rows, args.rows, args.big_rows) if rows})
     try:
-        console.rule(f"[bold]{rows_label(args.rows)} entities x {len(FEATURES)} features")
-        dbs = [OURS_DB] if args.skip_feast else [OURS_DB, FEAST_DB]
-        main = prepare(root / "main", args.rows, dbs)
-
-        flush(OURS_DB)
-        ours = run_child("ours", main)
-        console.print(describe("ours ", args.rows, ours))
-        if ours["rows_written"] != args.rows:
-            raise BenchmarkError(f"ours wrote {ours['rows_written']:,} rows of {args.rows:,}")
-        check_key_count(ours_client, args.rows, "ours")
-
-        feast = None
-        if not args.skip_feast:
-            flush(FEAST_DB)
-            feast = run_child("feast", main)
-            console.print(describe("feast", args.rows, feast))
-            check_key_count(feast_client, args.rows, "feast")
-
-        ids = sample_ids(args.rows)
-        if feast is not None:
-            check_same_hashes(ours_client, feast_client, ids)
-            console.print(
-                f"  [green]ok[/] HGETALL byte-identical in db {OURS_DB} (ours) and db "
-                f"{FEAST_DB} (feast) for {len(ids):,} sampled entities; {args.rows:,} keys each"
-            )
-        check_online_values(main, OURS_DB, ids)
-        flush(FEAST_DB)
-
-        big = None
-        if args.big_rows:
-            console.rule(f"[bold]{rows_label(args.big_rows)} entities x {len(FEATURES)} features")
-            bigger = prepare(root / "big", args.big_rows, [OURS_DB])
-            flush(OURS_DB)
-            big = run_child("ours", bigger)
-            console.print(describe("ours ", args.big_rows, big))
-            if big["rows_written"] != args.big_rows:
-                raise BenchmarkError(
-                    f"ours wrote {big['rows_written']:,} rows of {args.big_rows:,}"
-                )
-            check_key_count(ours_client, args.big_rows, "ours")
-            check_online_values(bigger, OURS_DB, sample_ids(args.big_rows))
+        runs = {
+            rows: run_size(root / str(rows), rows, args, rows == args.rows and not args.skip_feast)
+            for rows in sizes
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if not args.keep_redis:
-            flush(OURS_DB)
-            flush(FEAST_DB)
+            flush(args.redis, OURS_DB)
+            flush(args.redis, FEAST_DB)
 
-    cases, verdicts = build_cases(args.rows, args.big_rows, ours, feast, big)
+    cases, verdicts = build_cases(args.rows, runs)
     console.rule()
-    print_cases(console, "materialize: ours vs feast materialize", cases, verdicts)
+    print_cases(console, "materialize: ours vs feast materialize and the Redis ceiling", cases,
+                verdicts)  # fmt: skip
     write_results(args.output, "materialize", cases)
     console.print(f"wrote {args.output} in {time.perf_counter() - began:.0f} s total")
     return 0
@@ -579,20 +672,28 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="entities in the main case")
     parser.add_argument(
+        "--small-rows", type=int, default=100_000, help="entities in the small case (0 skips it)"
+    )
+    parser.add_argument(
         "--big-rows", type=int, default=4_000_000, help="entities in the memory case (0 skips it)"
     )
     parser.add_argument("--skip-feast", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--redis",
+        default=REDIS_URL,
+        help=f"Redis server (no db); dbs {OURS_DB}/{FEAST_DB} are flushed",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
     parser.add_argument(
         "--keep-redis", action="store_true", help=f"leave dbs {OURS_DB}/{FEAST_DB} filled at exit"
     )
     # Internal: one materialization in a child process.
-    parser.add_argument("--child", choices=["ours", "feast"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rows <= 0 or args.big_rows < 0:
-        parser.error("--rows must be positive and --big-rows non-negative")
+    if args.rows <= 0 or args.big_rows < 0 or args.small_rows < 0:
+        parser.error("--rows must be positive, --small-rows and --big-rows non-negative")
     return args
 
 

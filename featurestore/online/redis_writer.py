@@ -34,7 +34,7 @@ WRITE_IF_NOT_OLDER = """
 local ttl = tonumber(ARGV[1])
 local features = tonumber(ARGV[2])
 local head = 3 + features
-local function instant(proto)
+local function decoded(proto)
   local seconds, nanos, i, n = 0, 0, 1, #proto
   while i <= n do
     local tag = string.byte(proto, i)
@@ -58,6 +58,29 @@ local function instant(proto)
   end
   return seconds, nanos
 end
+-- Timestamps of 1978-3058 (all of Feast's real rows) are `08` + five varint bytes of seconds,
+-- then, unless nanos is 0, `10` + up to five varint bytes of nanos (< 2^30). Those are read with
+-- one string.byte call: the byte-by-byte loop above cost Redis ~6 µs per row for two decodes,
+-- more than the HSET itself.
+local byte = string.byte
+local function instant(proto)
+  local n = #proto
+  if n == 6 or (n >= 8 and n <= 12) then
+    local t, a, b, c, d, e, t2, f, g, h, i, j = byte(proto, 1, n)
+    if t == 8 and a > 127 and b > 127 and c > 127 and d > 127 and e < 128 then
+      local seconds = (((e * 128 + d - 128) * 128 + c - 128) * 128 + b - 128) * 128 + a - 128
+      if n == 6 then return seconds, 0 end
+      -- A well-formed nanos varint: continuation bits on every byte but its last.
+      if t2 == 16 and byte(proto, n) < 128 and (n < 9 or f > 127) and (n < 10 or g > 127)
+          and (n < 11 or h > 127) and (n < 12 or i > 127) then
+        local nanos = f % 128 + (g or 0) % 128 * 128 + (h or 0) % 128 * 16384
+          + (i or 0) % 128 * 2097152 + (j or 0) * 268435456
+        return seconds, nanos
+      end
+    end
+  end
+  return decoded(proto)
+end
 local hset = {ARGV[3]}
 for j = 1, features do hset[2 * j + 1] = ARGV[3 + j] end
 local written = 0
@@ -66,7 +89,7 @@ for k = 1, #KEYS do
   local new = ARGV[base + 1]
   local stored = redis.call('HGET', KEYS[k], ARGV[3])
   local write = true
-  if stored then
+  if stored and stored ~= new then
     local old_s, old_n = instant(stored)
     local new_s, new_n = instant(new)
     write = new_s > old_s or (new_s == old_s and new_n >= old_n)

@@ -118,6 +118,10 @@ class RespRows:
             self._slots.append(constant(self._pending, self.rows))
             self._pending = b""
 
+    def raw(self, value: bytes) -> None:
+        """The same bytes in every row, unframed (a command's `*<count>` header)."""
+        self._pending += value
+
     def bulk(self, *parts: Slot) -> None:
         """One bulk string per row whose content is the concatenation of `parts`."""
         length = np.sum([p.lengths for p in parts], axis=0)
