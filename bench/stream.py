@@ -30,6 +30,7 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -40,7 +41,7 @@ from rich.table import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "stream.json"
-REDIS = "redis://127.0.0.1:6379"
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
 OURS_DB, FEAST_DB = 13, 12
 START = date(2026, 1, 1)
 THROUGHPUT_TARGET = 25_000.0  # events/s per worker
@@ -59,13 +60,13 @@ def broker() -> contextlib.AbstractContextManager[str]:
     return local_broker()
 
 
-def configure(root: Path, bootstrap: str, batch_events: int) -> None:
+def configure(root: Path, bootstrap: str, batch_events: int, redis_url: str) -> None:
     os.environ.update({
         "FEATURESTORE_DATA_DIR": str(root / "data"),
         "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
         "FEATURESTORE_PROFILE": "services",
         "FEATURESTORE_PROJECT": "benchstream",
-        "FEATURESTORE_REDIS_URL": f"{REDIS}/{OURS_DB}",
+        "FEATURESTORE_REDIS_URL": f"{redis_url}/{OURS_DB}",
         "FEATURESTORE_REGISTRY_URL": f"sqlite:///{root}/registry.db",
         "FEATURESTORE_TRANSACTIONS_TOPIC": f"bench-{root.name}",
         "FEATURESTORE_STREAM_GROUP": f"bench-{root.name}",
@@ -142,7 +143,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     # compete with the worker for this interpreter's lock.
     history_days = max(1, -(-events // (cards * 2)))
     subprocess.run(
-        [sys.executable, "-m", "featurestore.cli", "stream", "produce",
+        [sys.executable, "-m", "featurestore.cli", "example", "produce",
          "--rate", str(fresh_rate), "--limit", str(live), "--start", str(START),
          "--days", str(history_days + 1 + -(-live // (cards * 2))),
          "--from-day", str(START + timedelta(days=history_days + 1)),
@@ -180,13 +181,15 @@ for name, key, schema, path in SPECS:
 '''
 
 
-def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int) -> dict:
+def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int,
+              redis_url: str) -> dict:
     """Push the feature rows our worker wrote offline through Feast, in micro-batches."""
     from feast import FeatureStore
     from feast.data_source import PushMode
 
     repo = root / "feast_repo"
     repo.mkdir()
+    redis_address = urlsplit(redis_url).netloc
     tables, specs = {}, []
     for name, key in (("card_transaction_features", "card_id"),
                       ("merchant_transaction_features", "merchant_id")):
@@ -204,7 +207,7 @@ def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int) -> 
     (repo / "feature_store.yaml").write_text(
         "project: benchpush\nprovider: local\n"
         f"registry: {root / 'feast_registry.db'}\n"
-        f"online_store:\n  type: redis\n  connection_string: 127.0.0.1:6379,db={FEAST_DB}\n"
+        f"online_store:\n  type: redis\n  connection_string: {redis_address},db={FEAST_DB}\n"
         "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
     )
     subprocess.run([sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
@@ -244,25 +247,28 @@ def main() -> int:
     parser.add_argument("--feast-batch", type=int, default=2_000,
                         help="rows per push: our median micro-batch at the freshness rate is "
                              "smaller, during catch-up larger")
+    parser.add_argument("--redis", default=DEFAULT_REDIS,
+                        help="Redis server (its db 12 and 13 are flushed)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
 
     for db in (OURS_DB, FEAST_DB):
-        redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+        redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
     try:
         with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
             root = Path(tmp)
-            configure(root, bootstrap, args.batch_events)
+            configure(root, bootstrap, args.batch_events, args.redis)
             ours = run_ours(root, bootstrap, args.events, args.cards, args.fresh_rate,
                             args.fresh_seconds)
             console.print(f"feast push: {args.feast_events:,} events' rows in batches of "
                           f"{args.feast_batch:,}...")
-            feast = run_feast(root, Path(ours["data_dir"]), args.feast_batch, args.feast_events)
+            feast = run_feast(root, Path(ours["data_dir"]), args.feast_batch, args.feast_events,
+                              args.redis)
             console.print(f"feast: {feast['events']:,} events in "
                           f"{feast['events'] / feast['events_per_s']:.1f} s")
     finally:
         for db in (OURS_DB, FEAST_DB):
-            redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+            redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
 
     cases = [
         case(f"one worker, {ours['events']:,} events backlog -> Redis + offline (both views)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from fraud_example.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
+from tests.conftest import REDIS_URL
 from tests.servers import wait_for
 
 FAST_WORKER = {
@@ -186,6 +188,15 @@ class StreamRun:
             stderr=subprocess.STDOUT,
         )
 
+    def resume_to_end(self) -> None:
+        """`featurestore stream run` as a process until the group checkpointed every record,
+        then SIGTERM: it must drain and exit cleanly."""
+        final = self.spawn()
+        self.wait_checkpointed(self.worker())  # a worker object of the run only names its topics
+        final.send_signal(signal.SIGTERM)
+        output = final.communicate(timeout=120)[0].decode()
+        assert final.returncode == 0, output
+
     def wait_checkpointed(self, worker, timeout: float = 240, unless=lambda: False) -> None:
         """Until the group has committed every record of `worker`'s topics (or `unless()`)."""
         # The source topic first: the repartition topics' ends are final once it is committed.
@@ -270,6 +281,14 @@ class StreamRun:
             records.extend(batch)
         consumer.close()
         return records
+
+
+def uninterrupted_run(root: Path, bootstrap: str, events: list[tuple[bytes, bytes]]) -> StreamRun:
+    """`events` applied by one worker without interruption: what every fault run must equal."""
+    run = StreamRun.create(root, bootstrap, REDIS_URL)
+    run.send(events)
+    run.run_to_end()
+    return run
 
 
 def assert_same_results(run: StreamRun, baseline: StreamRun) -> None:
