@@ -176,11 +176,13 @@ class StreamRun:
         thread.start()
         return worker, thread
 
-    def spawn(self, idle_seconds: float | None = None) -> subprocess.Popen:
+    def spawn(self, idle_seconds: float | None = None, processes: int = 1) -> subprocess.Popen:
         """`featurestore stream run` as a process of its own (for SIGKILL)."""
         command = [sys.executable, "-m", "featurestore.cli", "stream", "run"]
         if idle_seconds is not None:
             command += ["--idle-seconds", str(idle_seconds)]
+        if processes != 1:
+            command += ["--processes", str(processes)]
         return subprocess.Popen(
             command,
             env={**os.environ, **self.env, "COLUMNS": "200"},
@@ -188,14 +190,15 @@ class StreamRun:
             stderr=subprocess.STDOUT,
         )
 
-    def resume_to_end(self) -> None:
+    def resume_to_end(self, processes: int = 1) -> str:
         """`featurestore stream run` as a process until the group checkpointed every record,
-        then SIGTERM: it must drain and exit cleanly."""
-        final = self.spawn()
+        then SIGTERM: it must drain and exit cleanly. Returns its output."""
+        final = self.spawn(processes=processes)
         self.wait_checkpointed(self.worker())  # a worker object of the run only names its topics
         final.send_signal(signal.SIGTERM)
         output = final.communicate(timeout=120)[0].decode()
         assert final.returncode == 0, output
+        return output
 
     def wait_checkpointed(self, worker, timeout: float = 240, unless=lambda: False) -> None:
         """Until the group has committed every record of `worker`'s topics (or `unless()`)."""
