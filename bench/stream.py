@@ -94,6 +94,20 @@ def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
     return sent
 
 
+def produce_live(rate: float, live: int, cards: int, history_days: int) -> None:
+    """Send `live` generated transactions at `rate`, continuing `history_days` of history."""
+    # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
+    # compete with the worker for this interpreter's lock.
+    subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "example", "produce",
+         "--rate", str(rate), "--limit", str(live), "--start", str(START),
+         "--days", str(history_days + 1 + -(-live // (cards * 2))),
+         "--from-day", str(START + timedelta(days=history_days + 1)),
+         "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
+        check=True, capture_output=True,
+    )
+
+
 def wait_applied(worker, topics: list[str], events: int, timeout: float) -> float:
     """Wait until every topic's stage has applied `events`; returns when."""
     deadline = time.monotonic() + timeout
@@ -139,17 +153,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     worker.metrics.reset_freshness()
     live = int(fresh_rate * fresh_seconds)
     console.print(f"producing {live:,} events at {fresh_rate:,.0f}/s for freshness...")
-    # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
-    # compete with the worker for this interpreter's lock.
-    history_days = max(1, -(-events // (cards * 2)))
-    subprocess.run(
-        [sys.executable, "-m", "featurestore.cli", "example", "produce",
-         "--rate", str(fresh_rate), "--limit", str(live), "--start", str(START),
-         "--days", str(history_days + 1 + -(-live // (cards * 2))),
-         "--from-day", str(START + timedelta(days=history_days + 1)),
-         "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
-        check=True, capture_output=True,
-    )
+    produce_live(fresh_rate, live, cards, history_days=max(1, -(-events // (cards * 2))))
     wait_applied(worker, worker.topics, sent + live, timeout=300)
     p50, p99 = worker.metrics.freshness_percentiles([50, 99])
     stop.set()
@@ -158,6 +162,107 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     return {"events": sent, "events_per_s": throughput, "cpu_us_per_event": cpu_per_event_us,
             "freshness_p50_ms": p50, "freshness_p99_ms": p99, "checkpoints": batches,
             "data_dir": str(settings.data_dir)}
+
+
+def run_checkpoint_freshness(root: Path, bootstrap: str, redis_url: str, batch_events: int,
+                             cards: int, rate: float, seconds: float,
+                             checkpoint_seconds: float) -> dict:
+    """Freshness while checkpoints run: a worker on a topic of its own checkpoints every
+    `checkpoint_seconds` while live events arrive at `rate` for `seconds`."""
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+    from streaming.worker import StreamWorker
+
+    root.mkdir()
+    configure(root, bootstrap, batch_events, redis_url)
+    os.environ["FEATURESTORE_STREAM_CHECKPOINT_SECONDS"] = str(checkpoint_seconds)
+    redis.Redis.from_url(f"{redis_url}/{OURS_DB}").flushdb()  # the never-older rule: a clean db
+    settings = get_settings()
+    store = apply(settings)
+    new_topic(bootstrap, settings.transactions_topic)
+    worker = StreamWorker(settings, store)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    while not worker.tasks:
+        time.sleep(0.01)
+    live = int(rate * seconds)
+    console.print(f"producing {live:,} events at {rate:,.0f}/s, checkpoints every "
+                  f"{checkpoint_seconds:g} s...")
+    before = checkpoints_of(worker)
+    produce_live(rate, live, cards, history_days=1)
+    wait_applied(worker, worker.topics, live, timeout=300)
+    p50, p99 = worker.metrics.freshness_percentiles([50, 99])
+    checkpoints = checkpoints_of(worker) - before
+    stop.set()
+    thread.join(timeout=120)
+    console.print(f"freshness during {checkpoints:.0f} partition checkpoints: p50 {p50:,.0f} ms, "
+                  f"p99 {p99:,.0f} ms")
+    return {"p50_ms": p50, "p99_ms": p99, "checkpoints": checkpoints}
+
+
+def checkpoints_of(worker) -> float:
+    """Partition checkpoints the worker wrote so far."""
+    return worker.metrics.registry.get_sample_value("featurestore_stream_checkpoints_total") or 0
+
+
+def new_topic(bootstrap: str, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 6, 1)])
+    admin.close()
+
+
+def run_processes(root: Path, bootstrap: str, redis_url: str, batch_events: int, events: int,
+                  cards: int, processes: int) -> dict:
+    """`featurestore stream run --processes N` catching up a backlog of `events`: events/s from
+    the first offset commit to the last (process start-up excluded)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+    from streaming.worker import StreamWorker
+
+    root.mkdir()
+    configure(root, bootstrap, batch_events, redis_url)
+    os.environ["FEATURESTORE_STREAM_CHECKPOINT_SECONDS"] = "1"  # commits every second
+    redis.Redis.from_url(f"{redis_url}/{OURS_DB}").flushdb()
+    settings = get_settings()
+    store = apply(settings)
+    new_topic(bootstrap, settings.transactions_topic)
+    sent = produce(bootstrap, settings.transactions_topic, events, cards)
+    topics = StreamWorker(settings, store).topics  # the source topic first
+    console.print(f"{processes} worker process(es) catching up {sent:,} events...")
+    group = KafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.stream_group,
+                          enable_auto_commit=False)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "featurestore.cli", "stream", "run", "--processes",
+         str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        first = began = None
+        while True:
+            done = []
+            for topic in topics:
+                tps = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+                ends = group.end_offsets(tps)
+                done.append((sum(group.committed(tp) or 0 for tp in tps), sum(ends.values())))
+            now = time.monotonic()
+            if first is None and done[0][0]:
+                first, began = done[0][0], now
+            if first is not None and all(c >= e for c, e in done):
+                break
+            if supervisor.poll() is not None:
+                raise RuntimeError(f"the supervisor exited with {supervisor.returncode}")
+            time.sleep(0.05)
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=180)
+        group.close()
+    rate = (sent - first) / (now - began)
+    console.print(f"{processes} process(es): {rate:,.0f} events/s")
+    return {"events": sent, "events_per_s": rate}
 
 
 FEAST_REPO = '''
@@ -234,6 +339,24 @@ def case(name: str, metric: str, unit: str, ours: float | None, anchor: float | 
             "ratio": ratio, "target": target}
 
 
+def checkpoint_and_process_cases(args, checkpointing: dict, by_processes: dict) -> list[dict]:
+    rate, every = f"{args.fresh_rate:,.0f} events/s", f"{args.checkpoint_seconds:g} s"
+    window = f"{checkpointing['checkpoints']:.0f} partition checkpoints in the window"
+    one, two = by_processes[1], by_processes[2]
+    return [
+        case(f"freshness p50 at {rate}, checkpoints every {every} ({window})", "latency p50",
+             "ms", checkpointing["p50_ms"], None, "<= 250 ms", higher_is_better=False),
+        case(f"freshness p99 at {rate}, checkpoints every {every} ({window})", "latency p99",
+             "ms", checkpointing["p99_ms"], None, "<= 1,000 ms", higher_is_better=False),
+        case(f"stream run --processes 1, {one['events']:,} events backlog (2-core machine)",
+             "throughput", "events/s", one["events_per_s"], None, "-"),
+        {**case(f"stream run --processes 2, {two['events']:,} events backlog (2-core machine)",
+                "throughput", "events/s", two["events_per_s"], one["events_per_s"],
+                "> 1x the 1-process case"),
+         "anchor_name": "stream run --processes 1 (same backlog, same run)"},
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=400_000)
@@ -247,6 +370,10 @@ def main() -> int:
     parser.add_argument("--feast-batch", type=int, default=2_000,
                         help="rows per push: our median micro-batch at the freshness rate is "
                              "smaller, during catch-up larger")
+    parser.add_argument("--checkpoint-seconds", type=float, default=1.0,
+                        help="checkpoint interval of the freshness-during-checkpoints case")
+    parser.add_argument("--processes-events", type=int, default=200_000,
+                        help="backlog of the 1- and 2-process cases")
     parser.add_argument("--redis", default=DEFAULT_REDIS,
                         help="Redis server (its db 12 and 13 are flushed)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -266,6 +393,15 @@ def main() -> int:
                               args.redis)
             console.print(f"feast: {feast['events']:,} events in "
                           f"{feast['events'] / feast['events_per_s']:.1f} s")
+            checkpointing = run_checkpoint_freshness(
+                root / f"{root.name}-ckpt", bootstrap, args.redis, args.batch_events, args.cards,
+                args.fresh_rate, args.fresh_seconds, args.checkpoint_seconds,
+            )
+            by_processes = {
+                n: run_processes(root / f"{root.name}-procs{n}", bootstrap, args.redis, args.batch_events,
+                                 args.processes_events, args.cards, n)
+                for n in (1, 2)
+            }
     finally:
         for db in (OURS_DB, FEAST_DB):
             redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
@@ -282,6 +418,7 @@ def main() -> int:
         case("CPU of the worker process per event", "cpu", "us/event",
              ours["cpu_us_per_event"], None, "-", higher_is_better=False),
     ]
+    cases += checkpoint_and_process_cases(args, checkpointing, by_processes)
     write_results(args.output, "stream", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")
     for c in cases:

@@ -185,11 +185,14 @@ class StreamWorker:
         checkpoint_at = status_at = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._poll()
+                # While records wait in the buffer, only what already arrived is taken: a batch
+                # goes out as soon as the worker has caught up, not `stream_batch_ms` later.
+                arrived = self._poll(timeout_ms=0 if self.buffer.count else None)
                 now = time.monotonic()
                 if self.buffer.count >= self.settings.stream_batch_events or (
                     self.buffer.since is not None
-                    and now - self.buffer.since >= self.settings.stream_batch_ms / 1000
+                    and (not arrived
+                         or now - self.buffer.since >= self.settings.stream_batch_ms / 1000)
                 ):
                     self._process(self.buffer.take())
                 self._collect_checkpoint(wait=False)
@@ -416,7 +419,9 @@ class StreamWorker:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _poll(self, timeout_ms: int | None = None) -> None:
+    def _poll(self, timeout_ms: int | None = None) -> int:
+        """Poll up to `timeout_ms` (default `stream_batch_ms`); returns how many records were
+        added to the buffer."""
         if timeout_ms is None:
             timeout_ms = self.settings.stream_batch_ms
         try:
@@ -431,6 +436,7 @@ class StreamWorker:
             )) from exc
         if self._callback_error is not None:
             raise self._callback_error
+        added = self.buffer.count
         for tp, records in polled.items():
             if tp in self.verifying and records:
                 records = self._verified(tp, records)
@@ -445,6 +451,7 @@ class StreamWorker:
                 self.buffer.add(tp, records)
                 self.metrics.consumed.labels(tp.topic).inc(len(records))
                 self.last_record_at = time.monotonic()
+        return self.buffer.count - added
 
     def _verified(self, tp: TopicPartition, records: list) -> list:
         """`records` without the re-read last applied record, once it proved the same."""
