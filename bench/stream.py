@@ -94,6 +94,19 @@ def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
     return sent
 
 
+def start_worker(settings, store) -> tuple:
+    """A worker on a thread, once it holds partitions; returns it, its stop event and thread."""
+    from streaming.worker import StreamWorker
+
+    worker = StreamWorker(settings, store)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    while not worker.tasks:
+        time.sleep(0.01)
+    return worker, stop, thread
+
+
 def produce_live(rate: float, live: int, cards: int, history_days: int) -> None:
     """Send `live` generated transactions at `rate`, continuing `history_days` of history."""
     # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
@@ -125,7 +138,6 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
 
     from featurestore.feast_config import apply
     from featurestore.settings import get_settings
-    from streaming.worker import StreamWorker
 
     settings = get_settings()
     store = apply(settings)
@@ -135,12 +147,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     console.print(f"producing {events:,} events (backlog)...")
     sent = produce(bootstrap, settings.transactions_topic, events, cards)
 
-    worker = StreamWorker(settings, store)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    while not worker.tasks:
-        time.sleep(0.01)
+    worker, stop, thread = start_worker(settings, store)
     began = time.monotonic()
     cpu_began = time.process_time()
     finished = wait_applied(worker, worker.topics, sent, timeout=1200)
@@ -171,7 +178,6 @@ def run_checkpoint_freshness(root: Path, bootstrap: str, redis_url: str, batch_e
     `checkpoint_seconds` while live events arrive at `rate` for `seconds`."""
     from featurestore.feast_config import apply
     from featurestore.settings import get_settings
-    from streaming.worker import StreamWorker
 
     root.mkdir()
     configure(root, bootstrap, batch_events, redis_url)
@@ -180,12 +186,7 @@ def run_checkpoint_freshness(root: Path, bootstrap: str, redis_url: str, batch_e
     settings = get_settings()
     store = apply(settings)
     new_topic(bootstrap, settings.transactions_topic)
-    worker = StreamWorker(settings, store)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    while not worker.tasks:
-        time.sleep(0.01)
+    worker, stop, thread = start_worker(settings, store)
     live = int(rate * seconds)
     console.print(f"producing {live:,} events at {rate:,.0f}/s, checkpoints every "
                   f"{checkpoint_seconds:g} s...")
