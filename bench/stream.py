@@ -261,6 +261,9 @@ def run_processes(root: Path, bootstrap: str, redis_url: str, batch_events: int,
         supervisor.terminate()
         supervisor.wait(timeout=180)
         group.close()
+    if first >= sent:
+        raise RuntimeError(f"the first checkpoint covered all {sent:,} events: a larger "
+                           "--processes-events is needed to measure a rate")
     rate = (sent - first) / (now - began)
     console.print(f"{processes} process(es): {rate:,.0f} events/s")
     return {"events": sent, "events_per_s": rate}
