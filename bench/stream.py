@@ -30,6 +30,7 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -40,7 +41,7 @@ from rich.table import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "stream.json"
-REDIS = "redis://127.0.0.1:6379"
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
 OURS_DB, FEAST_DB = 13, 12
 START = date(2026, 1, 1)
 THROUGHPUT_TARGET = 25_000.0  # events/s per worker
@@ -59,13 +60,13 @@ def broker() -> contextlib.AbstractContextManager[str]:
     return local_broker()
 
 
-def configure(root: Path, bootstrap: str, batch_events: int) -> None:
+def configure(root: Path, bootstrap: str, batch_events: int, redis_url: str) -> None:
     os.environ.update({
         "FEATURESTORE_DATA_DIR": str(root / "data"),
         "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
         "FEATURESTORE_PROFILE": "services",
         "FEATURESTORE_PROJECT": "benchstream",
-        "FEATURESTORE_REDIS_URL": f"{REDIS}/{OURS_DB}",
+        "FEATURESTORE_REDIS_URL": f"{redis_url}/{OURS_DB}",
         "FEATURESTORE_REGISTRY_URL": f"sqlite:///{root}/registry.db",
         "FEATURESTORE_TRANSACTIONS_TOPIC": f"bench-{root.name}",
         "FEATURESTORE_STREAM_GROUP": f"bench-{root.name}",
@@ -93,6 +94,33 @@ def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
     return sent
 
 
+def start_worker(settings, store) -> tuple:
+    """A worker on a thread, once it holds partitions; returns it, its stop event and thread."""
+    from streaming.worker import StreamWorker
+
+    worker = StreamWorker(settings, store)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    while not worker.tasks:
+        time.sleep(0.01)
+    return worker, stop, thread
+
+
+def produce_live(rate: float, live: int, cards: int, history_days: int) -> None:
+    """Send `live` generated transactions at `rate`, continuing `history_days` of history."""
+    # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
+    # compete with the worker for this interpreter's lock.
+    subprocess.run(
+        [sys.executable, "-m", "featurestore.cli", "example", "produce",
+         "--rate", str(rate), "--limit", str(live), "--start", str(START),
+         "--days", str(history_days + 1 + -(-live // (cards * 2))),
+         "--from-day", str(START + timedelta(days=history_days + 1)),
+         "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
+        check=True, capture_output=True,
+    )
+
+
 def wait_applied(worker, topics: list[str], events: int, timeout: float) -> float:
     """Wait until every topic's stage has applied `events`; returns when."""
     deadline = time.monotonic() + timeout
@@ -110,7 +138,6 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
 
     from featurestore.feast_config import apply
     from featurestore.settings import get_settings
-    from streaming.worker import StreamWorker
 
     settings = get_settings()
     store = apply(settings)
@@ -120,12 +147,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     console.print(f"producing {events:,} events (backlog)...")
     sent = produce(bootstrap, settings.transactions_topic, events, cards)
 
-    worker = StreamWorker(settings, store)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    while not worker.tasks:
-        time.sleep(0.01)
+    worker, stop, thread = start_worker(settings, store)
     began = time.monotonic()
     cpu_began = time.process_time()
     finished = wait_applied(worker, worker.topics, sent, timeout=1200)
@@ -138,17 +160,7 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     worker.metrics.reset_freshness()
     live = int(fresh_rate * fresh_seconds)
     console.print(f"producing {live:,} events at {fresh_rate:,.0f}/s for freshness...")
-    # A process of its own, as real producers are: a Python producer at 5k/s would otherwise
-    # compete with the worker for this interpreter's lock.
-    history_days = max(1, -(-events // (cards * 2)))
-    subprocess.run(
-        [sys.executable, "-m", "featurestore.cli", "stream", "produce",
-         "--rate", str(fresh_rate), "--limit", str(live), "--start", str(START),
-         "--days", str(history_days + 1 + -(-live // (cards * 2))),
-         "--from-day", str(START + timedelta(days=history_days + 1)),
-         "--cards", str(cards), "--merchants", str(max(1, cards // 10)), "--seed", "17"],
-        check=True, capture_output=True,
-    )
+    produce_live(fresh_rate, live, cards, history_days=max(1, -(-events // (cards * 2))))
     wait_applied(worker, worker.topics, sent + live, timeout=300)
     p50, p99 = worker.metrics.freshness_percentiles([50, 99])
     stop.set()
@@ -157,6 +169,104 @@ def run_ours(root: Path, bootstrap: str, events: int, cards: int, fresh_rate: fl
     return {"events": sent, "events_per_s": throughput, "cpu_us_per_event": cpu_per_event_us,
             "freshness_p50_ms": p50, "freshness_p99_ms": p99, "checkpoints": batches,
             "data_dir": str(settings.data_dir)}
+
+
+def run_checkpoint_freshness(root: Path, bootstrap: str, redis_url: str, batch_events: int,
+                             cards: int, rate: float, seconds: float,
+                             checkpoint_seconds: float) -> dict:
+    """Freshness while checkpoints run: a worker on a topic of its own checkpoints every
+    `checkpoint_seconds` while live events arrive at `rate` for `seconds`."""
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+
+    root.mkdir()
+    configure(root, bootstrap, batch_events, redis_url)
+    os.environ["FEATURESTORE_STREAM_CHECKPOINT_SECONDS"] = str(checkpoint_seconds)
+    redis.Redis.from_url(f"{redis_url}/{OURS_DB}").flushdb()  # the never-older rule: a clean db
+    settings = get_settings()
+    store = apply(settings)
+    new_topic(bootstrap, settings.transactions_topic)
+    worker, stop, thread = start_worker(settings, store)
+    live = int(rate * seconds)
+    console.print(f"producing {live:,} events at {rate:,.0f}/s, checkpoints every "
+                  f"{checkpoint_seconds:g} s...")
+    before = checkpoints_of(worker)
+    produce_live(rate, live, cards, history_days=1)
+    wait_applied(worker, worker.topics, live, timeout=300)
+    p50, p99 = worker.metrics.freshness_percentiles([50, 99])
+    checkpoints = checkpoints_of(worker) - before
+    stop.set()
+    thread.join(timeout=120)
+    console.print(f"freshness during {checkpoints:.0f} partition checkpoints: p50 {p50:,.0f} ms, "
+                  f"p99 {p99:,.0f} ms")
+    return {"p50_ms": p50, "p99_ms": p99, "checkpoints": checkpoints}
+
+
+def checkpoints_of(worker) -> float:
+    """Partition checkpoints the worker wrote so far."""
+    return worker.metrics.registry.get_sample_value("featurestore_stream_checkpoints_total") or 0
+
+
+def new_topic(bootstrap: str, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 6, 1)])
+    admin.close()
+
+
+def run_processes(root: Path, bootstrap: str, redis_url: str, batch_events: int, events: int,
+                  cards: int, processes: int) -> dict:
+    """`featurestore stream run --processes N` catching up a backlog of `events`: events/s from
+    the first offset commit to the last (process start-up excluded)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from featurestore.feast_config import apply
+    from featurestore.settings import get_settings
+    from streaming.worker import StreamWorker
+
+    root.mkdir()
+    configure(root, bootstrap, batch_events, redis_url)
+    os.environ["FEATURESTORE_STREAM_CHECKPOINT_SECONDS"] = "1"  # commits every second
+    redis.Redis.from_url(f"{redis_url}/{OURS_DB}").flushdb()
+    settings = get_settings()
+    store = apply(settings)
+    new_topic(bootstrap, settings.transactions_topic)
+    sent = produce(bootstrap, settings.transactions_topic, events, cards)
+    topics = StreamWorker(settings, store).topics  # the source topic first
+    console.print(f"{processes} worker process(es) catching up {sent:,} events...")
+    group = KafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.stream_group,
+                          enable_auto_commit=False)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "featurestore.cli", "stream", "run", "--processes",
+         str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        first = began = None
+        while True:
+            done = []
+            for topic in topics:
+                tps = [TopicPartition(topic, p) for p in group.partitions_for_topic(topic) or ()]
+                ends = group.end_offsets(tps)
+                done.append((sum(group.committed(tp) or 0 for tp in tps), sum(ends.values())))
+            now = time.monotonic()
+            if first is None and done[0][0]:
+                first, began = done[0][0], now
+            if first is not None and all(c >= e for c, e in done):
+                break
+            if supervisor.poll() is not None:
+                raise RuntimeError(f"the supervisor exited with {supervisor.returncode}")
+            time.sleep(0.05)
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=180)
+        group.close()
+    if first >= sent:
+        raise RuntimeError(f"the first checkpoint covered all {sent:,} events: a larger "
+                           "--processes-events is needed to measure a rate")
+    rate = (sent - first) / (now - began)
+    console.print(f"{processes} process(es): {rate:,.0f} events/s")
+    return {"events": sent, "events_per_s": rate}
 
 
 FEAST_REPO = '''
@@ -180,13 +290,15 @@ for name, key, schema, path in SPECS:
 '''
 
 
-def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int) -> dict:
+def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int,
+              redis_url: str) -> dict:
     """Push the feature rows our worker wrote offline through Feast, in micro-batches."""
     from feast import FeatureStore
     from feast.data_source import PushMode
 
     repo = root / "feast_repo"
     repo.mkdir()
+    redis_address = urlsplit(redis_url).netloc
     tables, specs = {}, []
     for name, key in (("card_transaction_features", "card_id"),
                       ("merchant_transaction_features", "merchant_id")):
@@ -204,7 +316,7 @@ def run_feast(root: Path, ours_data: Path, batch_rows: int, max_events: int) -> 
     (repo / "feature_store.yaml").write_text(
         "project: benchpush\nprovider: local\n"
         f"registry: {root / 'feast_registry.db'}\n"
-        f"online_store:\n  type: redis\n  connection_string: 127.0.0.1:6379,db={FEAST_DB}\n"
+        f"online_store:\n  type: redis\n  connection_string: {redis_address},db={FEAST_DB}\n"
         "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
     )
     subprocess.run([sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "apply"],
@@ -231,6 +343,24 @@ def case(name: str, metric: str, unit: str, ours: float | None, anchor: float | 
             "ratio": ratio, "target": target}
 
 
+def checkpoint_and_process_cases(args, checkpointing: dict, by_processes: dict) -> list[dict]:
+    rate, every = f"{args.fresh_rate:,.0f} events/s", f"{args.checkpoint_seconds:g} s"
+    window = f"{checkpointing['checkpoints']:.0f} partition checkpoints in the window"
+    one, two = by_processes[1], by_processes[2]
+    return [
+        case(f"freshness p50 at {rate}, checkpoints every {every} ({window})", "latency p50",
+             "ms", checkpointing["p50_ms"], None, "<= 250 ms", higher_is_better=False),
+        case(f"freshness p99 at {rate}, checkpoints every {every} ({window})", "latency p99",
+             "ms", checkpointing["p99_ms"], None, "<= 1,000 ms", higher_is_better=False),
+        case(f"stream run --processes 1, {one['events']:,} events backlog (2-core machine)",
+             "throughput", "events/s", one["events_per_s"], None, "-"),
+        {**case(f"stream run --processes 2, {two['events']:,} events backlog (2-core machine)",
+                "throughput", "events/s", two["events_per_s"], one["events_per_s"],
+                "> 1x the 1-process case"),
+         "anchor_name": "stream run --processes 1 (same backlog, same run)"},
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=400_000)
@@ -244,25 +374,41 @@ def main() -> int:
     parser.add_argument("--feast-batch", type=int, default=2_000,
                         help="rows per push: our median micro-batch at the freshness rate is "
                              "smaller, during catch-up larger")
+    parser.add_argument("--checkpoint-seconds", type=float, default=1.0,
+                        help="checkpoint interval of the freshness-during-checkpoints case")
+    parser.add_argument("--processes-events", type=int, default=200_000,
+                        help="backlog of the 1- and 2-process cases")
+    parser.add_argument("--redis", default=DEFAULT_REDIS,
+                        help="Redis server (its db 12 and 13 are flushed)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
 
     for db in (OURS_DB, FEAST_DB):
-        redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+        redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
     try:
         with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
             root = Path(tmp)
-            configure(root, bootstrap, args.batch_events)
+            configure(root, bootstrap, args.batch_events, args.redis)
             ours = run_ours(root, bootstrap, args.events, args.cards, args.fresh_rate,
                             args.fresh_seconds)
             console.print(f"feast push: {args.feast_events:,} events' rows in batches of "
                           f"{args.feast_batch:,}...")
-            feast = run_feast(root, Path(ours["data_dir"]), args.feast_batch, args.feast_events)
+            feast = run_feast(root, Path(ours["data_dir"]), args.feast_batch, args.feast_events,
+                              args.redis)
             console.print(f"feast: {feast['events']:,} events in "
                           f"{feast['events'] / feast['events_per_s']:.1f} s")
+            checkpointing = run_checkpoint_freshness(
+                root / f"{root.name}-ckpt", bootstrap, args.redis, args.batch_events, args.cards,
+                args.fresh_rate, args.fresh_seconds, args.checkpoint_seconds,
+            )
+            by_processes = {
+                n: run_processes(root / f"{root.name}-procs{n}", bootstrap, args.redis, args.batch_events,
+                                 args.processes_events, args.cards, n)
+                for n in (1, 2)
+            }
     finally:
         for db in (OURS_DB, FEAST_DB):
-            redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+            redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
 
     cases = [
         case(f"one worker, {ours['events']:,} events backlog -> Redis + offline (both views)",
@@ -276,6 +422,7 @@ def main() -> int:
         case("CPU of the worker process per event", "cpu", "us/event",
              ours["cpu_us_per_event"], None, "-", higher_is_better=False),
     ]
+    cases += checkpoint_and_process_cases(args, checkpointing, by_processes)
     write_results(args.output, "stream", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")
     for c in cases:

@@ -11,6 +11,8 @@ from featurestore.cli.common import clear_errors, console
 from featurestore.errors import FeatureStoreError
 
 if TYPE_CHECKING:
+    import threading
+
     from kafka import KafkaProducer
 
     from featurestore.settings import Settings
@@ -76,13 +78,21 @@ def stream_run(
         typer.Option(help="Exit after this long without a new event (default: run until stopped)."),
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (with --processes: this port "
+                          "+ the process's index, one port each)."),
     ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(min=1, help="Worker processes to run on this machine, all in the consumer "
+                                 "group (one uses one core at the most); a process that fails "
+                                 "is restarted with backoff."),
+    ] = 1,
 ) -> None:
     """Run a stream worker: consume every stream source topic, keep online and offline features fresh.
 
-    Start more workers with the same settings to share the partitions. SIGTERM or Ctrl-C
-    checkpoints and leaves the group.
+    Start more workers with the same settings (or --processes) to share the partitions.
+    SIGTERM or Ctrl-C checkpoints and leaves the group.
     """
     import logging
     import signal
@@ -99,18 +109,40 @@ def stream_run(
     )
     logging.getLogger("kafka").setLevel(logging.ERROR)
     settings = get_settings()
-    worker = StreamWorker(settings, feature_store(settings))
-    if metrics_port is not None:
-        worker.metrics.serve(metrics_port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if processes > 1:
+        _supervise(processes, idle_seconds, metrics_port, stop)
+        return
+    worker = StreamWorker(settings, feature_store(settings))
+    if metrics_port is not None:
+        worker.metrics.serve(metrics_port)
     worker.run(stop, idle_seconds=idle_seconds)
     metrics, topics = worker.metrics, worker.topics
     console.print(
         f"stopped: applied {metrics.applied_events(topics):,} events across {len(topics)} "
         f"topic(s); dead letters {sum(metrics.dead_letter_counts().values()):,}"
     )
+
+
+def _supervise(
+    processes: int, idle_seconds: float | None, metrics_port: int | None, stop: threading.Event
+) -> None:
+    import sys
+
+    from streaming.supervisor import supervise
+
+    def command(index: int) -> list[str]:
+        line = [sys.executable, "-m", "featurestore.cli", "stream", "run"]
+        if idle_seconds is not None:
+            line += ["--idle-seconds", str(idle_seconds)]
+        if metrics_port is not None:
+            line += ["--metrics-port", str(metrics_port + index)]
+        return line
+
+    supervise(command, processes, stop)
+    console.print(f"stopped: {processes} worker processes")
 
 
 @clear_errors

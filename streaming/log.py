@@ -48,6 +48,7 @@ def _parts(path: Path) -> tuple[int, int, int]:
 
 class PartitionLog:
     def __init__(self, root: Path, topic: str, partition: int) -> None:
+        self.partition = partition
         self.directory = Path(root) / topic / str(partition)
 
     def _files(self) -> list[Path]:

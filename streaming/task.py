@@ -401,36 +401,76 @@ class PartitionTask:
 
         The caller must have made the online writes and the Kafka sends durable first.
         """
+        snapshot = self.snapshot()
+        return None if snapshot is None else snapshot.write()
+
+    def snapshot(self) -> Snapshot | None:
+        """What a checkpoint makes durable, taken out of the task (None: nothing processed).
+
+        The task goes on processing; the snapshot is written later, by `Snapshot.write` on
+        any thread, before the partition's next snapshot is written.
+        """
         if self.first is None or self.last is None:
             return None
-        name = stream_file_name(self.stage.topic, self.partition, self.first, self.last)
+        state_watermark = self._state_watermark()
+        snapshot = Snapshot(
+            topology=self.topology,
+            stage=self.stage,
+            log=self.log,
+            first=self.first,
+            last=self.last,
+            events=self._events,
+            rows=self._rows,
+            # Copies: the task keeps advancing its own.
+            metadata={"source_offsets": dict(self.source_offsets),
+                      "watermarks": dict(self.watermarks), "handover_us": self.handover_us,
+                      "topic_id": self.topic_id, "last_record": self.last_record_digest},
+            prune_before_us=None if state_watermark == NO_WATERMARK
+            else state_watermark - self.retention_us,
+        )
+        self._reset()
+        return snapshot
+
+
+@dataclass
+class Snapshot:
+    """One partition's checkpoint: the records [first, last] processed since the last one."""
+
+    topology: Topology
+    stage: Stage
+    log: PartitionLog
+    first: int
+    last: int
+    events: list[pa.Table]
+    rows: dict[str, list[pa.Table]]
+    metadata: dict
+    prune_before_us: int | None
+
+    def write(self, before_log: Callable[[], None] | None = None) -> int:
+        """Offline files (raw archive and feature tables), then the partition log, the commit
+        point; returns the next offset to consume. `before_log` runs in between."""
+        name = stream_file_name(self.stage.topic, self.log.partition, self.first, self.last)
         # No events when every record since the last checkpoint was dead-lettered: the log
         # still records how far the partition got.
         events = pa.concat_tables(
-            self._events
+            self.events
             or [self.topology.schema.empty_table().append_column(OFFSET, pa.array([], pa.int64()))]
         )
         if self.stage.is_source:
             archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
             offline.write_days(self.topology.raw.path, archive, self.topology.timestamp_field, name)
         for view in self.stage.views:
-            if self._rows[view.name]:
-                rows = _newest_per_key_and_time(pa.concat_tables(self._rows[view.name]), view)
+            if self.rows[view.name]:
+                rows = _newest_per_key_and_time(pa.concat_tables(self.rows[view.name]), view)
                 offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
+        if before_log is not None:
+            before_log()
         self.log.append(
-            self.first,
-            self.last,
-            events,
-            self.topology.timestamp_field,
-            {"source_offsets": self.source_offsets, "watermarks": self.watermarks,
-             "handover_us": self.handover_us, "topic_id": self.topic_id,
-             "last_record": self.last_record_digest},
+            self.first, self.last, events, self.topology.timestamp_field, self.metadata
         )
-        if self._state_watermark() != NO_WATERMARK:
-            self.log.prune(self._state_watermark() - self.retention_us)
-        resume = self.last + 1
-        self._reset()
-        return resume
+        if self.prune_before_us is not None:
+            self.log.prune(self.prune_before_us)
+        return self.last + 1
 
 
 def fresh_records(

@@ -5,7 +5,9 @@ one consumer group), gather a micro-batch (up to
 `stream_batch_events` records or `stream_batch_ms`), let each partition's task compute what it
 changes, write the newest rows to the online store, send dead letters and repartitioned events,
 and every `stream_checkpoint_seconds` checkpoint each partition (offline files, then the
-partition log, then the Kafka offset commit).
+partition log, then the Kafka offset commit). The checkpoint's files are written by the
+checkpoint writer's thread (`streaming.checkpointer`) while the loop goes on writing online
+rows; the loop commits the offsets once it finds the checkpoint written.
 
 Faults:
 - The online store down: consumption pauses (the group membership is kept by polling paused
@@ -17,8 +19,12 @@ Faults:
 - A recreated or truncated topic (another topic id than its log's, or the log's last offset
   gone or holding another record) stops the worker with an error naming the command that
   starts over (`streaming.reset`).
-- A rebalance checkpoints the revoked partitions whose online writes have landed and drops the
-  others (their new owner replays them from the log), so a partition is handed over cleanly.
+- A rebalance waits for the checkpoint in flight, checkpoints the revoked partitions whose
+  online writes have landed and drops the others (their new owner replays them from the log),
+  so a partition is handed over cleanly.
+- A checkpoint that cannot be written (disk full, the data directory gone) stops the worker
+  with an error naming the cause; its partitions resume from their last checkpoint. A failed
+  offset commit is logged and retried with the next checkpoint (the partition log holds them).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from featurestore.settings import Settings
 from streaming import deadletter, kafka
 from streaming import reset as restarts
 from streaming import topology as topologies
+from streaming.checkpointer import CheckpointWriter, Postponed, SendsFailed, Snapshots
 from streaming.coldstart import ColdStart
 from streaming.kafka import Stopped
 from streaming.metrics import StreamMetrics
@@ -90,6 +97,10 @@ class _Buffer:
     def take(self) -> dict[TopicPartition, list]:
         records, self.records, self.count, self.since = self.records, {}, 0, None
         return records
+
+
+class CheckpointFailed(FeatureStoreError):
+    """Writing a checkpoint failed; the worker stops."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -142,9 +153,14 @@ class StreamWorker:
         self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
         # Partitions re-reading the last record their log applied: (its offset, its digest).
         self.verifying: dict[TopicPartition, tuple[int, str]] = {}
-        # An error found while assigning, raised by the loop: kafka-python would bury it under
-        # "User rebalance callback throws an error".
-        self._assign_error: FeatureStoreError | None = None
+        # An error found in a rebalance callback, raised by the loop: kafka-python would bury
+        # it under "User rebalance callback throws an error".
+        self._callback_error: FeatureStoreError | None = None
+        self.checkpoints = CheckpointWriter(self._flush_sends)
+        self.postponed: Snapshots = []  # snapshots whose sends Kafka did not acknowledge yet
+        # The next offset of every partition whose log this worker appended: all are
+        # committed with each checkpoint, so a failed commit is retried by the next.
+        self.logged: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -169,14 +185,21 @@ class StreamWorker:
         checkpoint_at = status_at = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._poll()
+                # While records wait in the buffer, only what already arrived is taken: a batch
+                # goes out as soon as the worker has caught up, not `stream_batch_ms` later.
+                arrived = self._poll(timeout_ms=0 if self.buffer.count else None)
                 now = time.monotonic()
                 if self.buffer.count >= self.settings.stream_batch_events or (
                     self.buffer.since is not None
-                    and now - self.buffer.since >= self.settings.stream_batch_ms / 1000
+                    and (not arrived
+                         or now - self.buffer.since >= self.settings.stream_batch_ms / 1000)
                 ):
                     self._process(self.buffer.take())
-                if now - checkpoint_at >= self.settings.stream_checkpoint_seconds:
+                self._collect_checkpoint(wait=False)
+                if (
+                    now - checkpoint_at >= self.settings.stream_checkpoint_seconds
+                    and not self.checkpoints.busy  # else: as soon as the one in flight is done
+                ):
                     self._checkpoint(list(self.tasks))
                     checkpoint_at = now
                 if now - status_at >= _STATUS_SECONDS:
@@ -190,7 +213,7 @@ class StreamWorker:
                 ):
                     break
             self._process(self.buffer.take())
-            self._checkpoint(list(self.tasks), final=True)
+            self._checkpoint(list(self.tasks), wait=True, final=True)
         except Stopped:
             pass
         except Exception:
@@ -225,6 +248,8 @@ class StreamWorker:
         return self.producer
 
     def _close(self) -> None:
+        # The checkpoint in flight is finished before the partitions move to another worker.
+        self.checkpoints.close()
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
         if self.producer is not None:
@@ -303,6 +328,10 @@ class StreamWorker:
     # --- rebalance -----------------------------------------------------------------------
 
     def assign(self, assigned: list[TopicPartition]) -> None:
+        try:
+            self._collect_checkpoint(wait=True)  # a partition log is read only while none is written
+        except CheckpointFailed as exc:
+            self._callback_error = self._callback_error or exc
         for tp in assigned:
             topology, stage = self.stages[tp.topic]
             task = PartitionTask(
@@ -319,12 +348,12 @@ class StreamWorker:
             try:
                 resume = task.restore()
             except FeatureStoreError as exc:  # e.g. unreadable offline data to seed from
-                self._assign_error = self._assign_error or exc
+                self._callback_error = self._callback_error or exc
                 self._consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
                 self._consumer.pause(tp)
                 continue
             if task.logged_topic_id and task.topic_id and task.logged_topic_id != task.topic_id:
-                self._assign_error = self._assign_error or restarts.TopicRestartedError(
+                self._callback_error = self._callback_error or restarts.TopicRestartedError(
                     self._restarted_detail(tp, f"its partition log ({task.log.directory}) "
                                            f"applied offsets up to {_last(resume)} of topic id "
                                            f"{task.logged_topic_id}, the topic now has id "
@@ -357,7 +386,8 @@ class StreamWorker:
         return restarts.restarted(tp.topic, tp.partition, source, self.settings.stream_group, what)
 
     def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Checkpoint what can be, then forget the partitions; the buffer's records go too.
+        """Finish the checkpoint in flight, checkpoint what can be, then forget the partitions;
+        the buffer's records go too.
 
         kafka-python may call this on its network thread, where a blocking consumer call
         fails: the offsets are committed asynchronously (the partition log is the truth).
@@ -367,8 +397,12 @@ class StreamWorker:
             self.buffer.drop(tp)
             self.verifying.pop(tp, None)
         try:
-            if not self._failed:
-                self._checkpoint(mine)
+            if self._failed:
+                self.checkpoints.close()  # the one in flight ends before the partitions move
+            else:
+                self._checkpoint(mine, wait=True)
+        except CheckpointFailed as exc:
+            self._callback_error = self._callback_error or exc
         except (KafkaError, *_ONLINE_ERRORS) as exc:
             log.warning("could not checkpoint revoked partitions (%s); their next owner "
                         "replays them from the last checkpoint", exc)
@@ -379,11 +413,15 @@ class StreamWorker:
         finally:
             for tp in mine:
                 del self.tasks[tp]
+                self.logged.pop(tp, None)
             self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
+            self.postponed = [(tp, s) for tp, s in self.postponed if tp in self.tasks]
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _poll(self, timeout_ms: int | None = None) -> None:
+    def _poll(self, timeout_ms: int | None = None) -> int:
+        """Poll up to `timeout_ms` (default `stream_batch_ms`); returns how many records were
+        added to the buffer."""
         if timeout_ms is None:
             timeout_ms = self.settings.stream_batch_ms
         try:
@@ -396,8 +434,9 @@ class StreamWorker:
             raise restarts.TopicRestartedError(self._restarted_detail(
                 tp, f"offset {offset}, where its partition log resumes, is not in the topic"
             )) from exc
-        if self._assign_error is not None:
-            raise self._assign_error
+        if self._callback_error is not None:
+            raise self._callback_error
+        added = self.buffer.count
         for tp, records in polled.items():
             if tp in self.verifying and records:
                 records = self._verified(tp, records)
@@ -412,6 +451,7 @@ class StreamWorker:
                 self.buffer.add(tp, records)
                 self.metrics.consumed.labels(tp.topic).inc(len(records))
                 self.last_record_at = time.monotonic()
+        return self.buffer.count - added
 
     def _verified(self, tp: TopicPartition, records: list) -> list:
         """`records` without the re-read last applied record, once it proved the same."""
@@ -535,36 +575,67 @@ class StreamWorker:
                 writer.close()
         self.writers.clear()
 
-    def _checkpoint(self, tps: list[TopicPartition], final: bool = False) -> None:
-        """Checkpoint the partitions `tps` whose online rows have landed; commit their offsets."""
-        ready = [
-            tp for tp in tps
-            if tp in self.tasks and self.tasks[tp].pending
-            and not any(p.tp == tp for p in self.unwritten)
-        ]
-        if not ready:
-            return
+    def _checkpoint(
+        self, tps: list[TopicPartition], wait: bool = False, final: bool = False
+    ) -> None:
+        """Hand the checkpoint of the partitions `tps` whose online rows have landed to the
+        writer; `wait`: for the one in flight first, and for this one to be written and its
+        offsets committed (`final`: synchronously, before the worker leaves)."""
+        self._collect_checkpoint(wait=True)
+        snapshots = self.postponed + self._snapshots(tps)
+        self.postponed = []
+        if snapshots:
+            self.checkpoints.submit(snapshots)
+        if wait:
+            self._collect_checkpoint(wait=True, final=final)
+
+    def _snapshots(self, tps: list[TopicPartition]) -> Snapshots:
+        ready = []
+        for tp in tps:
+            task = self.tasks.get(tp)
+            if task is None or any(p.tp == tp for p in self.unwritten):
+                continue
+            snapshot = task.snapshot()
+            if snapshot is not None:
+                ready.append((tp, snapshot))
+        return ready
+
+    def _flush_sends(self) -> None:
+        """On the writer's thread: every send made so far is acknowledged, or this raises."""
+        self._producer.flush(timeout=30)
+        failed, self._send_failed = self._send_failed, None
+        if failed is not None:
+            raise SendsFailed(str(failed)) from failed
+
+    def _collect_checkpoint(self, wait: bool, final: bool = False) -> None:
+        """Commit the offsets of the checkpoint the writer finished (`wait`: for it)."""
         try:
-            self._producer.flush(timeout=30)
-        except KafkaError as exc:
-            log.warning("Kafka did not acknowledge sends (%s); checkpoint postponed", exc)
+            written = self.checkpoints.collect(wait)
+        except Postponed as postponed:
+            log.warning("Kafka did not acknowledge sends (%s); checkpoint postponed",
+                        postponed.__cause__)
+            self.postponed = postponed.snapshots + self.postponed
             return
-        if self._send_failed is not None:
+        except SendsFailed as exc:
             log.warning("a send to Kafka failed (%s); rewinding every partition to its last "
-                        "checkpoint", self._send_failed)
-            self._send_failed = None
+                        "checkpoint", exc)
             self._rewind()
             return
-        offsets = {}
-        for tp in ready:
-            resume = self.tasks[tp].checkpoint()
-            offsets[tp] = OffsetAndMetadata(resume, "", -1)
-            self.metrics.checkpoints.inc()
+        except Exception as exc:
+            raise CheckpointFailed(
+                f"writing a checkpoint failed ({type(exc).__name__}: {exc}); the worker stops, "
+                "its partitions resume from their last checkpoint"
+            ) from exc
+        if written is None:
+            return
+        self.metrics.checkpoints.inc(len(written))
+        self.logged.update(written)
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.logged.items()}
         try:
             if final:
                 self._consumer.commit(offsets)
             else:
-                self._consumer.commit_async(offsets)
+                self._consumer.commit_async(offsets, callback=_log_failed_commit)
         except KafkaError as exc:
             # The partition log is the commit point; committed offsets serve lag monitoring
             # and a new worker with no log.
@@ -572,6 +643,7 @@ class StreamWorker:
 
     def _rewind(self) -> None:
         self.unwritten = []
+        self.postponed = []
         for tp in list(self.tasks):
             self.buffer.drop(tp)
         self.assign(list(self.tasks))
@@ -583,6 +655,12 @@ class StreamWorker:
             "partitions %d, freshness p50 %.0f ms p99 %.0f ms, dead letters %s",
             len(self.tasks), p50, p99, dead or "none",
         )
+
+
+def _log_failed_commit(_offsets: object, response: object) -> None:
+    if isinstance(response, Exception):
+        log.warning("offset commit failed (%s); retried with the next checkpoint, the partition "
+                    "log holds them", response)
 
 
 def _last(resume: int | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from fraud_example.generator import GeneratorConfig, transactions
 from streaming.producer import event_messages
+from tests.conftest import REDIS_URL
 from tests.servers import wait_for
 
 FAST_WORKER = {
@@ -174,17 +176,29 @@ class StreamRun:
         thread.start()
         return worker, thread
 
-    def spawn(self, idle_seconds: float | None = None) -> subprocess.Popen:
+    def spawn(self, idle_seconds: float | None = None, processes: int = 1) -> subprocess.Popen:
         """`featurestore stream run` as a process of its own (for SIGKILL)."""
         command = [sys.executable, "-m", "featurestore.cli", "stream", "run"]
         if idle_seconds is not None:
             command += ["--idle-seconds", str(idle_seconds)]
+        if processes != 1:
+            command += ["--processes", str(processes)]
         return subprocess.Popen(
             command,
             env={**os.environ, **self.env, "COLUMNS": "200"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+
+    def resume_to_end(self, processes: int = 1) -> str:
+        """`featurestore stream run` as a process until the group checkpointed every record,
+        then SIGTERM: it must drain and exit cleanly. Returns its output."""
+        final = self.spawn(processes=processes)
+        self.wait_checkpointed(self.worker())  # a worker object of the run only names its topics
+        final.send_signal(signal.SIGTERM)
+        output = final.communicate(timeout=120)[0].decode()
+        assert final.returncode == 0, output
+        return output
 
     def wait_checkpointed(self, worker, timeout: float = 240, unless=lambda: False) -> None:
         """Until the group has committed every record of `worker`'s topics (or `unless()`)."""
@@ -270,6 +284,14 @@ class StreamRun:
             records.extend(batch)
         consumer.close()
         return records
+
+
+def uninterrupted_run(root: Path, bootstrap: str, events: list[tuple[bytes, bytes]]) -> StreamRun:
+    """`events` applied by one worker without interruption: what every fault run must equal."""
+    run = StreamRun.create(root, bootstrap, REDIS_URL)
+    run.send(events)
+    run.run_to_end()
+    return run
 
 
 def assert_same_results(run: StreamRun, baseline: StreamRun) -> None:

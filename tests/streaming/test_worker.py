@@ -24,6 +24,7 @@ from tests.streaming.harness import (
     assert_online_is_newest,
     assert_same_results,
     generated_messages,
+    uninterrupted_run,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -69,10 +70,7 @@ def events() -> list[tuple[bytes, bytes]]:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
-    run = StreamRun.create(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, REDIS_URL)
-    run.send(events)
-    run.run_to_end()
-    return run
+    return uninterrupted_run(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, events)
 
 
 def test_stream_rows_equal_the_spark_backfill(tmp_path, kafka_bootstrap, spark) -> None:
@@ -148,11 +146,7 @@ def test_sigkill_and_restart_equal_an_uninterrupted_run(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     sender.join()
-    final = run.spawn()
-    run.wait_checkpointed(run.worker())  # a worker object of the run only names its topics
-    final.send_signal(signal.SIGTERM)
-    output = final.communicate(timeout=120)[0].decode()
-    assert final.returncode == 0, output
+    run.resume_to_end()
     assert_same_results(run, baseline)
 
 

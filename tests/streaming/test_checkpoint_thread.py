@@ -1,0 +1,168 @@
+"""Checkpoints written on the writer thread, against the real broker and Redis: the poll loop
+keeps writing online rows while a checkpoint is held, a SIGKILL while one is in flight loses
+and duplicates nothing, a revoke waits for it, and a write that fails stops the worker.
+
+Each checkpoint is held by the writer's `before_log` hook (after the offline files, before the
+partition log) on an Event, never by timing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from fraud_example.generator import GeneratorConfig
+from streaming.worker import CheckpointFailed
+from tests.conftest import REDIS_URL
+from tests.servers import wait_for
+from tests.streaming.harness import (
+    StreamRun,
+    assert_same_results,
+    generated_messages,
+    uninterrupted_run,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def events() -> list[tuple[bytes, bytes]]:
+    return generated_messages(
+        GeneratorConfig(start=date(2026, 4, 1), days=2, cards=300, merchants=20, seed=11)
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, kafka_bootstrap, events) -> StreamRun:
+    return uninterrupted_run(tmp_path_factory.mktemp("baseline"), kafka_bootstrap, events)
+
+
+class Hold:
+    """A `before_log` hook that holds the first checkpoint until released."""
+
+    def __init__(self) -> None:
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> None:
+        if not self.held.is_set():
+            self.held.set()
+            self.release.wait()
+
+
+def _held_worker(run: StreamRun) -> tuple[object, Hold]:
+    """A worker of `run` whose first checkpoint is held."""
+    worker = run.worker()
+    hold = Hold()
+    worker.checkpoints.before_log = hold
+    return worker, hold
+
+
+def _checkpoints(worker) -> float:
+    return worker.metrics.registry.get_sample_value("featurestore_stream_checkpoints_total") or 0
+
+
+def test_online_writes_continue_while_a_checkpoint_is_held(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    worker, hold = _held_worker(run)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        run.send(events[:100])
+        wait_for(hold.held.is_set, 120, "a checkpoint to be held")
+        checkpoints = _checkpoints(worker)
+        # Every later event becomes readable in Redis while the checkpoint stays held.
+        run.send(events[100:])
+        wait_for(lambda: run.online() == baseline.online() or not thread.is_alive(), 120,
+                 "every event to be online")
+        assert thread.is_alive()
+        assert _checkpoints(worker) == checkpoints
+    finally:
+        hold.release.set()
+    run.wait_checkpointed(worker)
+    worker.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert_same_results(run, baseline)
+
+
+def test_sigkill_during_a_held_checkpoint_and_restart_equal_an_uninterrupted_run(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    run.send(events)
+    held = subprocess.Popen(
+        [sys.executable, "-m", "tests.streaming.blocked_checkpoint"],
+        env={**os.environ, **run.env}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert held.stdout is not None
+        assert held.stdout.readline() == b"blocked\n"
+        # Online rows past the held checkpoint land too: the replay must rewrite them as they are.
+        wait_for(lambda: run.online() == baseline.online() or held.poll() is not None, 120,
+                 "every event to be online")
+        assert held.poll() is None
+    finally:
+        held.send_signal(signal.SIGKILL)
+        held.wait()
+    run.resume_to_end()
+    assert_same_results(run, baseline)
+
+
+def test_a_revoke_waits_for_the_checkpoint_in_flight(
+    tmp_path, kafka_bootstrap, events, baseline
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    first, hold = _held_worker(run)
+    revoking = threading.Event()
+    revoke = first.revoke
+
+    def revoke_once_held(tps) -> None:
+        if hold.held.is_set():
+            revoking.set()
+        revoke(tps)
+
+    first.revoke = revoke_once_held  # type: ignore[method-assign]
+    first_thread = threading.Thread(target=first.run, daemon=True)
+    first_thread.start()
+    try:
+        run.send(events[: len(events) // 2])
+        wait_for(hold.held.is_set, 120, "a checkpoint to be held")
+        second, second_thread = run.start()  # a rebalance: the first worker revokes
+        wait_for(revoking.is_set, 120, "the revoke")
+        assert first.checkpoints.busy  # the revoke waits for it: nothing handed over yet
+    finally:
+        hold.release.set()
+    wait_for(lambda: first.tasks and second.tasks, 120, "both workers to hold partitions")
+    run.send(events[len(events) // 2:])
+    run.wait_checkpointed(first)
+    for worker, thread in ((second, second_thread), (first, first_thread)):
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert_same_results(run, baseline)
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_worker_naming_why(
+    tmp_path, kafka_bootstrap, events
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL, partitions=1)
+    with run.settings() as settings:
+        log_dir = settings.stream_log_dir / run.topic / "0"
+    log_dir.parent.mkdir(parents=True)
+    log_dir.write_text("a file where the partition log's directory goes")
+    run.send(events[:50])
+    with pytest.raises(CheckpointFailed, match="writing a checkpoint failed .*FileExistsError"):
+        run.run_to_end()
