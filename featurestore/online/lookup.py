@@ -33,6 +33,10 @@ _EPOCH = datetime(1970, 1, 1)
 PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = (
     "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE",
 )
+# The compact answer's status codes: Feast's own `FieldStatus` enum numbers (PRESENT = 1, ...),
+# so a caller holding Feast's protos reads them without a table of ours.
+STATUS_CODES = {name: FieldStatus.Value(name)
+                for name in (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE)}
 
 
 @dataclass
@@ -52,6 +56,18 @@ class LookupResult:
                 {"values": v, "statuses": s, "event_timestamps": t}
                 for v, s, t in zip(self.values, self.statuses, self.event_timestamps)
             ],
+        }
+
+    def to_compact(self) -> dict[str, object]:
+        """The compact answer for batch callers: names once, then aligned column arrays, each
+        status a `FieldStatus` number (`status_codes` spells them out)."""
+        codes = STATUS_CODES
+        return {
+            "feature_names": self.feature_names,
+            "status_codes": {str(code): name for name, code in codes.items()},
+            "values": self.values,
+            "statuses": [[codes[s] for s in column] for column in self.statuses],
+            "event_timestamps": self.event_timestamps,
         }
 
     def column(self, name: str) -> list[object]:
