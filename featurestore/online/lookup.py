@@ -26,7 +26,7 @@ from featurestore.errors import EntityKeyError, TooManyEntitiesError
 from featurestore.online.catalog import OnDemandRead, ReadPlan
 from featurestore.online.redis_pool import RedisPool
 from featurestore.online.resp import bulk
-from featurestore.online.values import decode_column, decode_timestamp_micros
+from featurestore.online.values import decode_column, decode_timestamps_micros
 
 _INT64_ID = struct.Struct("<q").pack
 _EPOCH = datetime(1970, 1, 1)
@@ -61,12 +61,15 @@ class LookupResult:
     def to_compact(self) -> dict[str, object]:
         """The compact answer for batch callers: names once, then aligned column arrays, each
         status a `FieldStatus` number (`status_codes` spells them out)."""
-        codes = STATUS_CODES
+        coded: dict[int, list[int]] = {}  # features of one view share one list of statuses
+        for column in self.statuses:
+            if id(column) not in coded:
+                coded[id(column)] = [STATUS_CODES[s] for s in column]
         return {
             "feature_names": self.feature_names,
-            "status_codes": {str(code): name for name, code in codes.items()},
+            "status_codes": {str(code): name for name, code in STATUS_CODES.items()},
             "values": self.values,
-            "statuses": [[codes[s] for s in column] for column in self.statuses],
+            "statuses": [coded[id(column)] for column in self.statuses],
             "event_timestamps": self.event_timestamps,
         }
 
@@ -220,7 +223,7 @@ async def read_redis(
         feature_at = 0
         ts_at = sum(len(v.features) for v in read.views)
         for view in read.views:
-            micros = [decode_timestamp_micros(raw) for raw in fields[ts_at]]
+            micros = decode_timestamps_micros(fields[ts_at])
             ts_at += 1
             oldest = now_micros - int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
             statuses = [

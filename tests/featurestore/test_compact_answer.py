@@ -105,10 +105,3 @@ def test_an_unknown_format_is_a_422_naming_it(client) -> None:
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["loc"] == ["query", "format"]
 
-
-def test_openapi_documents_both_shapes(client) -> None:
-    operation = client.get("/openapi.json").json()["paths"]["/v1/online-features"]["post"]
-    shapes = operation["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
-    assert {s["$ref"].rsplit("/", 1)[1] for s in shapes} == {
-        "OnlineFeaturesResponse", "CompactOnlineFeaturesResponse"}
-    assert [p["name"] for p in operation["parameters"]] == ["format"]
