@@ -307,6 +307,11 @@ def main() -> int:
             from featurestore.settings import get_settings
 
             token, _ = create_key(engine(get_settings()), "bench", ["features:read"])
+            # `feast serve` reads its repo's feature_store.yaml, which any `apply` in this
+            # worktree (a test run) rewrites: Feast gets a copy of the one this run rendered.
+            feast_repo = root / "feature_repo"
+            shutil.copytree(ROOT / "feature_repo", feast_repo,
+                            ignore=shutil.ignore_patterns("__pycache__"))
             script = root / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             body_files = {}
@@ -323,7 +328,7 @@ def main() -> int:
                            "--port", str(port), "--workers", str(args.workers),
                            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                            "--log-level", "warning"], "/lookup", {}, BENCH_DIR),
-                "feast": ([str(BIN / "feast"), "-c", str(ROOT / "feature_repo"), "serve",
+                "feast": ([str(BIN / "feast"), "-c", str(feast_repo), "serve",
                            "-p", str(port), "-w", str(args.workers), "--no-access-log",
                            "--max-requests", "0"], "/get-online-features",
                           {}, None),
