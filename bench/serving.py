@@ -71,7 +71,13 @@ console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def configure(root: Path, redis_url: str) -> None:
+    """This run's settings, and a copy of feature_repo/ of its own: `apply` renders the
+    feature_store.yaml that `feast serve` reads into it, so no other run or test in this
+    worktree (each renders its own) can point Feast at another registry or Redis."""
+    shutil.copytree(ROOT / "feature_repo", root / "feature_repo",
+                    ignore=shutil.ignore_patterns("__pycache__", "feature_store.yaml"))
     os.environ.update({
+        "FEATURESTORE_FEATURE_REPO": str(root / "feature_repo"),
         "FEATURESTORE_DATA_DIR": str(root / "data"),
         "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
         "FEATURESTORE_PROFILE": "services",
@@ -307,11 +313,7 @@ def main() -> int:
             from featurestore.settings import get_settings
 
             token, _ = create_key(engine(get_settings()), "bench", ["features:read"])
-            # `feast serve` reads its repo's feature_store.yaml, which any `apply` in this
-            # worktree (a test run) rewrites: Feast gets a copy of the one this run rendered.
             feast_repo = root / "feature_repo"
-            shutil.copytree(ROOT / "feature_repo", feast_repo,
-                            ignore=shutil.ignore_patterns("__pycache__"))
             script = root / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             body_files = {}
