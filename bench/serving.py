@@ -4,17 +4,22 @@ One repo, one Redis (db 11), one data set: generated transactions, Spark backfil
 (`fraud_detection_v1`: 2 stream feature views, card_profile, the on-demand ratio). Each server
 runs alone on the machine with the same number of worker processes, under the same load
 generator (wrk, 1 thread, 8 connections, a cycle of 1,000 request bodies with random entities),
-for each batch size (1 and 100 entities per request):
+for each batch size (1, 10 and 100 entities per request):
 
-  ours   `featurestore serve` (API keys on: every request carries a bearer key)
+  ours   `featurestore serve` (API keys on: every request carries a bearer key), Feast's answer
+         shape, and at 10 and 100 entities also the compact one (`?format=compact`)
   anchor `feast serve` (gunicorn + uvicorn workers, no access log, no worker recycling)
   floor  bench/floor_app.py: FastAPI + one redis-py pipelined HMGET read, nothing else
 
-Before the load, ours and Feast answer the same 100-entity request; the run fails unless every
-value agrees.
+Then ours and Feast, 1 entity per request, at a fixed rate (open loop, bench/openloop.py in its
+own process: latency from each request's scheduled send, so a stall is never hidden).
 
-    make bench-serving                                       # full run, ~5 min
-    .venv/bin/python bench/serving.py --seconds 5 --cards 2000   # quick trial
+Before the load, ours (both shapes) and Feast answer the same 100-entity request; the run fails
+unless every value agrees.
+
+    make bench-serving                                       # full run, ~10 min
+    .venv/bin/python bench/serving.py --seconds 5 --open-seconds 5 --cards 2000 \
+        --redis redis://127.0.0.1:6393/11                    # quick trial
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 BIN = Path(sys.executable).parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "serving.json"
-REDIS_URL = "redis://127.0.0.1:6379/11"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 START = date(2026, 1, 1)
 DAYS = 2
 SERVICE = "fraud_detection_v1"
-TARGETS = {1: ("rps", 6.0), 100: ("rps", 15.0)}
-P99_TARGET_MS = 10.0
-FLOOR_TARGET = 0.8
+SIZES = (1, 10, 100)
+TARGETS = {1: ">= 6x", 100: ">= 15x"}
+FLOOR_TARGETS = {1: ">= 1.2x"}
+P99_OPEN_TARGET_MS = 5.0
 WRK_SCRIPT = """
 local bodies = {}
 local i = 0
@@ -64,13 +70,19 @@ end
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
-def configure(root: Path) -> None:
+def configure(root: Path, redis_url: str) -> None:
+    """This run's settings, and a copy of feature_repo/ of its own: `apply` renders the
+    feature_store.yaml that `feast serve` reads into it, so no other run or test in this
+    worktree (each renders its own) can point Feast at another registry or Redis."""
+    shutil.copytree(ROOT / "feature_repo", root / "feature_repo",
+                    ignore=shutil.ignore_patterns("__pycache__", "feature_store.yaml"))
     os.environ.update({
+        "FEATURESTORE_FEATURE_REPO": str(root / "feature_repo"),
         "FEATURESTORE_DATA_DIR": str(root / "data"),
         "FEATURESTORE_CONFIG": str(root / "absent.yaml"),
         "FEATURESTORE_PROFILE": "services",
         "FEATURESTORE_PROJECT": "benchserving",
-        "FEATURESTORE_REDIS_URL": REDIS_URL,
+        "FEATURESTORE_REDIS_URL": redis_url,
         "FEATURESTORE_REGISTRY_URL": f"sqlite:///{root}/registry.db",
         "FEATURESTORE_DATABASE_URL": f"sqlite:///{root}/featurestore.db",
     })
@@ -159,9 +171,22 @@ def wrk(url: str, body_file: Path, script: Path, seconds: int, headers: dict[str
             "socket_errors": socket_errors.group(1) if socket_errors else None}
 
 
+def compact_as_feast(compact: dict) -> dict:
+    """The Feast-shaped answer a compact one stands for."""
+    codes = compact["status_codes"]
+    return {"metadata": {"feature_names": compact["feature_names"]}, "results": [
+        {"values": v, "statuses": [codes[str(c)] for c in s], "event_timestamps": t}
+        for v, s, t in zip(compact["values"], compact["statuses"], compact["event_timestamps"])
+    ]}
+
+
 def compare(ours_url: str, feast_url: str, body_file: Path, token: str) -> None:
     body = json.loads(body_file.read_text().splitlines()[0])
-    ours = httpx.post(ours_url, json=body, headers={"Authorization": f"Bearer {token}"}).json()
+    headers = {"Authorization": f"Bearer {token}"}
+    ours = httpx.post(ours_url, json=body, headers=headers).json()
+    compact = httpx.post(f"{ours_url}?format=compact", json=body, headers=headers).json()
+    if compact_as_feast(compact) != ours:
+        raise SystemExit("our compact answer differs from our Feast-shaped one")
     feast = httpx.post(feast_url, json=body).json()
 
     def columns(answer: dict) -> dict:
@@ -178,26 +203,109 @@ def compare(ours_url: str, feast_url: str, body_file: Path, token: str) -> None:
             if not same:
                 raise SystemExit(f"{name}: ours {a!r} vs feast {b!r}")
     present = sum(v is not None for v in ours_columns["card_txn_count_24h"])
-    console.print(f"ours and feast agree on a 100-entity request ({present} cards with rows)")
+    console.print(f"ours (both shapes) and feast agree on a 100-entity request ({present} cards "
+                  "with rows)")
+
+
+def open_loop(url: str, body_file: Path, headers: dict[str, str], rate: float,
+              seconds: int) -> dict:
+    """bench/openloop.py in its own process: a fixed rate, latency from each scheduled send."""
+    command = [sys.executable, str(BENCH_DIR / "openloop.py"), url, str(body_file),
+               "--rate", str(rate), "--seconds", str(seconds)]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return json.loads(subprocess.run(command, capture_output=True, text=True,
+                                     check=True).stdout)
+
+
+def entities_case(n: int) -> str:
+    return f"{n} entit{'y' if n == 1 else 'ies'} per request"
+
+
+def closed_loop_cases(results: dict, anchor_name: str) -> list[dict]:
+    cases = []
+    for n in SIZES:
+        ours, feast, floor = results[("ours", n)], results[("feast", n)], results[("floor", n)]
+        cases.append({
+            "case": f"{entities_case(n)}, {SERVICE}, 8 connections",
+            "metric": "throughput", "unit": "req/s", "ours": ours["rps"], "anchor": feast["rps"],
+            "anchor_name": anchor_name, "ratio": ours["rps"] / feast["rps"],
+            "target": TARGETS.get(n, "-"),
+        })
+        if ("compact", n) in results:
+            compact = results[("compact", n)]
+            cases.append({
+                "case": f"{entities_case(n)}, compact answer (?format=compact), 8 connections",
+                "metric": "throughput", "unit": "req/s", "ours": compact["rps"],
+                "anchor": feast["rps"], "anchor_name": anchor_name,
+                "ratio": compact["rps"] / feast["rps"], "target": TARGETS.get(n, "-"),
+            })
+        cases.append({
+            "case": f"{entities_case(n)}, p99 latency (closed loop, 8 connections)",
+            "metric": "latency p99", "unit": "ms", "ours": ours["p99_ms"],
+            "anchor": feast["p99_ms"], "anchor_name": anchor_name,
+            "ratio": feast["p99_ms"] / ours["p99_ms"], "target": "-",
+        })
+        cases.append({
+            "case": f"{entities_case(n)} vs the framework floor",
+            "metric": "throughput", "unit": "req/s", "ours": ours["rps"], "anchor": floor["rps"],
+            "anchor_name": "bare FastAPI + one redis-py pipelined read (bench/floor_app.py)",
+            "ratio": ours["rps"] / floor["rps"], "target": FLOOR_TARGETS.get(n, "-"),
+        })
+    return cases
+
+
+def open_loop_cases(results: dict, anchor_name: str, rate: float, seconds: int) -> list[dict]:
+    ours, feast = results["ours"], results["feast"]
+    cases = []
+    for quantile in ("p50", "p99", "p99.9"):
+        mine, theirs = ours["latency_ms"][quantile], feast["latency_ms"][quantile]
+        cases.append({
+            "case": f"1 entity per request, open loop at {rate:,.0f} req/s for {seconds} s, "
+                    f"latency {quantile} from the scheduled send",
+            "metric": f"latency {quantile}", "unit": "ms", "ours": mine, "anchor": theirs,
+            "anchor_name": anchor_name, "ratio": theirs / mine,
+            "target": f"<= {P99_OPEN_TARGET_MS:.0f} ms" if quantile == "p99" else "-",
+        })
+    cases.append({
+        "case": f"1 entity per request, open loop at {rate:,.0f} req/s: answers not 2xx "
+                "(503: a Redis read timed out in the queue; 0: connection lost)",
+        "metric": "errors", "unit": "requests", "ours": ours["errors"],
+        "anchor": feast["errors"], "anchor_name": anchor_name, "ratio": None, "target": "0",
+    })
+    cases.append({
+        "case": "open-loop generator's own lateness p99 (its ceiling: figures are the "
+                "generator's beyond ~1 ms)",
+        "metric": "send lag p99", "unit": "ms", "ours": ours["send_lag_ms"]["p99"],
+        "anchor": feast["send_lag_ms"]["p99"], "anchor_name": f"the same, against {anchor_name}",
+        "ratio": None, "target": "-",
+    })
+    return cases
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--open-rate", type=float, default=1000.0,
+                        help="the open-loop case's fixed request rate")
+    parser.add_argument("--open-seconds", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cards", type=int, default=20_000)
     parser.add_argument("--merchants", type=int, default=1_000)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--redis", default=DEFAULT_REDIS_URL,
+                        help="Redis URL with its db, flushed before and after the run")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (Debian/Ubuntu: apt-get install wrk)")
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(args.redis).flushdb()
     results: dict[tuple[str, int], dict] = {}
+    open_results: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
             root = Path(tmp)
-            configure(root)
+            configure(root, args.redis)
             console.print(f"preparing {args.cards:,} cards: generate, Spark backfill, materialize")
             prepare(args.cards, args.merchants)
             from featurestore.apikeys import create_key
@@ -205,22 +313,24 @@ def main() -> int:
             from featurestore.settings import get_settings
 
             token, _ = create_key(engine(get_settings()), "bench", ["features:read"])
+            feast_repo = root / "feature_repo"
             script = root / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             body_files = {}
-            for n in (1, 100):
+            for n in SIZES:
                 body_files[n] = root / f"bodies-{n}.jsonl"
                 bodies(body_files[n], n, args.cards, args.merchants, seed=n)
             port = 18_000 + os.getpid() % 1000
             base = f"http://127.0.0.1:{port}"
+            ours_headers = {"Authorization": f"Bearer {token}"}
             servers = {
                 "ours": (ours_command(port, args.workers), "/v1/online-features",
-                         {"Authorization": f"Bearer {token}"}, None),
+                         ours_headers, None),
                 "floor": ([str(BIN / "uvicorn"), "floor_app:create_app", "--factory",
                            "--port", str(port), "--workers", str(args.workers),
                            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                            "--log-level", "warning"], "/lookup", {}, BENCH_DIR),
-                "feast": ([str(BIN / "feast"), "-c", str(ROOT / "feature_repo"), "serve",
+                "feast": ([str(BIN / "feast"), "-c", str(feast_repo), "serve",
                            "-p", str(port), "-w", str(args.workers), "--no-access-log",
                            "--max-requests", "0"], "/get-online-features",
                           {}, None),
@@ -236,52 +346,45 @@ def main() -> int:
                                     f"{base}{path}", body_files[100], token)
                         finally:
                             stop(ours)
-                    for n in (1, 100):
-                        all_headers = {"Content-Type": "application/json", **headers}
-                        wrk(f"{base}{path}", body_files[n], script, 3, all_headers)  # warm-up
-                        result = wrk(f"{base}{path}", body_files[n], script, args.seconds,
-                                     all_headers)
-                        results[(name, n)] = result
-                        console.print(f"{name:5} {n:3} entities: {result['rps']:8,.0f} req/s, "
-                                      f"p99 {result['p99_ms']:8.2f} ms, non-2xx "
-                                      f"{result['non_2xx']}, socket errors "
-                                      f"{result['socket_errors']}")
+                    shapes = [(name, path)]
+                    if name == "ours":
+                        shapes.append(("compact", f"{path}?format=compact"))
+                    for n in SIZES:
+                        for shape, shape_path in shapes:
+                            if shape == "compact" and n == 1:
+                                continue  # one entity: the two shapes are the same size
+                            all_headers = {"Content-Type": "application/json", **headers}
+                            url = f"{base}{shape_path}"
+                            wrk(url, body_files[n], script, 3, all_headers)  # warm-up
+                            result = wrk(url, body_files[n], script, args.seconds, all_headers)
+                            results[(shape, n)] = result
+                            console.print(
+                                f"{shape:7} {n:3} entities: {result['rps']:8,.0f} req/s, "
+                                f"p99 {result['p99_ms']:8.2f} ms, non-2xx "
+                                f"{result['non_2xx']}, socket errors {result['socket_errors']}"
+                            )
+                    if name in ("ours", "feast"):
+                        result = open_loop(f"{base}{path}", body_files[1], headers,
+                                           args.open_rate, args.open_seconds)
+                        open_results[name] = result
+                        console.print(f"{name:7} open loop: {result}")
                 finally:
                     stop(server)
     finally:
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(args.redis).flushdb()
 
     bad = {k: v for k, v in results.items() if v["non_2xx"]}
     if bad:
         raise SystemExit(f"error responses under load: {bad}")
-    cases = []
     anchor_name = f"feast serve ({args.workers} workers)"
-    for n in (1, 100):
-        ours, feast, floor = results[("ours", n)], results[("feast", n)], results[("floor", n)]
-        cases.append({
-            "case": f"{n} entit{'y' if n == 1 else 'ies'} per request, {SERVICE}, 8 connections",
-            "metric": "throughput", "unit": "req/s", "ours": ours["rps"], "anchor": feast["rps"],
-            "anchor_name": anchor_name, "ratio": ours["rps"] / feast["rps"],
-            "target": f">= {TARGETS[n][1]:.0f}x",
-        })
-        cases.append({
-            "case": f"{n} entit{'y' if n == 1 else 'ies'} per request, p99 latency",
-            "metric": "latency p99", "unit": "ms", "ours": ours["p99_ms"],
-            "anchor": feast["p99_ms"], "anchor_name": anchor_name,
-            "ratio": feast["p99_ms"] / ours["p99_ms"],
-            "target": f"<= {P99_TARGET_MS:.0f} ms" if n == 1 else "-",
-        })
-        cases.append({
-            "case": f"{n} entit{'y' if n == 1 else 'ies'} per request vs the framework floor",
-            "metric": "throughput", "unit": "req/s", "ours": ours["rps"], "anchor": floor["rps"],
-            "anchor_name": "bare FastAPI + one redis-py pipelined read (bench/floor_app.py)",
-            "ratio": ours["rps"] / floor["rps"], "target": f">= {FLOOR_TARGET}x",
-        })
+    cases = closed_loop_cases(results, anchor_name)
+    cases += open_loop_cases(open_results, anchor_name, args.open_rate, args.open_seconds)
     write_results(args.output, "serving", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")
     for c in cases:
-        table.add_row(c["case"], f"{c['ours']:,.1f} {c['unit']}", f"{c['anchor']:,.1f}",
-                      f"{c['ratio']:.2f}x", c["target"])
+        ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+        table.add_row(c["case"], f"{c['ours']:,.2f} {c['unit']}", f"{c['anchor']:,.2f}",
+                      ratio, c["target"])
     console.print(table)
     console.print(f"written {args.output} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     return 0

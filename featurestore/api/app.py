@@ -30,6 +30,7 @@ from featurestore.api.schemas import (
     CatalogServices,
     CatalogView,
     CatalogViews,
+    CompactOnlineFeaturesResponse,
     OnlineFeaturesRequest,
     OnlineFeaturesResponse,
     Readiness,
@@ -43,6 +44,7 @@ from featurestore.settings import Settings, get_settings
 KEYED = error_responses(401, 403, 503)
 LOOKUP_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
 read_features = Depends(scope_checker("features:read"))
+ANSWER_FORMATS = ("feast", "compact")
 log = logging.getLogger("featurestore.api")
 
 
@@ -141,16 +143,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # called directly): FastAPI's dependency and body machinery cost as much as the lookup.
     @app.post(
         "/v1/online-features",
-        response_model=OnlineFeaturesResponse,
-        responses=LOOKUP_ERRORS,
+        # Documentation only (the route answers bytes): Feast's shape, or the compact one.
+        response_model=OnlineFeaturesResponse | CompactOnlineFeaturesResponse,
+        responses={**LOOKUP_ERRORS, 200: {
+            "description": "Feast's shape; with `?format=compact`, the compact one.",
+        }},
         tags=["features"],
         summary="Look up online features for a batch of entities",
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": OnlineFeaturesRequest.model_json_schema()}
-        }}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": OnlineFeaturesRequest.model_json_schema()}
+            }},
+            "parameters": [{
+                "name": "format", "in": "query", "required": False,
+                "schema": {"type": "string", "enum": list(ANSWER_FORMATS), "default": "feast"},
+                "description": "`feast` (Feast's `get-online-features` shape) or `compact` "
+                "(names once, column arrays, statuses as numbers: for batch callers).",
+            }],
+        },
     )
     async def online_features(request: Request) -> Response:
         await check_read(request)
+        answer_format = request.query_params.get("format", "feast")
+        if answer_format not in ANSWER_FORMATS:
+            raise RequestValidationError([{
+                "type": "enum", "loc": ("query", "format"),
+                "msg": f"Input should be {' or '.join(map(repr, ANSWER_FORMATS))}",
+            }])
         try:
             body = OnlineFeaturesRequest.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -168,7 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.capture is not None and body.feature_service is not None:
             state.capture_served(body.feature_service, plan, result,
                                  full_feature_names=body.full_feature_names)
-        return json_response(result.to_response())
+        return json_response(
+            result.to_compact() if answer_format == "compact" else result.to_response()
+        )
 
     @app.get(
         "/v1/feature-views", dependencies=[read_features], tags=["catalog"], responses=KEYED,

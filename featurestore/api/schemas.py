@@ -122,6 +122,27 @@ class OnlineFeaturesResponse(BaseModel):
     results: list[FeatureColumn]
 
 
+class CompactOnlineFeaturesResponse(BaseModel):
+    """`?format=compact`: the same columns as Feast's shape, names once, statuses as numbers."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "feature_names": ["card_id", "card_txn_count_1h"],
+        "status_codes": {"1": "PRESENT", "2": "NULL_VALUE", "3": "NOT_FOUND",
+                         "4": "OUTSIDE_MAX_AGE"},
+        "values": [[1, 2], [3, None]],
+        "statuses": [[1, 1], [1, 3]],
+        "event_timestamps": [[None, None], ["2026-01-14T23:59:58.120000Z", None]],
+    }]})
+
+    feature_names: list[str]
+    status_codes: dict[str, Literal["PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE"]] = (
+        Field(description="Each status number (Feast's `FieldStatus` enum) and its name.")
+    )
+    values: list[list[Any]] = Field(description="One array per feature name, one value per entity.")
+    statuses: list[list[Literal[1, 2, 3, 4]]]
+    event_timestamps: list[list[str | None]]
+
+
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"entities": _ENTITIES_EXAMPLE}]}

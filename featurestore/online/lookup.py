@@ -26,13 +26,17 @@ from featurestore.errors import EntityKeyError, TooManyEntitiesError
 from featurestore.online.catalog import OnDemandRead, ReadPlan
 from featurestore.online.redis_pool import RedisPool
 from featurestore.online.resp import bulk
-from featurestore.online.values import decode_column, decode_timestamp_micros
+from featurestore.online.values import decode_column, decode_timestamps_micros
 
 _INT64_ID = struct.Struct("<q").pack
 _EPOCH = datetime(1970, 1, 1)
 PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = (
     "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE",
 )
+# The compact answer's status codes: Feast's own `FieldStatus` enum numbers (PRESENT = 1, ...),
+# so a caller holding Feast's protos reads them without a table of ours.
+STATUS_CODES = {name: FieldStatus.Value(name)
+                for name in (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE)}
 
 
 @dataclass
@@ -52,6 +56,21 @@ class LookupResult:
                 {"values": v, "statuses": s, "event_timestamps": t}
                 for v, s, t in zip(self.values, self.statuses, self.event_timestamps)
             ],
+        }
+
+    def to_compact(self) -> dict[str, object]:
+        """The compact answer for batch callers: names once, then aligned column arrays, each
+        status a `FieldStatus` number (`status_codes` spells them out)."""
+        coded: dict[int, list[int]] = {}  # features of one view share one list of statuses
+        for column in self.statuses:
+            if id(column) not in coded:
+                coded[id(column)] = [STATUS_CODES[s] for s in column]
+        return {
+            "feature_names": self.feature_names,
+            "status_codes": {str(code): name for name, code in STATUS_CODES.items()},
+            "values": self.values,
+            "statuses": [coded[id(column)] for column in self.statuses],
+            "event_timestamps": self.event_timestamps,
         }
 
     def column(self, name: str) -> list[object]:
@@ -204,7 +223,7 @@ async def read_redis(
         feature_at = 0
         ts_at = sum(len(v.features) for v in read.views)
         for view in read.views:
-            micros = [decode_timestamp_micros(raw) for raw in fields[ts_at]]
+            micros = decode_timestamps_micros(fields[ts_at])
             ts_at += 1
             oldest = now_micros - int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
             statuses = [

@@ -16,6 +16,7 @@ import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
 
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
@@ -92,13 +93,40 @@ def _fixed_width_values(raw: Sequence[bytes | None], value_type: ValueType) -> l
     return values["value"].tolist()
 
 
+# Ints of more than one varint byte: protobuf's C parser (upb) takes a third of the time of our
+# Python varint loop (measured in CPU time, 100 values); the tag is checked first, so a value of
+# another type still goes through decode_value.
+_PARSED_INTS = {ValueType.INT64: (_TAG_INT64, "int64_val"), ValueType.INT32: (_TAG_INT32, "int32_val")}
+
+
 def decode_column(raw: Sequence[bytes | None], value_type: ValueType) -> list[object]:
     """A column of serialized values (one per entity) as Python values."""
     if len(raw) > 4 and value_type in _FIXED_WIDTH:
         decoded = _fixed_width_values(raw, value_type)
         if decoded is not None:
             return decoded
+    if value_type in _PARSED_INTS:
+        tag, field = _PARSED_INTS[value_type]
+        parse = Value.FromString
+        return [
+            getattr(parse(r), field) if r and r[0] == tag and r[1] >= 0x80 else decode_value(r)
+            for r in raw
+        ]
     return [decode_value(r) for r in raw]
+
+
+def decode_timestamps_micros(raw: Sequence[bytes | None]) -> list[int | None]:
+    """A column of serialized Timestamps as microseconds (None where missing), parsed by
+    protobuf's C parser: a third of the CPU of `decode_timestamp_micros`' Python loop."""
+    parse = Timestamp.FromString
+    micros: list[int | None] = []
+    for data in raw:
+        if data is None:
+            micros.append(None)
+        else:
+            stamp = parse(data)
+            micros.append(stamp.seconds * 1_000_000 + stamp.nanos // 1_000)
+    return micros
 
 
 def decode_timestamp_micros(data: bytes | None) -> int | None:

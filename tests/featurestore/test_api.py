@@ -392,9 +392,13 @@ def test_catalog_and_openapi(client) -> None:
     # Exactly the documented statuses: the answer in its schema, and each error the route gives.
     responses = lookup["responses"]
     assert set(responses) == {"200", "400", "401", "403", "404", "413", "422", "503"}
-    assert responses["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/OnlineFeaturesResponse"
-    }
+    assert responses["200"]["content"]["application/json"]["schema"]["anyOf"] == [
+        {"$ref": "#/components/schemas/OnlineFeaturesResponse"},
+        {"$ref": "#/components/schemas/CompactOnlineFeaturesResponse"},  # ?format=compact
+    ]
+    assert [(p["name"], p["schema"]["enum"]) for p in lookup["parameters"]] == [
+        ("format", ["feast", "compact"])
+    ]
     assert responses["413"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorBody"
     }

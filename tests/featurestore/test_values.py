@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore.online.lookup import _iso
-from featurestore.online.values import decode_column, decode_timestamp_micros, decode_value
+from featurestore.online.values import (
+    decode_column,
+    decode_timestamp_micros,
+    decode_timestamps_micros,
+    decode_value,
+)
 
 rng = random.Random(5)
 SAMPLES = {
@@ -183,6 +188,7 @@ def test_event_times_decode_and_print_as_utc_over_years_1_to_9999(micros) -> Non
         for m in micros
     ]
     assert [decode_timestamp_micros(r) for r in raw] == micros
+    assert decode_timestamps_micros([*raw, None]) == [*micros, None]  # protobuf's parser
     expected = [
         (epoch + timedelta(microseconds=m)).replace(tzinfo=None).isoformat(timespec="microseconds")
         + "Z"
