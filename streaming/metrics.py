@@ -95,8 +95,7 @@ class StreamMetrics:
 
     def observe_freshness(self, latencies_ms: np.ndarray) -> None:
         latencies_ms = np.asarray(latencies_ms, dtype=np.int64)[-len(self._ring) :]
-        for value in latencies_ms:
-            self.freshness.observe(value / 1000)
+        observe_all(self.freshness, latencies_ms / 1000)
         with self._lock:
             at = (self._next + np.arange(len(latencies_ms))) % len(self._ring)
             self._ring[at] = latencies_ms
@@ -129,3 +128,17 @@ class StreamMetrics:
 
     def dead_letter_counts(self) -> dict[str, int]:
         return dict(self._dead)
+
+
+def observe_all(histogram: Histogram, amounts: np.ndarray) -> None:
+    """`histogram.observe(a)` for every `a` of `amounts`, in one increment per bucket: per
+    event, `observe` was a tenth of the worker's time. It writes the counters `observe` writes
+    (prometheus_client's own: the bucket an amount is at most the bound of, and the sum)."""
+    if not len(amounts):
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(amounts)))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)

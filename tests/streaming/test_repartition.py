@@ -201,16 +201,21 @@ def _messages(run: StreamRun, events, offsets, timestamps, rows: slice):
     )]
 
 
+def _prepared(tmp_path, bootstrap: str, good, count: int):
+    """A run whose source topic holds `good` and whose worker has not started: the run, its
+    worker, its repartition topic, and the first `count` events of source partition 0."""
+    run = StreamRun.create(tmp_path, bootstrap, REDIS_URL)
+    run.send(good)
+    worker = run.worker()
+    return run, worker, _repartition_topic(run, worker), *_source_batches(run, worker, 0, count)
+
+
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_a_batch_forwarded_again_whole_or_overlapping_has_its_effect_once(
     tmp_path, kafka_bootstrap, good, baseline
 ) -> None:
-    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
-    run.send(good)
-    worker = run.worker()
-    topic = _repartition_topic(run, worker)
-    events, offsets, timestamps = _source_batches(run, worker, 0, 60)
+    run, worker, topic, events, offsets, timestamps = _prepared(tmp_path, kafka_bootstrap, good, 60)
     # Before the worker runs, the repartition topic already holds what a crashed source stage
     # forwarded: offsets 0..29 twice, then 15..59 (overlapping); the worker forwards its own
     # batches of the whole partition after them.
@@ -226,11 +231,7 @@ def test_a_batch_forwarded_again_whole_or_overlapping_has_its_effect_once(
 def test_poison_on_the_repartition_topic_is_dead_lettered_and_the_worker_goes_on(
     tmp_path, kafka_bootstrap, good, baseline
 ) -> None:
-    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
-    run.send(good)
-    worker = run.worker()
-    topic = _repartition_topic(run, worker)
-    events, offsets, timestamps = _source_batches(run, worker, 0, 10)
+    run, worker, topic, events, offsets, timestamps = _prepared(tmp_path, kafka_bootstrap, good, 10)
     [(partition, value, headers), *_] = _messages(run, events, offsets, timestamps, slice(0, 10))
     other_schema = pa.table({"x": [1]})
     sink = pa.BufferOutputStream()
