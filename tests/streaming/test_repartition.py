@@ -4,6 +4,7 @@ path as oracle), fits the message limit, and, through a real broker, a batch for
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from datetime import UTC, date, datetime
@@ -21,6 +22,7 @@ from streaming import repartition
 from streaming import validation as v
 from streaming.coldstart import partition_of
 from streaming.producer import event_messages
+from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION
 from streaming.topology import repartition_topic
 from tests.conftest import REDIS_URL
 from tests.streaming.harness import (
@@ -166,18 +168,17 @@ def _repartition_topic(run: StreamRun, worker) -> str:
 
 
 def _send_to(run: StreamRun, topic: str, messages) -> None:
-    """(partition, value, headers) each, in order (keyed, so a tombstone can be sent)."""
+    """(partition, value, headers[, key]) each, in order (keyed, so a tombstone can be sent)."""
     producer = KafkaProducer(bootstrap_servers=run.bootstrap, acks="all",
                              max_in_flight_requests_per_connection=1)
-    for partition, value, headers in messages:
-        producer.send(topic, key=b"k", value=value, partition=partition, headers=headers)
+    for partition, value, headers, *key in messages:
+        producer.send(topic, key=key[0] if key else b"k", value=value, partition=partition,
+                      headers=headers)
     producer.flush()
     producer.close()
 
 
-def _source_batches(run: StreamRun, worker, partition: int, count: int):
-    """The typed events of the source partition's first `count` records, as the source stage
-    forwards them: (events, offsets, timestamps)."""
+def _source_records(run: StreamRun, partition: int, count: int) -> list:
     consumer = KafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False)
     tp = TopicPartition(run.topic, partition)
     consumer.assign([tp])
@@ -186,7 +187,13 @@ def _source_batches(run: StreamRun, worker, partition: int, count: int):
     while len(records) < count:
         records += consumer.poll(timeout_ms=1_000).get(tp, [])
     consumer.close()
-    records = records[:count]
+    return records[:count]
+
+
+def _source_batches(run: StreamRun, worker, partition: int, count: int):
+    """The typed events of the source partition's first `count` records, as the source stage
+    forwards them: (events, offsets, timestamps)."""
+    records = _source_records(run, partition, count)
     parsed = worker.validators[run.topic].parse_batch([r.value for r in records])
     assert not parsed.rejected
     return (parsed.events, np.array([r.offset for r in records]),
@@ -253,4 +260,23 @@ def test_poison_on_the_repartition_topic_is_dead_lettered_and_the_worker_goes_on
         v.MALFORMED_BATCH: 5, v.MALFORMED_JSON: 1,
     }
     assert all(dict(r.headers)["source-topic"].decode() == topic for r in letters)
+    assert_same_results(run, baseline)
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_legacy_per_event_messages_on_the_repartition_topic_are_still_applied_once(
+    tmp_path, kafka_bootstrap, good, baseline
+) -> None:
+    """An upgrade: the topic still holds what a worker before the batch format forwarded (one
+    JSON message per event, with its source partition and offset), some of it twice; the new
+    worker then forwards batches of the same source offsets."""
+    run, worker, topic, *_ = _prepared(tmp_path, kafka_bootstrap, good, 1)
+    legacy = []
+    for record in _source_records(run, 0, 40):
+        merchant = json.loads(record.value)["merchant_id"]
+        headers = [(SOURCE_PARTITION, b"0"), (SOURCE_OFFSET, b"%d" % record.offset)]
+        legacy.append((partition_of(merchant, 3), record.value, headers, str(merchant).encode()))
+    _send_to(run, topic, legacy[:25] + legacy[10:])
+    run.run_to_end(worker)
     assert_same_results(run, baseline)
