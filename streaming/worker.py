@@ -34,7 +34,7 @@ from typing import TypeVar
 
 import redis
 from feast import FeatureStore
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
@@ -299,7 +299,7 @@ class StreamWorker:
             )
 
     @staticmethod
-    def _message_limit(admin, topics: list[str]) -> int:
+    def _message_limit(admin: KafkaAdminClient, topics: list[str]) -> int:
         """The bytes a message to any of `topics` may take (the producer's and their limit)."""
         limits = []
         for topic in topics:
