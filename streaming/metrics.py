@@ -95,7 +95,7 @@ class StreamMetrics:
 
     def observe_freshness(self, latencies_ms: np.ndarray) -> None:
         latencies_ms = np.asarray(latencies_ms, dtype=np.int64)[-len(self._ring) :]
-        observe_many(self.freshness, latencies_ms / 1000)
+        observe_all(self.freshness, latencies_ms / 1000)
         with self._lock:
             at = (self._next + np.arange(len(latencies_ms))) % len(self._ring)
             self._ring[at] = latencies_ms
@@ -130,14 +130,15 @@ class StreamMetrics:
         return dict(self._dead)
 
 
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """`histogram.observe(v)` for every (finite) v, one increment per bucket: observing each
-    event of a batch on its own was 7 % of the worker's time at 5k events/s."""
-    # Histogram.observe puts a value in the first bucket whose upper bound is >= it (the last
-    # bound is +Inf); searchsorted(side="left") finds the same one.
+def observe_all(histogram: Histogram, amounts: np.ndarray) -> None:
+    """`histogram.observe(a)` for every `a` of `amounts`, in one increment per bucket: per
+    event, `observe` was a tenth of the worker's time. It writes the counters `observe` writes
+    (prometheus_client's own: the bucket an amount is at most the bound of, and the sum)."""
+    if not len(amounts):
+        return
     bounds = np.asarray(histogram._upper_bounds)
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts):
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(amounts)))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
         if count:
-            bucket.inc(int(count))
-    histogram._sum.inc(float(np.sum(values)))
+            bucket.inc(count)

@@ -35,14 +35,18 @@ from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.materialize import latest_per_entity
 from featurestore.online.feast_layout import event_micros
+from streaming import repartition
 from streaming.coldstart import ColdStart, from_stream
 from streaming.log import OFFSET, PartitionLog
+from streaming.producer import event_messages
+from streaming.repartition import SOURCE_PARTITION
 from streaming.topology import Stage, Topology
 from streaming.validation import (
     FUTURE_TIMESTAMP,
     INTERNAL_ERROR,
     KEY_MISMATCH,
     LATE,
+    MALFORMED_BATCH,
     WRONG_TYPE,
     EventValidator,
     Rejected,
@@ -51,9 +55,8 @@ from streaming.windows import NO_WATERMARK, FeatureRows, WindowState, duration_u
 
 log = logging.getLogger("featurestore.stream")
 
-# Headers a forwarded event carries: where it was consumed, so the next stage drops the copies
-# a crashed source stage forwards twice.
-SOURCE_PARTITION = "featurestore-source-partition"
+# The header a legacy per-event forwarded message carries besides SOURCE_PARTITION: where it was
+# consumed, so the next stage drops the copies a crashed source stage forwards twice.
 SOURCE_OFFSET = "featurestore-source-offset"
 
 
@@ -76,9 +79,39 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Forward:
+    """Accepted events to forward to a repartition topic keyed by column `key`, with the source
+    offset and Kafka timestamp each was consumed with."""
+
     topic: str
-    key: bytes
-    record: Record
+    key: str
+    events: pa.Table
+    offsets: np.ndarray
+    timestamps_ms: np.ndarray
+
+
+@dataclass
+class RowRecord:
+    """One event of a forwarded batch, as a record of its own: what its dead letter carries
+    (the event as JSON, keyed by its entity, with the batch message's offset and headers)."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class _Inputs:
+    """A micro-batch's events in consumed order. A position is one event: a message of the
+    source topic or a legacy forwarded message, or one row of a forwarded batch."""
+
+    events: pa.Table  # the accepted events; row i is position index[i]
+    index: np.ndarray
+    offsets: np.ndarray  # per position: the offset of the message it came in
+    timestamps_ms: np.ndarray  # per position: its source Kafka timestamp
+    sources: np.ndarray  # per position: its input ("" at the source stage)
+    record: Callable[[int], Record]  # position -> the record its dead letter carries
 
 
 @dataclass
@@ -293,17 +326,19 @@ class PartitionTask:
 
     def _apply(self, records: Sequence[Record], now_us: int) -> Step:
         step = Step()
-        if not self.stage.is_source:
-            records, step.duplicates = fresh_records(records, self.source_offsets)
-        parsed = self.validator.parse_batch([r.value for r in records])
-        events, index = parsed.events, parsed.accepted
-        step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
+        if self.stage.is_source:
+            inputs = self._source_inputs(records, step)
+        else:
+            inputs = self._forwarded_inputs(records, step)
+        events, index = inputs.events, inputs.index
         ts = event_micros(events.column(self.topology.timestamp_field))
 
         def drop(mask: np.ndarray, reject: Callable[[int], Rejected]) -> None:
             nonlocal events, index, ts
             for i in np.flatnonzero(mask):
-                step.dead_letters.append(DeadLetter(records[index[i]], reject(int(i))))
+                step.dead_letters.append(
+                    DeadLetter(inputs.record(int(index[i])), reject(int(i)))
+                )
             if mask.any():
                 events, index, ts = events.filter(pa.array(~mask)), index[~mask], ts[~mask]
 
@@ -317,7 +352,7 @@ class PartitionTask:
                     _always(Rejected(WRONG_TYPE, f"{name} is null (an entity key)")),
                 )
             expected = [str(k).encode() for k in events.column(self.stage.key).to_pylist()]
-            message_keys = [records[i].key for i in index]
+            message_keys = [records[int(i)].key for i in index]
             drop(
                 np.fromiter((k != e for k, e in zip(message_keys, expected)), bool, len(index)),
                 lambda i: Rejected(KEY_MISMATCH, _key_mismatch(self.stage.key, message_keys[i],
@@ -337,7 +372,7 @@ class PartitionTask:
         step.handed_over = len(ts) - int(np.count_nonzero(after))
         if step.handed_over:
             events, index, ts = events.filter(pa.array(after)), index[after], ts[after]
-        sources = self._sources(records, index)
+        sources = inputs.sources[index]
         late, newest = late_events(ts, sources, self.watermarks, self.lateness_us)
         drop(
             late,
@@ -363,27 +398,102 @@ class PartitionTask:
             self._rows[view.name].append(table)
             step.online.append((view, latest_per_entity(table, view)))
 
-        offsets = np.fromiter((records[i].offset for i in index), np.int64, len(index))
-        self._events.append(events.append_column(OFFSET, pa.array(offsets, pa.int64())))
-        step.applied_timestamps_ms = np.fromiter(
-            (records[i].timestamp for i in index), np.int64, len(index)
+        self._events.append(
+            events.append_column(OFFSET, pa.array(inputs.offsets[index], pa.int64()))
         )
+        step.applied_timestamps_ms = inputs.timestamps_ms[index]
         for stage in self.stage.forwards:
-            forward_keys = events.column(stage.key).to_pylist()
-            step.forwards.extend(
-                Forward(stage.topic, str(key).encode(), records[i])
-                for key, i in zip(forward_keys, index)
-            )
+            step.forwards.append(Forward(
+                stage.topic, stage.key, events, inputs.offsets[index], step.applied_timestamps_ms
+            ))
         return step
 
-    def _sources(self, records: Sequence[Record], index: np.ndarray) -> np.ndarray:
-        """The input each accepted event came from: its source partition, or "" at the source."""
-        if self.stage.is_source:
-            return np.full(len(index), "", dtype=object)
-        return np.array(
-            [dict(records[i].headers or ()).get(SOURCE_PARTITION, b"").decode() for i in index],
-            dtype=object,
+    def _source_inputs(self, records: Sequence[Record], step: Step) -> _Inputs:
+        """The source topic's messages, validated: one position per message."""
+        parsed = self.validator.parse_batch([r.value for r in records])
+        step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
+        return _Inputs(
+            parsed.events, parsed.accepted,
+            np.fromiter((r.offset for r in records), np.int64, len(records)),
+            np.fromiter((r.timestamp for r in records), np.int64, len(records)),
+            np.full(len(records), "", dtype=object),
+            lambda position: records[position],
         )
+
+    def _forwarded_inputs(self, records: Sequence[Record], step: Step) -> _Inputs:
+        """A repartition topic's messages: batches decoded as they are (their rows were
+        validated by the source stage), legacy per-event messages validated; in both, what
+        was applied before (a source stage's replay) is dropped."""
+        legacy: list[int] = []  # positions of legacy messages that are fresh
+        legacy_records: list[Record] = []
+        batches: list[tuple[np.ndarray, pa.Table]] = []  # positions and fresh rows of batches
+        offsets: list[np.ndarray] = []
+        timestamps: list[np.ndarray] = []
+        sources: list[np.ndarray] = []
+        position = 0
+        for record in records:
+            if repartition.is_batch(record.headers):
+                try:
+                    batch = repartition.decode(record.value, record.headers,
+                                               self.topology.schema, self.topology.source_topic)
+                except repartition.MalformedBatch as exc:
+                    step.dead_letters.append(DeadLetter(record, Rejected(MALFORMED_BATCH, str(exc))))
+                    continue
+                fresh = repartition.fresh_rows(batch, self.source_offsets)
+                count = int(np.count_nonzero(fresh))
+                step.duplicates += len(fresh) - count
+                if not count:
+                    continue
+                events = batch.events if count == len(fresh) else batch.events.filter(fresh)
+                batches.append((np.arange(position, position + count), events))
+                offsets.append(np.full(count, record.offset, np.int64))
+                timestamps.append(batch.timestamps_ms[fresh])
+                sources.append(np.full(count, batch.source, dtype=object))
+                position += count
+            elif _fresh_record(record, self.source_offsets):
+                legacy.append(position)
+                legacy_records.append(record)
+                offsets.append(np.array([record.offset], np.int64))
+                timestamps.append(np.array([record.timestamp], np.int64))
+                headers = dict(record.headers or ())
+                sources.append(np.array([headers.get(SOURCE_PARTITION, b"").decode()], object))
+                position += 1
+            else:
+                step.duplicates += 1
+        parsed = self.validator.parse_batch([r.value for r in legacy_records])
+        legacy_at = np.asarray(legacy, dtype=np.int64)
+        step.dead_letters += [
+            DeadLetter(legacy_records[i], rejected) for i, rejected in parsed.rejected
+        ]
+        tables = [t for _, t in batches]
+        index_parts = [p for p, _ in batches]
+        if len(parsed.accepted):
+            tables.append(parsed.events)
+            index_parts.append(legacy_at[parsed.accepted])
+        events = pa.concat_tables(tables) if tables else self.topology.schema.empty_table()
+        index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
+        if legacy and batches:  # both kinds: back into consumed order
+            order = np.argsort(index, kind="stable")
+            events, index = events.take(pa.array(order)), index[order]
+        legacy_of = {position: n for n, position in enumerate(legacy)}
+        position_offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        position_timestamps = np.concatenate(timestamps) if timestamps else np.zeros(0, np.int64)
+
+        def record_of(position: int) -> Record:
+            if position in legacy_of:
+                return legacy_records[legacy_of[position]]
+            row = int(np.searchsorted(index, position))  # `events` is in position order
+            return self._row_record(events, row, int(position_offsets[position]),
+                                    int(position_timestamps[position]))
+
+        return _Inputs(
+            events, index, position_offsets, position_timestamps,
+            np.concatenate(sources) if sources else np.zeros(0, dtype=object), record_of,
+        )
+
+    def _row_record(self, events: pa.Table, row: int, offset: int, timestamp_ms: int) -> Record:
+        key, value = next(event_messages(events.slice(row, 1), self.stage.key))
+        return RowRecord(offset, timestamp_ms, key, value, ())
 
     def _window_inputs(
         self, events: pa.Table, view: ViewDefinition, state: WindowState
@@ -476,21 +586,25 @@ class Snapshot:
 def fresh_records(
     records: Sequence[Record], source_offsets: dict[str, int]
 ) -> tuple[list[Record], int]:
-    """Records not yet applied, and how many were not: a source stage that crashed may have
-    forwarded some twice. `source_offsets` (newest offset applied per source partition) is
-    advanced past the fresh ones."""
-    fresh = []
-    for record in records:
-        headers = dict(record.headers or ())
-        source_header = headers.get(SOURCE_PARTITION)
-        if source_header is None or SOURCE_OFFSET not in headers:
-            fresh.append(record)
-            continue
-        source, offset = source_header.decode(), int(headers[SOURCE_OFFSET])
-        if offset > source_offsets.get(source, -1):
-            source_offsets[source] = offset
-            fresh.append(record)
+    """Legacy per-event records not yet applied, and how many were not: a source stage that
+    crashed may have forwarded some twice. `source_offsets` (newest offset applied per source
+    partition) is advanced past the fresh ones."""
+    fresh = [record for record in records if _fresh_record(record, source_offsets)]
     return fresh, len(records) - len(fresh)
+
+
+def _fresh_record(record: Record, source_offsets: dict[str, int]) -> bool:
+    """Whether a legacy per-event record is past what was applied from its source partition
+    (one without the source headers always is); advances `source_offsets` if so."""
+    headers = dict(record.headers or ())
+    source_header = headers.get(SOURCE_PARTITION)
+    if source_header is None or SOURCE_OFFSET not in headers:
+        return True
+    source, offset = source_header.decode(), int(headers[SOURCE_OFFSET])
+    if offset > source_offsets.get(source, -1):
+        source_offsets[source] = offset
+        return True
+    return False
 
 
 def late_events(

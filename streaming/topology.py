@@ -4,8 +4,8 @@ Each source topic gets a topology of its own; one worker group consumes all of t
 arrive on a source topic keyed by the source's `message_key` (the card). A view keyed by
 that field is computed straight from the topic. A view keyed by another field (the merchant)
 needs all of an entity's events in one place, so the source stage forwards each accepted event
-to an internal repartition topic keyed by that field (as Kafka Streams does), and a second stage
-computes the view from there. Both stages are partitions of one consumer group, so adding
+to an internal repartition topic partitioned by that field (as Kafka Streams does; in Arrow
+batches, `streaming.repartition`), and a second stage computes the view from there. Both stages are partitions of one consumer group, so adding
 workers spreads both.
 """
 

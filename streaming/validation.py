@@ -45,6 +45,7 @@ KEY_MISMATCH = "key_mismatch"
 FUTURE_TIMESTAMP = "future_timestamp"
 LATE = "late"
 INTERNAL_ERROR = "internal_error"
+MALFORMED_BATCH = "malformed_batch"  # a repartition topic's message claiming a format it breaks
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REASONS = (
     TOMBSTONE,
@@ -60,6 +61,7 @@ REASONS = (
     FUTURE_TIMESTAMP,
     LATE,
     INTERNAL_ERROR,
+    MALFORMED_BATCH,
 )
 DEFAULT_TIMESTAMP_RANGE = (2000, 2100)
 

@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import redis
 from feast import FeatureStore
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
@@ -51,14 +51,14 @@ from featurestore.definitions import select_views
 from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
-from streaming import deadletter, kafka
+from streaming import deadletter, kafka, repartition
 from streaming import reset as restarts
 from streaming import topology as topologies
 from streaming.checkpointer import CheckpointWriter, Postponed, SendsFailed, Snapshots
 from streaming.coldstart import ColdStart
 from streaming.kafka import Stopped
 from streaming.metrics import StreamMetrics
-from streaming.task import SOURCE_OFFSET, SOURCE_PARTITION, PartitionTask, Step
+from streaming.task import PartitionTask, Step
 from streaming.validation import EventValidator
 
 log = logging.getLogger("featurestore.stream")
@@ -148,6 +148,7 @@ class StreamWorker:
         self._send_failed: Exception | None = None
         self._failed = False  # an unexpected error: leave partitions at their last checkpoint
         self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, None)
+        self.forward_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, None)
         self.partitions: dict[str, int] = {}  # per consumed topic, read at start
         self.topic_ids: dict[str, str | None] = {}  # per consumed topic, read at start
         self.next_offsets: dict[TopicPartition, int] = {}  # the offset each partition reads next
@@ -317,13 +318,24 @@ class StreamWorker:
             self.topic_ids = {
                 t["name"]: restarts.topic_id(t) for t in admin.describe_topics(self.topics)
             }
+            self.dead_letter_limit = self._message_limit(admin, [self.settings.dead_letter_topic])
+            self.forward_limit = self._message_limit(
+                admin, [f.topic for stage in self.stages.values() for f in stage[1].forwards]
+            )
+
+    @staticmethod
+    def _message_limit(admin: KafkaAdminClient, topics: list[str]) -> int:
+        """The bytes a message to any of `topics` may take (the producer's and their limit)."""
+        limits = []
+        for topic in topics:
             try:
-                topic_limit = kafka.message_bytes_limit(
-                    admin, self.settings.dead_letter_topic
-                )
+                limits.append(kafka.message_bytes_limit(admin, topic))
             except KafkaError:
-                topic_limit = None  # a broker without DescribeConfigs: the producer's limit
-            self.dead_letter_limit = deadletter.size_limit(_MAX_REQUEST_BYTES, topic_limit)
+                limits.append(None)  # a broker without DescribeConfigs: the producer's limit
+        return min(
+            (deadletter.size_limit(_MAX_REQUEST_BYTES, limit) for limit in limits),
+            default=deadletter.size_limit(_MAX_REQUEST_BYTES, None),
+        )
 
     # --- rebalance -----------------------------------------------------------------------
 
@@ -493,18 +505,17 @@ class StreamWorker:
             self._producer.send(
                 self.settings.dead_letter_topic, value=value, key=key, headers=headers
             ).add_errback(self._on_send_error)
+        # One message per target partition (or a few, to fit the limit), not one per event.
         for forward in step.forwards:
-            record = forward.record
-            self._producer.send(
-                forward.topic,
-                value=record.value,
-                key=forward.key,
-                headers=[
-                    (SOURCE_PARTITION, b"%d" % tp.partition),
-                    (SOURCE_OFFSET, b"%d" % record.offset),
-                ],
-                timestamp_ms=record.timestamp,
-            ).add_errback(self._on_send_error)
+            for message in repartition.encode(
+                forward.events, forward.offsets, forward.timestamps_ms, key=forward.key,
+                source_topic=tp.topic, source_partition=tp.partition,
+                partitions=self.partitions[forward.topic], limit=self.forward_limit,
+            ):
+                self._producer.send(
+                    forward.topic, value=message.value, partition=message.partition,
+                    headers=message.headers, timestamp_ms=message.timestamp_ms,
+                ).add_errback(self._on_send_error)
 
     def _on_send_error(self, exc: Exception) -> None:
         self._send_failed = exc
