@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     profile: Literal["embedded", "services"] = "embedded"
     project: str = Field("fraud", pattern=r"^[a-z][a-z0-9_]*$")
     data_dir: Path = PROJECT_ROOT / "data"
+    # The part of the store every machine must see alike: the raw sources, the offline tables
+    # and the stream workers' partition logs (docs/scale-out.md). Unset = data_dir. Stream
+    # workers on several machines keep data_dirs of their own and point this at one shared path.
+    offline_root: Path | None = None
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
 
     # Registry: Feast's SQL registry. Empty = SQLite under data_dir (embedded) or the local
@@ -138,10 +142,10 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls, yaml_file=_config_file()),
         )
 
-    @field_validator("data_dir", "feature_repo", "monitors_config")
+    @field_validator("data_dir", "feature_repo", "monitors_config", "offline_root")
     @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        return path.expanduser().resolve()
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
 
     @field_validator("redis_url", "registry_url", "database_url")
     @classmethod
@@ -185,18 +189,22 @@ class Settings(BaseSettings):
                 self.database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/featurestore"
         return self
 
-    # Where things live on disk (the offline store is Parquet under data_dir).
+    # Where things live on disk (the offline store is Parquet under offline_root).
+    @property
+    def shared_dir(self) -> Path:
+        return self.offline_root or self.data_dir
+
     @property
     def raw_dir(self) -> Path:
-        return self.data_dir / "raw"
+        return self.shared_dir / "raw"
 
     @property
     def offline_dir(self) -> Path:
-        return self.data_dir / "offline"
+        return self.shared_dir / "offline"
 
     @property
     def stream_log_dir(self) -> Path:
-        return self.data_dir / "stream" / self.stream_group
+        return self.shared_dir / "stream" / self.stream_group
 
     @property
     def exports_dir(self) -> Path:

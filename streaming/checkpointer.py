@@ -17,10 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
+from streaming.fencing import Fenced
 from streaming.task import Snapshot
 
 Snapshots = list[tuple[TopicPartition, Snapshot]]
@@ -39,12 +41,21 @@ class Postponed(Exception):
         self.snapshots = snapshots
 
 
+@dataclass
+class Checkpointed:
+    """A finished checkpoint: the next offset of each partition whose log it appended, and the
+    partitions it was fenced from (another worker took them: nothing of theirs was written)."""
+
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    fenced: dict[TopicPartition, Fenced] = field(default_factory=dict)
+
+
 class CheckpointWriter:
     def __init__(self, flush_sends: Callable[[], None]) -> None:
         """`flush_sends`: waits for every send made so far; raises SendsFailed or KafkaError."""
         self._flush_sends = flush_sends
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._in_flight: Future[dict[TopicPartition, int]] | None = None
+        self._in_flight: Future[Checkpointed] | None = None
         self._collecting = threading.Lock()
         # Tests force a crash or a revoke at a known point: runs on the writer thread after a
         # snapshot's offline files, before its partition log.
@@ -60,9 +71,9 @@ class CheckpointWriter:
             raise RuntimeError("a checkpoint is already in flight")
         self._in_flight = self._executor.submit(self._write, snapshots)
 
-    def collect(self, wait: bool) -> dict[TopicPartition, int] | None:
-        """The finished checkpoint's next offset per partition; None when there is none, or
-        (without `wait`) it is still being written. Raises what the writer raised."""
+    def collect(self, wait: bool) -> Checkpointed | None:
+        """The finished checkpoint; None when there is none, or (without `wait`) it is still
+        being written. Raises what the writer raised."""
         # kafka-python may run a rebalance callback (which collects) off the poll thread.
         with self._collecting:
             future = self._in_flight
@@ -77,15 +88,18 @@ class CheckpointWriter:
         """Wait for the checkpoint in flight (its result is dropped) and end the thread."""
         self._executor.shutdown(wait=True)
 
-    def _write(self, snapshots: Snapshots) -> dict[TopicPartition, int]:
+    def _write(self, snapshots: Snapshots) -> Checkpointed:
         try:
             self._flush_sends()
         except KafkaError as exc:
             raise Postponed(snapshots) from exc
-        offsets = {}
+        done = Checkpointed()
         for tp, snapshot in snapshots:
-            offsets[tp] = snapshot.write(before_log=self.before_log)
-        return offsets
+            try:
+                done.offsets[tp] = snapshot.write(before_log=self.before_log)
+            except Fenced as exc:  # this partition only: the others are still ours
+                done.fenced[tp] = exc
+        return done
 
 
 def _nothing() -> None:

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurestore.offline import write_atomically
+from streaming import fencing
 
 OFFSET = "_offset"
 _META = b"featurestore.checkpoint"
@@ -46,10 +47,25 @@ def _parts(path: Path) -> tuple[int, int, int]:
     return int(first), int(last), int(newest)
 
 
+class LogOverlap(ValueError):
+    """A checkpoint covers offsets the log already holds: another writer got there first."""
+
+
 class PartitionLog:
     def __init__(self, root: Path, topic: str, partition: int) -> None:
         self.partition = partition
         self.directory = Path(root) / topic / str(partition)
+        # The epoch this owner took (streaming.fencing); None: a single owner, never fenced.
+        self.epoch: int | None = None
+
+    def take_epoch(self, owner: str) -> None:
+        """Become the partition's newest owner: an older one's checkpoints are fenced from now."""
+        self.epoch = fencing.take(self.directory, owner)
+
+    def check_epoch(self) -> None:
+        """Raise fencing.Fenced if another owner took the partition since `take_epoch`."""
+        if self.epoch is not None:
+            fencing.check(self.directory, self.epoch)
 
     def _files(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -90,9 +106,10 @@ class PartitionLog:
         self, first: int, last: int, events: pa.Table, timestamp_field: str, metadata: dict
     ) -> None:
         """Record that offsets [first, last] are applied; `events` carries an `_offset` column."""
+        self.check_epoch()
         high = self.high_water()
         if high is not None and first <= high:
-            raise ValueError(
+            raise LogOverlap(
                 f"checkpoint {first}-{last} of {self.directory} overlaps the log, "
                 f"which is applied up to {high}"
             )

@@ -62,6 +62,11 @@ class StreamMetrics:
             "Partition checkpoints written.",
             registry=self.registry,
         )
+        self.fenced = Counter(
+            "featurestore_stream_fenced_checkpoints",
+            "Partition checkpoints not written: another worker had taken the partition.",
+            registry=self.registry,
+        )
         self.outages = Counter(
             "featurestore_stream_outages",
             "Times a dependency was unavailable and consumption paused, per dependency.",

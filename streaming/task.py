@@ -35,9 +35,9 @@ from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.materialize import latest_per_entity
 from featurestore.online.feast_layout import event_micros
-from streaming import repartition
+from streaming import fencing, repartition
 from streaming.coldstart import ColdStart, from_stream
-from streaming.log import OFFSET, PartitionLog
+from streaming.log import OFFSET, LogOverlap, PartitionLog
 from streaming.producer import event_messages
 from streaming.repartition import SOURCE_PARTITION
 from streaming.topology import Stage, Topology
@@ -136,8 +136,13 @@ class Step:
         self.handed_over += other.handed_over
 
 
-def stream_file_name(topic: str, partition: int, first: int, last: int) -> str:
-    return f"stream-{topic}-{partition}-{first:020d}-{last:020d}.parquet"
+def stream_file_name(
+    topic: str, partition: int, first: int, last: int, epoch: int | None = None
+) -> str:
+    """The offline file of a checkpoint; the writer's epoch (if any) comes before the offsets,
+    which stay last, so `_remove_unlogged_files` reads the first offset the same way."""
+    owner = "" if epoch is None else f"e{epoch:020d}-"
+    return f"stream-{topic}-{partition}-{owner}{first:020d}-{last:020d}.parquet"
 
 
 class PartitionTask:
@@ -558,26 +563,46 @@ class Snapshot:
 
     def write(self, before_log: Callable[[], None] | None = None) -> int:
         """Offline files (raw archive and feature tables), then the partition log, the commit
-        point; returns the next offset to consume. `before_log` runs in between."""
-        name = stream_file_name(self.stage.topic, self.log.partition, self.first, self.last)
+        point; returns the next offset to consume. `before_log` runs in between.
+
+        Raises fencing.Fenced, having removed the offline files it wrote, when another owner
+        took the partition or wrote its log meanwhile (streaming.fencing).
+        """
+        self.log.check_epoch()
+        # The epoch in the name: a fenced writer removes its own files, never an owner's.
+        name = stream_file_name(
+            self.stage.topic, self.log.partition, self.first, self.last, self.log.epoch
+        )
         # No events when every record since the last checkpoint was dead-lettered: the log
         # still records how far the partition got.
         events = pa.concat_tables(
             self.events
             or [self.topology.schema.empty_table().append_column(OFFSET, pa.array([], pa.int64()))]
         )
-        if self.stage.is_source:
-            archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
-            offline.write_days(self.topology.raw.path, archive, self.topology.timestamp_field, name)
-        for view in self.stage.views:
-            if self.rows[view.name]:
-                rows = _newest_per_key_and_time(pa.concat_tables(self.rows[view.name]), view)
-                offline.write_days(view.offline.path, rows, view.offline.timestamp_field, name)
-        if before_log is not None:
-            before_log()
-        self.log.append(
-            self.first, self.last, events, self.topology.timestamp_field, self.metadata
-        )
+        written: list[Path] = []
+        try:
+            if self.stage.is_source:
+                archive = events.drop_columns([OFFSET]).cast(self.topology.schema)
+                written += offline.write_days(
+                    self.topology.raw.path, archive, self.topology.timestamp_field, name
+                )
+            for view in self.stage.views:
+                if self.rows[view.name]:
+                    rows = _newest_per_key_and_time(pa.concat_tables(self.rows[view.name]), view)
+                    written += offline.write_days(
+                        view.offline.path, rows, view.offline.timestamp_field, name
+                    )
+            if before_log is not None:
+                before_log()
+            self.log.append(
+                self.first, self.last, events, self.topology.timestamp_field, self.metadata
+            )
+        except (fencing.Fenced, LogOverlap) as exc:
+            if self.log.epoch is None:
+                raise  # a single owner: an overlap is a bug, not a race
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise fencing.Fenced(str(exc)) from exc
         if self.prune_before_us is not None:
             self.log.prune(self.prune_before_us)
         return self.last + 1

@@ -22,6 +22,12 @@ Faults:
 - A rebalance waits for the checkpoint in flight, checkpoints the revoked partitions whose
   online writes have landed and drops the others (their new owner replays them from the log),
   so a partition is handed over cleanly.
+- A worker that lost a partition without knowing it yet (paused past its session timeout, cut
+  off from the broker) writes no checkpoint of it: every assignment takes the partition's next
+  epoch, and a checkpoint whose epoch is no longer the newest is fenced (`streaming.fencing`):
+  its offline files are removed, its log is not written, the partition is paused until the
+  group's next assignment. A checkpoint that found the log moved under it (its own epoch still
+  the newest) rebuilds the partition from the log.
 - A checkpoint that cannot be written (disk full, the data directory gone) stops the worker
   with an error naming the cause; its partitions resume from their last checkpoint. A failed
   offset commit is logged and retried with the next checkpoint (the partition log holds them).
@@ -31,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +59,7 @@ from featurestore.definitions import select_views
 from featurestore.errors import FeatureStoreError
 from featurestore.materialize import FeatureWriter, writer_for
 from featurestore.settings import Settings
-from streaming import deadletter, kafka, repartition
+from streaming import deadletter, fencing, kafka, repartition
 from streaming import reset as restarts
 from streaming import topology as topologies
 from streaming.checkpointer import CheckpointWriter, Postponed, SendsFailed, Snapshots
@@ -357,6 +365,20 @@ class StreamWorker:
                 partitions=self.partitions[tp.topic],
                 topic_id=self.topic_ids.get(tp.topic),
             )
+            # The epoch before the log is read: a late checkpoint of the partition's old owner
+            # is either in the log already or fenced.
+            try:
+                task.log.take_epoch(self._owner())
+            except OSError as exc:  # the log's directory cannot be written: nor can checkpoints
+                self._callback_error = self._callback_error or CheckpointFailed(
+                    f"writing the partition log of {tp.topic}-{tp.partition} failed "
+                    f"({type(exc).__name__}: {exc}); the worker stops, its partitions resume "
+                    "from their last checkpoint"
+                )
+                self._consumer.seek_to_beginning(tp)  # a position, so the consumer has no error first
+                self._consumer.pause(tp)
+                continue
+            self._consumer.resume(tp)  # paused when fenced: assigned again, it is read again
             try:
                 resume = task.restore()
             except FeatureStoreError as exc:  # e.g. unreadable offline data to seed from
@@ -392,6 +414,12 @@ class StreamWorker:
                      f"resuming at {resume}" if resume is not None else
                      f"cold start: {_handover_text(task.handover_us)}")
         self.last_record_at = time.monotonic()
+
+    def _owner(self) -> str:
+        """Who takes an epoch, for whoever reads the epoch file."""
+        group = self._consumer.group_metadata()
+        return (f"host {socket.gethostname()} pid {os.getpid()} group {group.group_id} "
+                f"generation {group.generation_id} member {group.member_id}")
 
     def _restarted_detail(self, tp: TopicPartition, what: str) -> str:
         source = self.stages[tp.topic][0].source_topic
@@ -639,8 +667,9 @@ class StreamWorker:
             ) from exc
         if written is None:
             return
-        self.metrics.checkpoints.inc(len(written))
-        self.logged.update(written)
+        self._fenced(written.fenced)
+        self.metrics.checkpoints.inc(len(written.offsets))
+        self.logged.update(written.offsets)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.logged.items()}
         try:
             if final:
@@ -651,6 +680,29 @@ class StreamWorker:
             # The partition log is the commit point; committed offsets serve lag monitoring
             # and a new worker with no log.
             log.warning("offset commit failed (%s); the partition log still holds them", exc)
+
+    def _fenced(self, fenced: dict[TopicPartition, fencing.Fenced]) -> None:
+        """Forget the partitions a checkpoint was fenced from; rebuild those still ours."""
+        self.metrics.fenced.inc(len(fenced))
+        for tp, exc in fenced.items():
+            task = self.tasks.pop(tp, None)
+            self.buffer.drop(tp)
+            self.verifying.pop(tp, None)
+            self.logged.pop(tp, None)
+            self.unwritten = [p for p in self.unwritten if p.tp != tp]
+            self.postponed = [(t, s) for t, s in self.postponed if t != tp]
+            if task is None:
+                continue
+            if fencing.newest(task.log.directory) != task.log.epoch:
+                # Another worker owns it: read nothing more until the group says who does.
+                log.warning("%s-%d moved to another worker (%s); its checkpoint was not written, "
+                            "the partition waits for the next assignment", tp.topic,
+                            tp.partition, exc)
+                self._consumer.pause(tp)
+            else:
+                log.warning("%s-%d: its log moved under this worker (%s); rebuilding it from "
+                            "the log", tp.topic, tp.partition, exc)
+                self.assign([tp])
 
     def _rewind(self) -> None:
         self.unwritten = []

@@ -164,5 +164,20 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_worker_naming_why(
     log_dir.parent.mkdir(parents=True)
     log_dir.write_text("a file where the partition log's directory goes")
     run.send(events[:50])
-    with pytest.raises(CheckpointFailed, match="writing a checkpoint failed .*FileExistsError"):
+    # Found when the partition is assigned (its epoch is taken in the log's directory).
+    with pytest.raises(CheckpointFailed,
+                       match=f"writing the partition log of {run.topic}-0 failed .*FileExistsError"):
+        run.run_to_end()
+
+
+def test_offline_files_that_cannot_be_written_stop_the_worker_naming_why(
+    tmp_path, kafka_bootstrap, events
+) -> None:
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL, partitions=1)
+    with run.settings() as settings:
+        archive = settings.raw_dir / "transactions"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_text("a file where the raw archive's directory goes")
+    run.send(events[:50])
+    with pytest.raises(CheckpointFailed, match="writing a checkpoint failed .*Error"):
         run.run_to_end()
