@@ -199,10 +199,15 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> object:
     """The example `feature_repo/` applied to a SQLite registry of its own (no server)."""
+    return applied_example(tmp_path_factory.mktemp("example-registry"))
+
+
+def applied_example(root: Path) -> object:
+    """`apply` of the example `feature_repo/` with nothing but defaults and the data dir
+    `root/data` (its registry.db in there); returns the FeatureStore."""
     from featurestore.feast_config import apply
     from featurestore.settings import get_settings
 
-    root = tmp_path_factory.mktemp("example-registry")
     with pytest.MonkeyPatch.context() as patch:
         for name in _SETTINGS_ENV:
             patch.delenv(name, raising=False)

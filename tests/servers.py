@@ -97,10 +97,13 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def featurestore_server(settings, tmp_path, **overrides: str) -> tuple[subprocess.Popen, str]:
+def featurestore_server(
+    settings, tmp_path, ready_within: float = 90, **overrides: str
+) -> tuple[subprocess.Popen, str]:
     """`featurestore serve` (two worker processes) on `settings`' data and a free port, once it
-    is ready; `overrides` are more settings (`api_auth="off"`). Its stderr goes to a file, which
-    never fills up and block the server as a pipe nobody reads would."""
+    is ready (else it is stopped and the test fails); `overrides` are more settings
+    (`api_auth="off"`). Its stderr goes to a file, which never fills up and block the server as
+    a pipe nobody reads would."""
     port = free_port()
     env = {
         **os.environ,
@@ -129,5 +132,10 @@ def featurestore_server(settings, tmp_path, **overrides: str) -> tuple[subproces
         except httpx.TransportError:
             return False
 
-    wait_for(ready, 90, "featurestore serve")
+    try:
+        wait_for(ready, ready_within, "featurestore serve")
+    except BaseException:
+        server.terminate()
+        server.wait(timeout=30)
+        raise
     return server, url

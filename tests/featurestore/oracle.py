@@ -4,11 +4,12 @@ definitions."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
 NO_MATCH = -1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def aggregate(function: str, values: list) -> object:
@@ -27,20 +28,33 @@ def aggregate(function: str, values: list) -> object:
     return (units / 1_000_000) / len(present) if present else None
 
 
+def _micros(moment: datetime) -> int:
+    """Microseconds since the epoch: integer comparisons, exact as the timestamps are."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
 def feature_rows(raw: pd.DataFrame, view, start: datetime, end: datetime) -> pd.DataFrame:
     """For each event in [start, end), aggregate its key's events in (t - w, t]."""
     key = view.join_keys[0].name
     rows = []
     for _, events in raw.groupby(key):
-        for t in events["event_timestamp"].tolist():
+        # Plain lists, not a DataFrame filter per event and aggregation: the same row-by-row
+        # definition at a fraction of pandas' per-call cost (it was most of the backfill tests).
+        times = events["event_timestamp"].tolist()
+        micros = [_micros(t) for t in times]
+        columns = {agg.column: events[agg.column].tolist() for agg in view.aggregations}
+        for t, now in zip(times, micros, strict=True):
             if not (start <= t < end):
                 continue
             row = {key: events[key].iloc[0], "event_timestamp": t}
             for agg in view.aggregations:
-                inside = events[
-                    (events["event_timestamp"] > t - agg.window) & (events["event_timestamp"] <= t)
+                since = now - agg.window // timedelta(microseconds=1)
+                inside = [
+                    value
+                    for moment, value in zip(micros, columns[agg.column], strict=True)
+                    if since < moment <= now
                 ]
-                row[agg.name] = aggregate(agg.function, inside[agg.column].tolist())
+                row[agg.name] = aggregate(agg.function, inside)
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,15 +12,30 @@ import pytest
 from typer.testing import CliRunner
 
 from featurestore.cli import app
+from tests.conftest import applied_example
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory) -> Path:
+    """One `apply` for the module (it took most of each test's time). The registry holds the
+    absolute paths of the data dir, so the tests share that dir; `repo` resets it."""
+    root = tmp_path_factory.mktemp("cli-errors")
+    applied_example(root)
+    shutil.copytree(root / "data", root / "pristine")
+    return root
 
 
 @pytest.fixture
-def repo(configure):
-    from featurestore.feast_config import apply
+def repo(applied, monkeypatch):
+    """The settings of a data dir as `apply` left it, as if each test had applied its own."""
+    from featurestore.settings import get_settings
 
-    settings = configure()
-    apply(settings)
-    return settings
+    data = applied / "data"
+    shutil.rmtree(data)
+    shutil.copytree(applied / "pristine", data)
+    monkeypatch.setenv("FEATURESTORE_DATA_DIR", str(data))
+    monkeypatch.setenv("FEATURESTORE_CONFIG", str(applied / "absent.yaml"))
+    return get_settings()
 
 
 def _run(*args: str):

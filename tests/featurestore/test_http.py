@@ -8,7 +8,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
@@ -27,8 +27,22 @@ PROBLEM = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+def _problem(loc: list, value: object = "x") -> dict:
+    return {"type": "value_error", "loc": loc, "msg": "bad \ud800", "input": value}
+
+
+# Generating lists of up to 30 problems is the cost of this test: fewer drawn examples, and the
+# edges pinned: 20 problems (all listed) and 21 (one "more"), keys at and over the 80-character
+# cut, a lone surrogate astride the cut, integers in the path and beyond 64 bits in the input.
+EDGE_LOC = ["a" * 80, "b" * 79 + "\udfff" + "c", 10**6, "\x00"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(PROBLEM, max_size=30))
+@example([])
+@example([_problem(EDGE_LOC, 2**80)] * 20)
+@example([_problem(EDGE_LOC, -(2**80))] * 21)
+@example([_problem([], None), _problem(["body", "x" * 200])])
 def test_a_422_body_always_encodes_lists_a_bounded_number_and_never_the_input(errors) -> None:
     body = malformed_body(errors)
     encoded = orjson.loads(orjson.dumps(body))  # encodable, whatever the input held
