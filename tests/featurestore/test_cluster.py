@@ -94,9 +94,12 @@ def _materialize(settings) -> None:
 @pytest.fixture(scope="module")
 def clustered(served, redis_cluster):
     """The served dataset's settings on the cluster, materialized into it."""
-    settings = served.model_copy(
-        update={"redis_url": redis_cluster.url, "redis_type": "redis_cluster", "api_auth": "off"}
-    )
+    # A generous serving timeout: this machine's load can stall a first connection past the
+    # default 1 s; a killed node is refused at once, whatever the timeout.
+    settings = served.model_copy(update={
+        "redis_url": redis_cluster.url, "redis_type": "redis_cluster", "api_auth": "off",
+        "serve_redis_timeout_seconds": 10.0,
+    })  # fmt: skip
     redis_cluster.flush()
     _materialize(settings)
     return settings
@@ -305,7 +308,7 @@ def test_a_slot_migrating_mid_read_and_write_gives_right_answers(
         )
         writing.start()
         try:
-            wait_for(lambda: b"errorstat_TRYAGAIN" in dst.execute_command("INFO", "errorstats"),
+            wait_for(lambda: "errorstat_TRYAGAIN" in dst.info("errorstats"),
                      10, "the write to meet TRYAGAIN")  # fmt: skip
         finally:
             for port in redis_cluster.ports:  # S1 ends on the target; the writer's retry lands
