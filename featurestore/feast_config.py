@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from featurestore.migrations.lock import schema_lock
-from featurestore.settings import Settings
+from featurestore.settings import Settings, redis_db, redis_nodes
 
 REGISTRY_PASSWORD_REF = "${FEATURESTORE_REGISTRY_PASSWORD}"
 REDIS_PASSWORD_REF = "${FEATURESTORE_REDIS_PASSWORD}"
@@ -32,12 +32,12 @@ def _registry_path(settings: Settings, password: str | None) -> str:
 
 
 def redis_connection_string(settings: Settings, password: str | None) -> str:
-    """Feast's `host:port,db=N[,ssl=true][,password=...]` form of `settings.redis_url`."""
-    parts = urlsplit(settings.redis_url)
-    options = [f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"]
-    db = parts.path.lstrip("/") or "0"
-    options.append(f"db={db}")
-    if parts.scheme == "rediss":
+    """Feast's form of `settings.redis_url`: `host:port,db=N[,ssl=true][,password=...]`, or for
+    a cluster `host1:port1,host2:port2[,ssl=true][,password=...]` (seed nodes, no database)."""
+    options = [f"{host}:{port}" for host, port in redis_nodes(settings.redis_url)]
+    if settings.redis_type == "redis":
+        options.append(f"db={redis_db(settings.redis_url)}")
+    if urlsplit(settings.redis_url).scheme == "rediss":
         options.append("ssl=true")
     if password is not None:
         options.append(f"password={password}")
@@ -56,6 +56,7 @@ def repo_config_dict(settings: Settings, *, secrets: bool) -> dict[str, Any]:
     if settings.online_store_kind == "redis":
         online = {
             "type": "redis",
+            "redis_type": settings.redis_type,
             "connection_string": redis_connection_string(
                 settings, secret(settings.redis_password, REDIS_PASSWORD_REF)
             ),

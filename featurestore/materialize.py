@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +28,11 @@ from feast.types import from_feast_to_pyarrow_type
 from featurestore import offline
 from featurestore.definitions import ViewDefinition
 from featurestore.errors import RangeError
+from featurestore.online.cluster_writer import ClusterFeatureWriter
 from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.feast_writer import FeastFeatureWriter
 from featurestore.online.redis_writer import RedisFeatureWriter
-from featurestore.settings import Settings
+from featurestore.settings import Settings, redis_nodes
 from featurestore.timestamps import to_utc
 
 
@@ -59,6 +61,16 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def writer_for(settings: Settings, store: FeatureStore, view: ViewDefinition) -> FeatureWriter:
+    if settings.online_store_kind == "redis" and settings.redis_type == "redis_cluster":
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        return ClusterFeatureWriter(
+            redis_nodes(settings.redis_url),
+            RedisLayout(view, store.config),
+            settings.redis_key_ttl_seconds,
+            password=password,
+            tls=urlsplit(settings.redis_url).scheme == "rediss",
+            timeout=settings.redis_timeout_seconds,
+        )
     if settings.online_store_kind == "redis":
         return RedisFeatureWriter(
             redis_client(settings),

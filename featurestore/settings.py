@@ -53,8 +53,11 @@ class Settings(BaseSettings):
     # PostgreSQL (services).
     registry_url: str = ""
     registry_password: SecretStr | None = None
-    # Online store: Redis in `services`, Feast's SQLite online store in `embedded`.
+    # Online store: Redis in `services`, Feast's SQLite online store in `embedded`. With
+    # `redis_type: redis_cluster`, `redis_url` names one or more of the cluster's nodes
+    # (`redis://host1:port1,host2:port2`, database 0 only); the rest are found from them.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_type: Literal["redis", "redis_cluster"] = "redis"
     redis_password: SecretStr | None = None
     redis_key_ttl_seconds: int | None = Field(None, gt=0)
     redis_timeout_seconds: float = Field(5.0, gt=0)
@@ -163,7 +166,24 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, url: str) -> str:
         if urlsplit(url).scheme not in ("redis", "rediss"):
             raise ValueError(f"redis_url must start with redis:// or rediss://, got {url!r}")
+        redis_nodes(url)  # each node's host:port must parse
+        redis_db(url)
         return url
+
+    @model_validator(mode="after")
+    def _redis_nodes_fit_the_type(self) -> Settings:
+        nodes = redis_nodes(self.redis_url)
+        if self.redis_type == "redis" and len(nodes) > 1:
+            raise ValueError(
+                f"redis_url names {len(nodes)} nodes; several nodes need "
+                "redis_type: redis_cluster (FEATURESTORE_REDIS_TYPE)"
+            )
+        if self.redis_type == "redis_cluster" and redis_db(self.redis_url) != 0:
+            raise ValueError(
+                f"redis_url selects database {redis_db(self.redis_url)}; a Redis Cluster has "
+                "database 0 only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _key_copy_outlives_its_refresh(self) -> Settings:
@@ -225,6 +245,28 @@ class Settings(BaseSettings):
     @property
     def online_store_kind(self) -> Literal["redis", "sqlite"]:
         return "redis" if self.profile == "services" else "sqlite"
+
+
+def redis_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each node a `redis_url` names (`redis://h1:p1,h2:p2/0`: several, for a
+    cluster's seed nodes)."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for part in netloc.split(","):
+        node = urlsplit(f"//{part}")
+        try:
+            port = node.port or 6379
+        except ValueError as exc:  # urlsplit's message names the port, not the node
+            raise ValueError(f"redis_url node {part!r} has no valid port") from exc
+        nodes.append((node.hostname or "127.0.0.1", port))
+    return nodes
+
+
+def redis_db(url: str) -> int:
+    path = urlsplit(url).path.lstrip("/") or "0"
+    if not path.isdigit():
+        raise ValueError(f"redis_url database must be a number, got {path!r}")
+    return int(path)
 
 
 def get_settings() -> Settings:

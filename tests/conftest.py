@@ -47,6 +47,7 @@ _SETTINGS_ENV = (
 # name one of SERVER_NAMES. `make test-fast` runs the others (`-m "not needs_server"`).
 SERVER_FIXTURES = frozenset({
     "redis_client", "services", "spark", "kafka_bootstrap", "served", "receiver", "postgres_url",
+    "redis_cluster",
 })
 SERVER_MARKERS = frozenset({"spark", "redis", "postgres", "kafka"})
 SERVER_PARAMETERS = frozenset({"postgres", "postgresql"})
@@ -161,6 +162,22 @@ def redis_client() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-master Redis Cluster on free ports (tests.servers.RedisCluster), for the session."""
+    import shutil
+
+    from tests.servers import RedisCluster
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are not installed: no Redis Cluster to test on")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

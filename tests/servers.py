@@ -139,3 +139,94 @@ def featurestore_server(
         server.wait(timeout=30)
         raise
     return server, url
+
+
+def _cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    while True:
+        port = free_port()
+        if port + 10_000 > 65_535:
+            port -= 20_000
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+class RedisCluster:
+    """A Redis Cluster of the test session's own: `masters` redis-servers on free ports, no
+    replicas, no persistence (a node restarted comes back empty, as after a crash without AOF)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.servers: dict[int, subprocess.Popen] = {}
+        try:
+            for port in self.ports:
+                self.start(port)
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return "redis://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, port: int) -> None:
+        self.servers[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
+             "yes", "--cluster-config-file", str(self.directory / f"nodes-{port}.conf"),
+             "--cluster-node-timeout", "3000", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: pings(redis.Redis(port=port)), 10, f"redis-server on {port}")
+
+    def kill(self, port: int) -> None:
+        server = self.servers.pop(port)
+        server.kill()
+        server.wait(timeout=10)
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port)
+
+    def _ok(self) -> bool:
+        for port in self.ports:
+            try:
+                info = self.node(port).execute_command("CLUSTER", "INFO")
+            except redis.ConnectionError:
+                return False
+            if b"cluster_state:ok" not in info:
+                return False
+        return True
+
+    def wait_ok(self) -> None:
+        """Until every node says the cluster serves all its slots."""
+        wait_for(self._ok, 30, "cluster_state:ok on every node")
+
+    def owner(self, slot: int) -> int:
+        """The port of the master that serves `slot`."""
+        for first, last, master, *_ in self.node(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return int(master[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def node_id(self, port: int) -> str:
+        return self.node(port).execute_command("CLUSTER", "MYID").decode()
+
+    def flush(self) -> None:
+        for port in self.ports:
+            self.node(port).flushall()
+
+    def stop(self) -> None:
+        for port in list(self.servers):
+            self.kill(port)

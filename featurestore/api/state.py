@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from feast import FeatureStore
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -25,9 +26,10 @@ from featurestore.db import engine
 from featurestore.errors import FeatureStoreError
 from featurestore.feast_config import feature_store
 from featurestore.online.catalog import Catalog, ReadPlan
+from featurestore.online.cluster import ClusterPool
 from featurestore.online.lookup import LookupResult, check_entities, read_feast, read_redis
-from featurestore.online.redis_pool import RedisAddress, RedisPool
-from featurestore.settings import Settings
+from featurestore.online.redis_pool import ReadPool, RedisAddress, RedisPool
+from featurestore.settings import Settings, redis_nodes
 
 log = logging.getLogger("featurestore.api")
 
@@ -50,15 +52,22 @@ class ServingState:
                 stale_seconds=settings.serve_key_stale_seconds,
             )
             self.verifier.read()
-        self.pool: RedisPool | None = None
+        self.pool: ReadPool | None = None
         if settings.online_store_kind == "redis":
-            password = settings.redis_password
-            self.pool = RedisPool(
-                RedisAddress.from_url(
-                    settings.redis_url, password.get_secret_value() if password else None
-                ),
-                timeout=settings.serve_redis_timeout_seconds,
-            )
+            secret = settings.redis_password
+            password = secret.get_secret_value() if secret else None
+            timeout = settings.serve_redis_timeout_seconds
+            if settings.redis_type == "redis_cluster":
+                self.pool = ClusterPool(
+                    redis_nodes(settings.redis_url),
+                    tls=urlsplit(settings.redis_url).scheme == "rediss",
+                    password=password,
+                    timeout=timeout,
+                )
+            else:
+                self.pool = RedisPool(
+                    RedisAddress.from_url(settings.redis_url, password), timeout=timeout
+                )
         # A sample of what this process serves, for drift monitoring (None: capture is off).
         self.capture: CaptureSink | None = plugins.capture_sink(
             settings, f"featurestore-api-{os.getpid()}"

@@ -24,7 +24,7 @@ from feast.value_type import ValueType
 
 from featurestore.errors import EntityKeyError, TooManyEntitiesError
 from featurestore.online.catalog import OnDemandRead, ReadPlan
-from featurestore.online.redis_pool import RedisPool
+from featurestore.online.redis_pool import ReadPool
 from featurestore.online.resp import bulk
 from featurestore.online.values import decode_column, decode_timestamps_micros
 
@@ -195,7 +195,7 @@ def _on_demand(odfv: OnDemandFeatureView, inputs: dict[str, list]) -> dict[str, 
 async def read_redis(
     plan: ReadPlan,
     entities: dict[str, list],
-    pool: RedisPool,
+    pool: ReadPool,
     *,
     full_feature_names: bool = False,
     now: float | None = None,

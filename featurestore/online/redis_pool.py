@@ -14,6 +14,7 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import hiredis
@@ -69,7 +70,7 @@ class _Connection:
         self.writer = writer
         self.parser = hiredis.Reader()
 
-    async def execute(self, packed: bytes, count: int) -> list[object]:
+    async def execute(self, packed: bytes, count: int, *, error_replies: bool) -> list[object]:
         self.writer.write(packed)
         replies: list[object] = []
         while len(replies) < count:
@@ -80,13 +81,22 @@ class _Connection:
                     raise ConnectionError("Redis closed the connection")
                 self.parser.feed(data)
                 continue
-            if isinstance(reply, hiredis.ReplyError):
+            if isinstance(reply, hiredis.ReplyError) and not error_replies:
                 raise reply
             replies.append(reply)
         return replies
 
     def close(self) -> None:
         self.writer.close()
+
+
+class ReadPool(Protocol):
+    """What the lookups read through: one Redis (`RedisPool`) or a cluster's nodes
+    (`featurestore.online.cluster.ClusterPool`)."""
+
+    async def execute(self, commands: Sequence[bytes]) -> list[object]: ...
+    async def ping(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class RedisPool:
@@ -110,17 +120,23 @@ class RedisPool:
         if self.address.db:
             setup.append(pack(b"SELECT", str(self.address.db).encode()))
         if setup:
-            await connection.execute(b"".join(setup), len(setup))
+            await connection.execute(b"".join(setup), len(setup), error_replies=False)
         return connection
 
-    async def execute(self, commands: Sequence[bytes]) -> list[object]:
-        """Send packed commands in one write; their replies, in order. Raises RedisUnavailable."""
+    async def execute(
+        self, commands: Sequence[bytes], *, error_replies: bool = False
+    ) -> list[object]:
+        """Send packed commands in one write; their replies, in order. Raises RedisUnavailable,
+        also for an error reply unless `error_replies` (a cluster's MOVED and ASK, which the
+        caller follows): then those come back as `hiredis.ReplyError` objects among the rest."""
         connection = self._idle.pop() if self._idle else None
         try:
             async with asyncio.timeout(self.timeout):
                 if connection is None:
                     connection = await self._connect()
-                replies = await connection.execute(b"".join(commands), len(commands))
+                replies = await connection.execute(
+                    b"".join(commands), len(commands), error_replies=error_replies
+                )
         except (OSError, TimeoutError, hiredis.ProtocolError, hiredis.ReplyError) as exc:
             # After an error reply the rest of the replies are unread: the connection goes, and
             # the next request opens (and authenticates) a fresh one.

@@ -11,6 +11,8 @@ connection; chunks stay small so no script blocks Redis for long.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from itertools import pairwise
 
 import pyarrow as pa
 import redis
@@ -107,30 +109,23 @@ return written
 SCRIPT_SHA = hashlib.sha1(WRITE_IF_NOT_OLDER.encode()).hexdigest().encode()
 
 
-class RedisFeatureWriter:
-    """Writes Arrow tables of feature rows (one row per entity) for one feature view."""
+class ScriptCommands:
+    """EVALSHA commands of the script for one feature view's rows."""
 
-    def __init__(
-        self, client: redis.Redis, layout: RedisLayout, key_ttl_seconds: int | None = None
-    ) -> None:
-        self.client = client
+    def __init__(self, layout: RedisLayout, key_ttl_seconds: int | None) -> None:
         self.layout = layout
-        self.ttl = key_ttl_seconds or 0
         self._per_row = 1 + len(layout.feature_fields)
         self._argv_head = b"".join(
             [
-                resp.bulk(b"%d" % self.ttl),
+                resp.bulk(b"%d" % (key_ttl_seconds or 0)),
                 resp.bulk(b"%d" % len(layout.feature_fields)),
                 resp.bulk(layout.ts_field),
                 *[resp.bulk(field) for field in layout.feature_fields.values()],
             ]
         )
-        self._outstanding = 0  # replies not read yet
-        self._connection: redis.Connection | None = None
-        client.script_load(WRITE_IF_NOT_OLDER)
 
-    def _encode(self, table: pa.Table) -> list[bytes]:
-        """EVALSHA commands for `table`, one per chunk of rows."""
+    def encode(self, table: pa.Table, bounds: Sequence[int]) -> list[bytes]:
+        """One command per run of rows `bounds[i]:bounds[i + 1]` of `table`."""
         rows = table.num_rows
         keys = resp.RespRows(rows)
         keys.bulk(*self.layout.key_slots(table))
@@ -145,8 +140,7 @@ class RedisFeatureWriter:
 
         head_args = 3 + 3 + len(self.layout.feature_fields)
         commands = []
-        for start in range(0, rows, CHUNK_ROWS):
-            end = min(start + CHUNK_ROWS, rows)
+        for start, end in pairwise(bounds):
             n = end - start
             head = b"*%d\r\n" % (head_args + n + n * self._per_row)
             head += resp.bulk(b"EVALSHA") + resp.bulk(SCRIPT_SHA) + resp.bulk(b"%d" % n)
@@ -161,6 +155,25 @@ class RedisFeatureWriter:
                 )
             )
         return commands
+
+
+class RedisFeatureWriter:
+    """Writes Arrow tables of feature rows (one row per entity) for one feature view."""
+
+    def __init__(
+        self, client: redis.Redis, layout: RedisLayout, key_ttl_seconds: int | None = None
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self._commands = ScriptCommands(layout, key_ttl_seconds)
+        self._outstanding = 0  # replies not read yet
+        self._connection: redis.Connection | None = None
+        client.script_load(WRITE_IF_NOT_OLDER)
+
+    def _encode(self, table: pa.Table) -> list[bytes]:
+        """EVALSHA commands for `table`, one per chunk of rows."""
+        rows = table.num_rows
+        return self._commands.encode(table, [*range(0, rows, CHUNK_ROWS), rows])
 
     def write(self, table: pa.Table) -> int:
         """Send `table`'s rows; returns how many rows earlier calls' commands wrote.

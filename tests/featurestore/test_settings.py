@@ -58,3 +58,32 @@ def test_bad_settings_name_the_field(tmp_path, monkeypatch, field, value, messag
         monkeypatch.setenv(f"FEATURESTORE_{field.upper()}", value)
     with pytest.raises(pydantic.ValidationError, match=message):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"redis_url": "redis://a:1,b:2/0"}, "several nodes need redis_type: redis_cluster"),
+        ({"redis_url": "redis://a:1,b:2/15", "redis_type": "redis_cluster"}, "database 0 only"),
+        ({"redis_url": "redis://a:1,b:x", "redis_type": "redis_cluster"}, "node 'b:x'"),
+        ({"redis_url": "redis://a:1/x"}, "database must be a number"),
+        ({"redis_type": "sentinel"}, "redis_type"),
+    ],
+)
+def test_bad_redis_nodes_are_named(values, message) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        Settings(**values)
+
+
+def test_a_cluster_renders_feasts_cluster_store(tmp_path) -> None:
+    from featurestore.feast_config import repo_config_dict
+
+    cluster = Settings(profile="services", redis_type="redis_cluster", data_dir=tmp_path,
+                       redis_url="rediss://10.0.0.1:7000,10.0.0.2")  # fmt: skip
+    online = repo_config_dict(cluster, secrets=False)["online_store"]
+    assert online["redis_type"] == "redis_cluster"
+    assert online["connection_string"] == "10.0.0.1:7000,10.0.0.2:6379,ssl=true"
+    single = Settings(profile="services", data_dir=tmp_path, redis_url="redis://h:1/3")
+    online = repo_config_dict(single, secrets=False)["online_store"]
+    assert online["redis_type"] == "redis"
+    assert online["connection_string"] == "h:1,db=3"
