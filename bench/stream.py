@@ -127,11 +127,12 @@ def produce(bootstrap: str, topic: str, events: int, cards: int) -> int:
     return sent
 
 
-def start_worker(settings, store) -> tuple:
-    """A worker on a thread, once it holds partitions; returns it, its stop event and thread."""
+def start_worker(settings, store, worker_class=None) -> tuple:
+    """A worker (a `StreamWorker`, or `worker_class`) on a thread, once it holds partitions;
+    returns it, its stop event and thread."""
     from streaming.worker import StreamWorker
 
-    worker = StreamWorker(settings, store)
+    worker = (worker_class or StreamWorker)(settings, store)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     stream_partitions: int = Field(6, gt=0)
     stream_batch_ms: int = Field(100, gt=0)
     stream_batch_events: int = Field(20_000, gt=0)
+    # How long the broker may hold a fetch with no new data: kafka-python's 500 ms default adds
+    # to every hop (source, then repartition topic) on brokers that answer late (Tansu).
+    stream_fetch_max_wait_ms: int = Field(50, ge=0, le=500)
     stream_checkpoint_seconds: float = Field(5.0, gt=0)
     # Accepted events are forwarded whole: they must fit the worker's 1 MiB producer requests.
     stream_max_message_bytes: int = Field(16_384, gt=0, le=1_000_000)

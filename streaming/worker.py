@@ -290,6 +290,7 @@ class StreamWorker:
             max_poll_records=self.settings.stream_batch_events,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=self.settings.stream_fetch_max_wait_ms,
         )
 
     def _new_producer(self) -> KafkaProducer:

@@ -274,3 +274,16 @@ def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert "Kafka at 127.0.0.1:1 unavailable" in caplog.text
+
+
+def test_the_consumer_fetch_wait_is_the_setting(tmp_path, kafka_bootstrap) -> None:
+    # kafka-python's 500 ms default let the broker hold each fetch that long: it added to the
+    # freshness of every hop (bench/stream_hops.py).
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL,
+                           stream_fetch_max_wait_ms="20")
+    worker = run.worker()
+    consumer = worker._new_consumer()
+    try:
+        assert consumer.config["fetch_max_wait_ms"] == 20
+    finally:
+        consumer.close()
