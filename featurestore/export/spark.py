@@ -69,7 +69,10 @@ def export_spark(
         joined_columns |= names
         feature_rows = _feature_rows(spark, request, files, int(lower.min()), int(upper.max()))
         entity_rows = _entity_rows(spark, request, entities, row_ids, lower, upper, feature_rows)
-        frame = frame.join(_as_of(request, feature_rows, entity_rows, names), _ROW, "left")
+        matched = _as_of(request, feature_rows, entity_rows, names)
+        # A sort-merge join: Spark would broadcast a small side, and a broadcast is collected
+        # on the driver first (the cluster test's maxResultSize caught it).
+        frame = frame.join(matched.hint("merge"), _ROW, "left")
 
     # The entity columns reach the writer as a Parquet copy: types and order exactly the
     # table's, one row group per chunk.
