@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from pyspark.sql import SparkSession
 
 from featurestore.settings import Settings
 
 
 def spark_session(settings: Settings) -> SparkSession:
-    """The process's SparkSession (created once; `spark_master` picks local or a cluster)."""
+    """The process's SparkSession (created once; `spark_master` picks local or a cluster).
+
+    The Python workers of the executors run this process's interpreter unless PYSPARK_PYTHON
+    names another: the jobs ship functions of `featurestore` (the export's writer), so the
+    workers need its environment, at the same path on every machine of a cluster.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName("featurestore")
         .master(settings.spark_master)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 from feast import FeatureStore
@@ -27,12 +26,13 @@ from feast.types import from_feast_to_pyarrow_type
 
 from featurestore.errors import FeatureStoreError, InputDataError
 from featurestore.export.entities import TIMESTAMP_FIELD, Entities, check_entities, read_entities
-from featurestore.export.joined import Joined, Progress, chunk_starts, on_demand
+from featurestore.export.joined import Progress, chunk_starts
 from featurestore.export.local import join_local
+from featurestore.export.output import ExportOutput, write_output
 from featurestore.export.plan import ExportPlan, OnDemandRequest, ViewRequest, plan_export
-from featurestore.export.spark import join_spark
+from featurestore.export.spark import export_spark
 from featurestore.export.statistics import TOP_CATEGORIES, Statistics
-from featurestore.export.writer import EXPORT_METADATA_KEY, read_export_metadata, write_export
+from featurestore.export.writer import EXPORT_METADATA_KEY, read_export_metadata
 from featurestore.settings import Settings
 
 __all__ = [
@@ -103,52 +103,23 @@ def export(
     table = read_entities(entities) if isinstance(entities, Path | str) else entities
     checked = check_entities(table, plan)
     chunk_rows = CHUNK_ROWS  # read once: the joins and the slicing below must agree
-    if engine == "spark":
-        joins = join_spark(settings, plan, checked, report, chunk_rows)
-    else:
-        joins = join_local(plan, checked, report, chunk_rows)
-
     feature_schema = pa.schema(
         [(f.name, from_feast_to_pyarrow_type(f.dtype)) for _, f in plan.outputs]
     )
-    schema = pa.schema([*table.schema, *feature_schema])  # the entity table's metadata left behind
-    statistics = Statistics(feature_schema)
-    export_id = f"exp-{uuid.uuid4().hex[:12]}"
-
-    def chunks() -> Iterator[pa.Table]:
-        for start, joined in zip(chunk_starts(table.num_rows, chunk_rows), joins):
-            part = table.slice(start, chunk_rows)
-            report(f"joined {start + part.num_rows:,} of {table.num_rows:,} rows")
-            computed = _feature_table(plan, feature_schema, part, joined)
-            statistics.add(computed)
-            yield pa.Table.from_arrays([*part.columns, *computed.columns], schema=schema)
-
-    def describe() -> dict[str, Any]:
-        report("finishing")
-        return {
-            "export_id": export_id,
-            "feature_service": plan.feature_service,
-            "feature_references": list(plan.references),
-            "features": feature_schema.names,
-            "entity_columns": table.column_names,
-            "timestamp_field": TIMESTAMP_FIELD,
-            "rows": table.num_rows,
-            "created_at": datetime.now(UTC).isoformat(),
-            "statistics": statistics.result(),
-        }
-
-    write_export(out, schema, chunks(), describe)
+    output = ExportOutput(
+        f"exp-{uuid.uuid4().hex[:12]}", plan, pa.schema(list(table.schema)), feature_schema,
+        table.num_rows, chunk_rows,
+    )  # fmt: skip
+    if engine == "spark":
+        export_spark(settings, output, checked, out, report)
+    else:
+        entity_chunks = (
+            table.slice(start, chunk_rows) for start in chunk_starts(table.num_rows, chunk_rows)
+        )
+        write_output(
+            output, out, entity_chunks, join_local(plan, checked, report, chunk_rows), report
+        )
     return ExportResult(
-        export_id, out, table.num_rows, tuple(feature_schema.names), engine,
+        output.export_id, out, table.num_rows, tuple(feature_schema.names), engine,
         time.perf_counter() - began,
     )  # fmt: skip
-
-
-def _feature_table(
-    plan: ExportPlan, schema: pa.Schema, entities: pa.Table, joined: Joined
-) -> pa.Table:
-    """The exported features of one chunk, in output order: joined, then on-demand ones."""
-    values = dict(joined)
-    for request in plan.on_demand:
-        values.update(on_demand(request, entities, joined))
-    return pa.Table.from_arrays([values[view, f.name] for view, f in plan.outputs], schema=schema)

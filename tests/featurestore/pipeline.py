@@ -91,6 +91,15 @@ def build(root: Path, cards: int, project: str | None = None) -> Pipeline:
     return Pipeline(env, cards)
 
 
+def settings_of(built: Pipeline, monkeypatch: pytest.MonkeyPatch):
+    """The settings of `built`, its environment set for the rest of the test."""
+    from featurestore.settings import get_settings
+
+    for key, value in built.env.items():
+        monkeypatch.setenv(key, value)
+    return get_settings()
+
+
 def untrained_model(settings, entities: pa.Table, directory: Path, service: str):
     """A model of seeded random weights on the encoding of `entities`' export for `service`,
     saved as `directory/model.pt`: what `/v1/score` needs to answer (its scores mean nothing).
