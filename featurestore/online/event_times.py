@@ -40,21 +40,22 @@ class EventTimes:
 
     def __init__(self, size: int = 1 << 16) -> None:
         self.size = size
-        # Keyed by bytes only; typed with None so that `get` takes a missing field.
-        self._known: dict[bytes | None, tuple[int | None, str | None]] = {}
+        # A missing field (None) is a key too: one `get` per row answers every known row.
+        self._known: dict[bytes | None, tuple[int | None, str | None]] = {None: _MISSING}
 
     def decode(self, raw: Sequence[bytes | None]) -> tuple[list[int | None], list[str | None]]:
         known = self._known
-        pairs = list(map(known.get, raw))  # a missing field (None) is never a key
+        pairs = list(map(known.get, raw))
         if None in pairs:
-            misses = list({r for r, p in zip(raw, pairs) if p is None and r is not None})
+            misses = list({r for r, p in zip(raw, pairs) if p is None})
             micros = decode_timestamps_micros(misses)
             fresh: dict[bytes | None, tuple[int | None, str | None]] = dict(
                 zip(misses, zip(micros, iso(micros)))
             )
             if len(known) + len(fresh) > self.size:
                 known.clear()
+                known[None] = _MISSING
             known.update(fresh)
-            pairs = [p or fresh.get(r, _MISSING) for r, p in zip(raw, pairs)]
+            pairs = [p or fresh[r] for r, p in zip(raw, pairs)]
         micros_of, text_of = zip(*pairs) if pairs else ((), ())
         return list(micros_of), list(text_of)
