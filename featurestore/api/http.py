@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -88,25 +88,22 @@ _INPUT_ERRORS: tuple[tuple[type[FeatureStoreError], int, str], ...] = (
 )
 
 
-def install_error_handlers(app, retry_after_seconds: int) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(exc)
+def error_responders(retry_after_seconds: int) -> dict[type[Exception], Callable[[Any], Response]]:
+    """The answer to each kind of error a route raises (bar routing's, and our own bugs'): the
+    app's exception handlers, and the raw lookup route, which leaves FastAPI's, answer with these."""
 
-    @app.exception_handler(FeatureStoreError)
-    async def _input_error(request: Request, exc: FeatureStoreError) -> Response:
+    def input_error(exc: FeatureStoreError) -> Response:
         status, code = next((s, c) for kind, s, c in _INPUT_ERRORS if isinstance(exc, kind))
         return error_response(ApiError(status, code, str(exc)))
 
-    @app.exception_handler(RedisUnavailable)
-    async def _redis_down(request: Request, exc: RedisUnavailable) -> Response:
+    def redis_down(exc: RedisUnavailable) -> Response:
         log.warning("online store unavailable: %s", exc)
         return error_response(ApiError(
             503, "online_store_unavailable", f"the online store is unavailable: {exc.reason}",
             {"Retry-After": str(retry_after_seconds)},
         ))
 
-    async def _database_down(request: Request, exc: Exception) -> Response:
+    def database_down(exc: Exception) -> Response:
         # The driver's message names the database's host, port and name: logged, not sent. (Only
         # the driver's: SQLAlchemy's own adds the statement's parameters.)
         log.warning("SQL database unavailable: %s", getattr(exc, "orig", None) or type(exc).__name__)
@@ -116,12 +113,40 @@ def install_error_handlers(app, retry_after_seconds: int) -> None:
             {"Retry-After": str(retry_after_seconds)},
         ))
 
-    for kind in (OperationalError, InterfaceError, PoolTimeout):
-        app.add_exception_handler(kind, _database_down)
-
-    @app.exception_handler(RequestValidationError)
-    async def _malformed(request: Request, exc: RequestValidationError) -> Response:
+    def malformed(exc: RequestValidationError) -> Response:
         return json_response(malformed_body(exc.errors()), 422)
+
+    return {
+        ApiError: error_response,
+        FeatureStoreError: input_error,
+        RedisUnavailable: redis_down,
+        OperationalError: database_down,
+        InterfaceError: database_down,
+        PoolTimeout: database_down,
+        RequestValidationError: malformed,
+    }
+
+
+def responder_for(
+    responders: Mapping[type[Exception], Callable[[Any], Response]], exc: Exception
+) -> Callable[[Any], Response] | None:
+    """The responder of the nearest class of `exc` that has one, as Starlette picks a handler."""
+    for kind in type(exc).__mro__:
+        if kind in responders:
+            return responders[kind]
+    return None
+
+
+def _handler(respond: Callable[[Any], Response]):
+    async def handle(request: Request, exc: Exception) -> Response:
+        return respond(exc)
+
+    return handle
+
+
+def install_error_handlers(app, retry_after_seconds: int) -> None:
+    for kind, respond in error_responders(retry_after_seconds).items():
+        app.add_exception_handler(kind, _handler(respond))
 
     @app.exception_handler(HTTPException)
     async def _framework(request: Request, exc: HTTPException) -> Response:
@@ -227,21 +252,26 @@ async def authenticate(serving, authorization: str | None) -> ApiKey:
     return key
 
 
+async def allowed_key(serving, scope: MutableMapping[str, Any], required: str) -> ApiKey | None:
+    """The caller's key if it holds the scope `required` (or `admin`), else a 401/403/503 error;
+    None with api_auth: off. `scope` is the request's ASGI scope."""
+    if serving.verifier is None:  # api_auth: off
+        return None
+    key = scope.get(_KEY)
+    if key is None:  # an app without RequestGuard
+        key = await authenticate(serving, Headers(scope=scope).get("authorization"))
+    if not key.allows(required):
+        raise ApiError(403, "forbidden",
+                       f"API key {key.key_id!r} lacks the scope {required!r} "
+                       f"(it has {sorted(key.scopes)})")
+    return key
+
+
 def scope_checker(scope: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
     """A dependency that admits requests whose bearer key holds `scope` (or `admin`)."""
 
     async def check(request: Request) -> ApiKey | None:
-        serving = request.app.state.serving
-        if serving.verifier is None:  # api_auth: off
-            return None
-        key = request.scope.get(_KEY)
-        if key is None:  # an app without RequestGuard
-            key = await authenticate(serving, request.headers.get("authorization"))
-        if not key.allows(scope):
-            raise ApiError(403, "forbidden",
-                           f"API key {key.key_id!r} lacks the scope {scope!r} "
-                           f"(it has {sorted(key.scopes)})")
-        return key
+        return await allowed_key(request.app.state.serving, request.scope, scope)
 
     return check
 

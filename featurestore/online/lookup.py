@@ -13,7 +13,6 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -24,17 +23,20 @@ from feast.value_type import ValueType
 
 from featurestore.errors import EntityKeyError, TooManyEntitiesError
 from featurestore.online.catalog import OnDemandRead, ReadPlan
+from featurestore.online.event_times import EventTimes
+from featurestore.online.event_times import iso as _iso
 from featurestore.online.redis_pool import ReadPool
 from featurestore.online.resp import bulk
-from featurestore.online.values import decode_column, decode_timestamps_micros
+from featurestore.online.values import decode_column
 
 _INT64_ID = struct.Struct("<q").pack
-_EPOCH = datetime(1970, 1, 1)
 PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE = (
     "PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE",
 )
 # The compact answer's status codes: Feast's own `FieldStatus` enum numbers (PRESENT = 1, ...),
 # so a caller holding Feast's protos reads them without a table of ours.
+# This process's event times, remembered across lookups (the event loop is its only reader).
+EVENT_TIMES = EventTimes()
 STATUS_CODES = {name: FieldStatus.Value(name)
                 for name in (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE)}
 
@@ -157,21 +159,6 @@ def check_entities(plan: ReadPlan, entities: dict[str, list], max_entities: int)
         _check_type(name, values, key_types.get(name) or plan.request_fields[name])
 
 
-def _iso(micros: list[int | None]) -> list[str | None]:
-    """ISO-8601 UTC strings with microseconds (numpy's vector formatting pays off above a few)."""
-    if len(micros) <= 8:
-        return [
-            None if m is None
-            else (_EPOCH + timedelta(microseconds=m)).isoformat(timespec="microseconds") + "Z"
-            for m in micros
-        ]
-    if None not in micros:
-        return np.datetime_as_string(np.array(micros, "datetime64[us]"), timezone="UTC").tolist()
-    stamps = np.array([m or 0 for m in micros], dtype="datetime64[us]")
-    text = np.datetime_as_string(stamps, timezone="UTC").tolist()
-    return [t if m is not None else None for t, m in zip(text, micros)]
-
-
 def _output_name(view: str, feature: str, full_feature_names: bool) -> str:
     return f"{view}__{feature}" if full_feature_names else feature
 
@@ -223,7 +210,7 @@ async def read_redis(
         feature_at = 0
         ts_at = sum(len(v.features) for v in read.views)
         for view in read.views:
-            micros = decode_timestamps_micros(fields[ts_at])
+            micros, stamps = EVENT_TIMES.decode(fields[ts_at])
             ts_at += 1
             oldest = now_micros - int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
             statuses = [
@@ -232,7 +219,6 @@ async def read_redis(
                 else PRESENT
                 for m in micros
             ]
-            stamps = _iso(micros)
             for feature, value_type in zip(view.features, view.value_types):
                 values = decode_column(fields[feature_at], value_type)
                 feature_at += 1

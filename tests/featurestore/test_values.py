@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from featurestore.online.event_times import EventTimes
 from featurestore.online.lookup import _iso
 from featurestore.online.values import (
     decode_column,
@@ -196,3 +197,105 @@ def test_event_times_decode_and_print_as_utc_over_years_1_to_9999(micros) -> Non
     ]
     assert _iso(micros) == expected  # numpy's vector formatting above 8 values
     assert [s for m in micros for s in _iso([m])] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The column parse (featurestore/online/columns.py): taken for every well-formed column of one
+# scalar type, refused for anything it could split elsewhere than the values split.
+
+_COLUMN_TYPES = [ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT, ValueType.BOOL]
+_EDGES = {
+    ValueType.INT64: [0, 127, 128, -1, 2**63 - 1, -(2**63), 2**32, -(2**31) - 1],
+    ValueType.INT32: [0, 127, 128, -1, 2**31 - 1, -(2**31)],
+    ValueType.DOUBLE: [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308],
+    ValueType.FLOAT: [math.nan, math.inf, -math.inf, -0.0, 1e-45, 3.4028234663852886e38],
+    ValueType.BOOL: [True, False],
+}
+
+
+@pytest.mark.parametrize("value_type", _COLUMN_TYPES, ids=lambda t: t.name)
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_a_well_formed_column_takes_the_column_parse(value_type, data) -> None:
+    from featurestore.online.columns import decode_scalar_column
+
+    field, values = SCALARS[value_type]
+    cells = data.draw(st.lists(
+        st.one_of(st.just(MISSING), st.just(NULL), values, st.sampled_from(_EDGES[value_type])),
+        max_size=40,
+    ))
+    raw = [_serialized(field, c) for c in cells]
+    column = decode_scalar_column(raw, value_type)
+    if not raw:
+        assert column is None  # nothing to parse: decoded value by value (to nothing)
+    else:
+        assert column is not None
+        assert _same(column, [_feast(r) for r in raw])
+
+
+def test_empty_all_missing_and_all_null_columns() -> None:
+    for value_type in _COLUMN_TYPES:
+        assert decode_column([], value_type) == []
+        assert decode_column([None] * 6, value_type) == [None] * 6
+        assert decode_column([b""] * 6, value_type) == [None] * 6
+
+
+def _cell_kinds(value_type: ValueType):
+    """A cell of a hostile column: a value of the column's type, of another type, two values in
+    one (Feast's parser keeps the last), a cut-short value, a varint with needless bytes."""
+    field, values = SCALARS[value_type]
+    one = values.map(lambda v: Value(**{field: v}).SerializeToString())
+    other = st.sampled_from(_COLUMN_TYPES + [ValueType.STRING]).flatmap(
+        lambda t: SCALARS[t][1].map(lambda v, t=t: Value(**{SCALARS[t][0]: v}).SerializeToString())
+    )
+    return st.one_of(
+        one, one, other,
+        st.tuples(one, one | other).map(lambda pair: pair[0] + pair[1]),
+        one.flatmap(lambda r: st.integers(1, max(1, len(r) - 1)).map(lambda n, r=r: r[:n])),
+        st.sampled_from([b"\x20\x85\x00", b"\x18\x80\x80\x00", b"\x38\x02", b"\x20", b"\x29"]),
+        st.just(None), st.just(b""),
+    )
+
+
+@pytest.mark.parametrize("value_type", _COLUMN_TYPES, ids=lambda t: t.name)
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_a_column_parse_result_is_always_feasts_decoding(value_type, data) -> None:
+    """Whatever the bytes, a column the parse accepts decodes as Feast's decoder decodes each
+    value (which therefore can decode each one); one it refuses goes value by value."""
+    from featurestore.online.columns import decode_scalar_column
+
+    raw = data.draw(st.lists(_cell_kinds(value_type), min_size=1, max_size=12))
+    column = decode_scalar_column(raw, value_type)
+    if column is not None:
+        assert _same(column, [_feast(r) for r in raw])
+
+
+@pytest.mark.parametrize("raw", [
+    [b"\x20", b"\x05\x20\x06"],  # a value cut after its tag, the next holding two fields' bytes
+    [b"\x20\x80", b"\x01\x20\x05"],  # a varint split across two values
+    [b"\x20\x05\x20\x06", b"\x20\x07"],  # two fields in one value: three fields, two values
+    [b"\x20\x05", b"\x18\x05"],  # an int32 in an int64 column
+])
+def test_bytes_that_split_elsewhere_than_the_values_are_refused(raw) -> None:
+    from featurestore.online.columns import decode_scalar_column
+
+    assert decode_scalar_column(raw, ValueType.INT64) is None
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(batches=st.lists(st.lists(st.one_of(st.none(), st.sampled_from(range(6)), _MICROS),
+                                 max_size=12), min_size=1, max_size=6),
+       size=st.integers(1, 8))
+def test_remembered_event_times_are_the_decoded_ones(batches, size) -> None:
+    """Lookup after lookup (times repeating, missing fields, more distinct times than the
+    memory holds), the remembered answer is the decoded and formatted one."""
+    times = EventTimes(size)
+    widest = 0  # one lookup's distinct times are all kept, even past the size
+    for batch in batches:
+        widest = max(widest, len(set(batch) - {None}))
+        raw = [None if m is None else Timestamp(seconds=m // 1_000_000,
+                                                nanos=m % 1_000_000 * 1_000).SerializeToString()
+               for m in batch]
+        assert times.decode(raw) == (batch, _iso(batch))
+        assert len(times._known) <= max(size, widest) + 1  # and the missing field's entry
