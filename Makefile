@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test test-cluster test-fast bench bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor check-java install clean lint
+.PHONY: demo test test-heavy test-fast bench bench-materialize bench-stream bench-export bench-serving bench-drift bench-monitor check-java install clean lint
 
 install: $(STAMP)
 
@@ -26,13 +26,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: check-java $(STAMP)
 	$(BIN)/featurestore example demo
 
-# The Spark standalone cluster tests (two JVMs and their jobs, minutes of start-up) run in a
-# target of their own, so `make test` keeps its 15-minute budget; .ci/run runs both.
+# The heaviest tests (the Spark standalone cluster's JVMs and jobs; whole-system fault and process
+# tests of 20 s or more, marked `heavy`) run in a target of their own, so `make test` keeps its
+# 15-minute budget; .ci/run runs both.
 test: check-java $(STAMP)
-	$(BIN)/pytest -q --durations=30 -m "not spark_cluster"
+	$(BIN)/pytest -q --durations=30 -m "not spark_cluster and not heavy"
 
-test-cluster: check-java $(STAMP)
-	$(BIN)/pytest -q --durations=10 -m spark_cluster tests/spark_cluster
+test-heavy: check-java $(STAMP)
+	$(BIN)/pytest -q --durations=20 -m "spark_cluster or heavy"
 
 # The tests that need no server (no Redis, PostgreSQL, broker, Spark, HTTP server or CLI
 # subprocess; tests/conftest.py marks the others `needs_server`).

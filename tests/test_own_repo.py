@@ -145,6 +145,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.output
 
 
+@pytest.mark.heavy
 def test_every_cli_step_on_a_ride_hailing_repo(repo_env, spark, tmp_path: Path) -> None:
     from featurestore.client import FeatureClient
     from featurestore.entities import entity_table

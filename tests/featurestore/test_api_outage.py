@@ -23,7 +23,7 @@ import pytest
 from tests.featurestore.conftest import FRESH_CARD
 from tests.servers import PostgresServer, free_port, wait_for
 
-pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.postgres]
+pytestmark = [pytest.mark.heavy, pytest.mark.spark, pytest.mark.redis, pytest.mark.postgres]
 OUTAGE_SECONDS = 20
 MAX_BODY = 1 << 20
 LOOKUP = {"features": ["card_profile:credit_limit"], "entities": {"card_id": [FRESH_CARD]}}

@@ -92,6 +92,7 @@ def test_async_client_concurrent_lookups_across_workers(api) -> None:
     assert float(line.split()[-1]) >= 200
 
 
+@pytest.mark.heavy
 def test_client_retries_a_503_until_redis_returns(served, tmp_path) -> None:
     from featurestore.client import ApiError, FeatureClient
 

@@ -31,6 +31,8 @@ from tests.conftest import REDIS_URL
 from tests.featurestore.freshdb import fresh_database
 from tests.servers import free_port, wait_for
 
+pytestmark = [pytest.mark.heavy]
+
 BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
 FEATURESTORE = str(Path(sys.executable).with_name("featurestore"))
 START_TIMEOUT = 240.0

@@ -17,7 +17,7 @@ import pytest
 from tests.featurestore import pipeline
 from tests.servers import featurestore_server
 
-pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.postgres]
+pytestmark = [pytest.mark.heavy, pytest.mark.spark, pytest.mark.redis, pytest.mark.postgres]
 SERVICE = "fraud_detection_v1"
 EXAMPLES_PER_OPERATION = 40
 MIN_CASES = 1_000

@@ -264,6 +264,7 @@ def test_a_deleted_sample_file_raises_a_health_alert_until_it_is_back(
         worker.close()
 
 
+@pytest.mark.heavy
 @pytest.mark.postgres
 def test_monitors_run_rides_out_a_database_outage(configure, training_export, kafka_bootstrap,
                                                    monkeypatch) -> None:

@@ -27,7 +27,7 @@ from tests.servers import free_port
 from tests.streaming.dropping_proxy import DroppingProxy
 from tests.streaming.harness import StreamRun, assert_same_results, generated_messages
 
-pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+pytestmark = [pytest.mark.heavy, pytest.mark.kafka, pytest.mark.redis]
 
 # Far below the producer's 120 s delivery timeout, which a stalled flush used to wait out, and
 # below the three 30 s request timeouts of kafka-python's defaults.

@@ -97,6 +97,7 @@ def test_online_writes_continue_while_a_checkpoint_is_held(
     assert_same_results(run, baseline)
 
 
+@pytest.mark.heavy
 def test_sigkill_during_a_held_checkpoint_and_restart_equal_an_uninterrupted_run(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:

@@ -194,6 +194,7 @@ class Output:
         return any(text in line for line in self.lines)
 
 
+@pytest.mark.heavy
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_a_paused_worker_whose_partitions_moved_writes_no_checkpoint(

@@ -25,6 +25,7 @@ from tests.streaming.harness import (
 )
 
 
+@pytest.mark.heavy
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_two_processes_consume_to_the_end_as_one_worker_does(

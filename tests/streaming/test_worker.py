@@ -126,6 +126,7 @@ def _archive_files(run: StreamRun) -> int:
         return len(list((s.raw_dir / "transactions").glob("event_date=*/*.parquet")))
 
 
+@pytest.mark.heavy
 def test_sigkill_and_restart_equal_an_uninterrupted_run(
     tmp_path, kafka_bootstrap, events, baseline
 ) -> None:
@@ -256,6 +257,7 @@ def test_redis_outage_pauses_and_resumes_without_loss(
         server.wait(timeout=10)
 
 
+@pytest.mark.heavy
 def test_an_unreachable_broker_is_retried_with_a_log_line_until_stopped(
     tmp_path, kafka_bootstrap, caplog
 ) -> None:
