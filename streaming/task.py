@@ -49,6 +49,7 @@ from streaming.validation import (
     MALFORMED_BATCH,
     WRONG_TYPE,
     EventValidator,
+    ParsedBatch,
     Rejected,
 )
 from streaming.windows import NO_WATERMARK, FeatureRows, WindowState, duration_us
@@ -272,31 +273,40 @@ class PartitionTask:
 
     # --- process -------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record], now_us: int | None = None) -> Step:
-        """Apply or dead-letter every record; `now_us`: processing time (default: the clock)."""
+    def process(
+        self, records: Sequence[Record], now_us: int | None = None,
+        parsed: ParsedBatch | None = None,
+    ) -> Step:
+        """Apply or dead-letter every record; `now_us`: processing time (default: the clock);
+        `parsed`: a source stage's records already validated (the worker validates a
+        micro-batch's partitions in one call: a call has a fixed cost)."""
         step = Step()
         if not records:
             return step
         now_us = time.time_ns() // 1_000 if now_us is None else now_us
-        self._contained(records, now_us, step)
+        self._contained(records, now_us, step, parsed)
         # Only now are the records applied or dead-lettered: a checkpoint may cover them.
         self.first = records[0].offset if self.first is None else self.first
         self.last = records[-1].offset
         return step
 
-    def _contained(self, records: Sequence[Record], now_us: int, step: Step) -> None:
+    def _contained(
+        self, records: Sequence[Record], now_us: int, step: Step, parsed: ParsedBatch | None
+    ) -> None:
         """`_apply` the records; if that raises, undo it and apply the halves, down to the
         single record that raises, which becomes an `internal_error` dead letter."""
         saved = self._saved()
         try:
-            step.extend(self._apply(records, now_us))
+            step.extend(self._apply(records, now_us, parsed))
             return
         except Exception as exc:  # whatever it is, one record must not stop the stream
             self._restore(saved)
             if len(records) > 1:
                 middle = len(records) // 2
-                self._contained(records[:middle], now_us, step)
-                self._contained(records[middle:], now_us, step)
+                halves = (None, None) if parsed is None else (
+                    parsed.part(0, middle), parsed.part(middle, len(records)))
+                self._contained(records[:middle], now_us, step, halves[0])
+                self._contained(records[middle:], now_us, step, halves[1])
                 return
             record = records[0]
             log.exception(
@@ -329,10 +339,12 @@ class PartitionTask:
         for name, count in rows.items():
             del self._rows[name][count:]
 
-    def _apply(self, records: Sequence[Record], now_us: int) -> Step:
+    def _apply(
+        self, records: Sequence[Record], now_us: int, parsed: ParsedBatch | None = None
+    ) -> Step:
         step = Step()
         if self.stage.is_source:
-            inputs = self._source_inputs(records, step)
+            inputs = self._source_inputs(records, step, parsed)
         else:
             inputs = self._forwarded_inputs(records, step)
         events, index = inputs.events, inputs.index
@@ -413,9 +425,12 @@ class PartitionTask:
             ))
         return step
 
-    def _source_inputs(self, records: Sequence[Record], step: Step) -> _Inputs:
+    def _source_inputs(
+        self, records: Sequence[Record], step: Step, parsed: ParsedBatch | None
+    ) -> _Inputs:
         """The source topic's messages, validated: one position per message."""
-        parsed = self.validator.parse_batch([r.value for r in records])
+        if parsed is None:
+            parsed = self.validator.parse_batch([r.value for r in records])
         step.dead_letters = [DeadLetter(records[i], rejected) for i, rejected in parsed.rejected]
         return _Inputs(
             parsed.events, parsed.accepted,

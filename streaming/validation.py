@@ -88,6 +88,15 @@ class ParsedBatch:
     accepted: np.ndarray
     rejected: list[tuple[int, Rejected]]
 
+    def part(self, start: int, stop: int) -> ParsedBatch:
+        """What parsing only messages `start:stop` gives (each message is judged alone)."""
+        first, last = np.searchsorted(self.accepted, [start, stop])
+        return ParsedBatch(
+            self.events.slice(first, last - first),
+            self.accepted[first:last] - start,
+            [(i - start, rejected) for i, rejected in self.rejected if start <= i < stop],
+        )
+
 
 class EventValidator:
     """Turns message bytes into a typed event (timestamps as UTC epoch microseconds) or a rejection.

@@ -36,6 +36,7 @@ NO_WATERMARK = int(np.iinfo(np.int64).min)
 # ~146,000 years: longer than the distance between any two event times of years 1 to 9999, and
 # small enough that an event time minus it stays inside int64.
 LONGEST_US = 2**62
+_NONE = int(np.iinfo(np.int64).max)  # no event held
 
 
 def duration_us(duration: timedelta) -> int:
@@ -84,10 +85,15 @@ class WindowState:
         self._seq = np.zeros(0, dtype=np.int64)
         self._values: dict[str, np.ndarray] = {}
         self._arrivals = 0
+        self._oldest = _NONE  # the oldest event time held, for `_evict`
 
     def events(self, key: Hashable) -> int:
+        """Events of `key` still retained (inside the longest window plus the lateness)."""
         code = self._encode(np.array([key], dtype=object if not isinstance(key, int) else None))
-        return int(np.count_nonzero(self._code == code[0]))
+        retained = self._code == code[0]
+        if self.watermark != NO_WATERMARK:
+            retained &= self._ts > self.watermark - self.retention_us
+        return int(np.count_nonzero(retained))
 
     def too_late_before(self) -> int:
         """Events with an earlier event time (µs) are too late to apply."""
@@ -155,11 +161,16 @@ class WindowState:
         new_seq = np.arange(self._arrivals, self._arrivals + n, dtype=np.int64)
         self._arrivals += n
 
-        code = np.concatenate([self._code, new_code])
-        ts = np.concatenate([self._ts, new_ts])
-        seq = np.concatenate([self._seq, new_seq])
+        # Only the batch's keys change: their retained runs (found by binary search in the
+        # state, which is sorted by key) and the new events are sorted and computed on their
+        # own, so a batch costs its keys' events, not the whole state's.
+        batch_codes, inverse = np.unique(new_code, return_inverse=True)
+        taken = _runs(self._code, batch_codes)
+        code = np.concatenate([self._code[taken], new_code])
+        ts = np.concatenate([self._ts[taken], new_ts])
+        seq = np.concatenate([self._seq[taken], new_seq])
         values = {
-            c: np.concatenate([self._values[c], np.asarray(columns[c])])
+            c: np.concatenate([self._values[c][taken], np.asarray(columns[c])])
             if c in self._values
             else np.asarray(columns[c])
             for c in self.columns
@@ -173,33 +184,49 @@ class WindowState:
         segment = np.cumsum(np.concatenate(([False], code[1:] != code[:-1])))
 
         # Rows the batch changes: its keys' rows at or after the key's earliest new event.
-        batch_codes, inverse = np.unique(new_code, return_inverse=True)
         earliest = np.full(len(batch_codes), np.iinfo(np.int64).max)
         np.minimum.at(earliest, inverse, new_ts)
-        where = np.searchsorted(batch_codes, code)
-        in_batch = (where < len(batch_codes)) & (
-            batch_codes[np.minimum(where, len(batch_codes) - 1)] == code
-        )
-        changed = np.flatnonzero(
-            in_batch & (ts >= earliest[np.minimum(where, len(batch_codes) - 1)])
-        )
+        changed = np.flatnonzero(ts >= earliest[np.searchsorted(batch_codes, code)])
 
         if not rows:
             changed = changed[:0]
         features = self._features(ts, values, segment, starts, changed)
         result = FeatureRows(self._decode(code[changed], keys), ts[changed], features)
 
-        # No accepted event can be older than watermark - lateness, so no future window reaches
-        # back past watermark - lateness - longest window: older events can go.
+        # The batch's keys' runs go back in key order, in place of their old ones.
+        kept = np.ones(len(self._code), dtype=bool)
+        kept[taken] = False
+        at = np.searchsorted(self._code[kept], code)
+        self._code = np.insert(self._code[kept], at, code)
+        self._ts = np.insert(self._ts[kept], at, ts)
+        self._seq = np.insert(self._seq[kept], at, seq)
+        self._values = {
+            c: np.insert(self._values[c][kept], at, v) if c in self._values else v
+            for c, v in values.items()
+        }
+        self._oldest = min(self._oldest, int(new_ts.min()))
         self.watermark = max(self.watermark, int(new_ts.max()) if watermark is None else watermark)
-        keep = (
-            ts > self.watermark - self.retention_us
-            if self.watermark != NO_WATERMARK
-            else np.ones(len(ts), dtype=bool)
-        )
-        self._code, self._ts, self._seq = code[keep], ts[keep], seq[keep]
-        self._values = {c: v[keep] for c, v in values.items()}
+        self._evict()
         return result
+
+    def _evict(self) -> None:
+        """Drop the events no window can reach any more.
+
+        No accepted event can be older than watermark - lateness, so no future window reaches
+        back past watermark - lateness - longest window. Dropping them costs a pass over the
+        whole state, so it waits until they are an eighth of the retention old: events past
+        the retention stay outside every window (a window is bounded by event times), so
+        keeping them a while changes no row, only memory (at most an eighth more).
+        """
+        if self.watermark == NO_WATERMARK:
+            return
+        reach = self.watermark - self.retention_us
+        if self._oldest == _NONE or reach - self._oldest < max(self.retention_us // 8, 1):
+            return
+        keep = self._ts > reach
+        self._code, self._ts, self._seq = self._code[keep], self._ts[keep], self._seq[keep]
+        self._values = {c: v[keep] for c, v in self._values.items()}
+        self._oldest = int(self._ts.min()) if len(self._ts) else _NONE
 
     def _features(
         self,
@@ -255,6 +282,20 @@ class WindowState:
                     len(lo),
                 )
         return features
+
+
+def _runs(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The positions in `sorted_codes` holding any of `codes` (ascending, unique)."""
+    first = np.searchsorted(sorted_codes, codes, "left")
+    lengths = np.searchsorted(sorted_codes, codes, "right") - first
+    first, lengths = first[lengths > 0], lengths[lengths > 0]
+    if not len(lengths):
+        return np.zeros(0, dtype=np.int64)
+    # Each run is first..first + length - 1: ones, with a jump where the next run begins.
+    step = np.ones(int(lengths.sum()), dtype=np.int64)
+    step[0] = first[0]
+    step[np.cumsum(lengths)[:-1]] = first[1:] - (first[:-1] + lengths[:-1] - 1)
+    return np.cumsum(step)
 
 
 def _minus(at: np.ndarray, span_us: int) -> np.ndarray:

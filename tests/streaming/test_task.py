@@ -82,8 +82,9 @@ def _reasons(step) -> list[tuple[int, str]]:
     return sorted((d.record.offset, d.rejected.reason) for d in step.dead_letters)
 
 
+@pytest.mark.parametrize("validated", [False, True], ids=["raw", "validated by the worker"])
 def test_a_record_whose_processing_raises_is_a_dead_letter_and_the_rest_apply(
-    task, monkeypatch, caplog
+    task, monkeypatch, caplog, validated
 ) -> None:
     original = WindowState.apply
 
@@ -97,7 +98,9 @@ def test_a_record_whose_processing_raises_is_a_dead_letter_and_the_rest_apply(
     values = [good(card, start + timedelta(seconds=i)) for i, card in enumerate([1, 2] * 200)]
     values.insert(150, good(13, start + timedelta(seconds=150)))
     with caplog.at_level(logging.ERROR, "featurestore.stream"):
-        step = task.process(records(values), now_us=NOW_US)
+        batch = records(values)
+        parsed = task.validator.parse_batch([r.value for r in batch]) if validated else None
+        step = task.process(batch, now_us=NOW_US, parsed=parsed)
 
     assert _reasons(step) == [(150, v.INTERNAL_ERROR)]
     letter = step.dead_letters[0]

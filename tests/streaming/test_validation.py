@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -295,3 +296,22 @@ def test_fast_path_equals_parse_on_any_messages_and_batching(messages, cuts) -> 
     for size in [*cuts, len(messages)]:
         _assert_batch_agrees_with_parse(validator, messages[begin : begin + size])
         begin += size
+
+
+def _parsed_as_lists(parsed: v.ParsedBatch) -> tuple:
+    return parsed.events.to_pylist(), parsed.accepted.tolist(), parsed.rejected
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(_MESSAGES, max_size=12), cuts=st.lists(st.integers(0, 12), max_size=4))
+def test_a_part_of_a_parsed_batch_equals_parsing_the_part_alone(messages, cuts) -> None:
+    """The worker validates all of a micro-batch's source partitions in one call and hands each
+    partition its part: that must be what parsing the partition's messages alone gives."""
+    validator = v.EventValidator(SCHEMA, max_bytes=600, bounds={"amount": (0.0, 1_000_000.0)})
+    whole = validator.parse_batch(messages)
+    bounds = sorted({0, len(messages), *(min(c, len(messages)) for c in cuts)})
+    for start, stop in pairwise(bounds):
+        assert _parsed_as_lists(whole.part(start, stop)) == _parsed_as_lists(
+            validator.parse_batch(messages[start:stop])
+        )

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore.aggregations import WindowedAggregation
-from streaming.windows import WindowState
+from streaming.windows import WindowState, _runs
 from tests.featurestore import oracle, pipeline
 
 LATENESS = timedelta(minutes=5)
@@ -245,3 +245,15 @@ def test_windows_with_eviction_equal_the_oracle_on_ordered_event_times(events, c
     expected = _oracle_rows(ordered)
     expected = {at: {n: row[n] for n in row if not n.endswith("_all")} for at, row in expected.items()}
     _assert_rows_equal(_streamed_rows(state, ordered, cuts), expected)
+
+
+@given(
+    state=st.lists(st.integers(-3, 30), max_size=60),
+    batch=st.lists(st.integers(-5, 35), min_size=1, max_size=10),
+)
+def test_the_runs_of_a_batchs_keys_are_exactly_their_positions_in_the_state(state, batch) -> None:
+    """`apply` computes a batch on its keys' runs only: they must be every position of those
+    keys in the sorted state, and nothing else."""
+    codes = np.sort(np.array(state, dtype=np.int64))
+    wanted = np.unique(np.array(batch, dtype=np.int64))
+    assert _runs(codes, wanted).tolist() == np.flatnonzero(np.isin(codes, wanted)).tolist()
