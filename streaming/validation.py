@@ -230,6 +230,9 @@ class EventValidator:
             return Rejected(MALFORMED_JSON, f"not JSON: not UTF-8 ({exc})")
         except json.JSONDecodeError as exc:
             return Rejected(MALFORMED_JSON, f"not JSON: {exc}")
+        except RecursionError:
+            # Brackets nested past the interpreter's recursion limit (~1,000): a few KB do it.
+            return Rejected(MALFORMED_JSON, "not JSON an event can be: nested too deeply")
         if not isinstance(event, dict):
             return Rejected(MALFORMED_JSON, f"a JSON object is required, got {type(event).__name__}")
         missing = [n for n in self.schema.names if n not in event]

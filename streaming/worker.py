@@ -567,9 +567,16 @@ class StreamWorker:
                 per_topic.setdefault(tp.topic, []).append(tp)
         parsed = {}
         for topic, tps in per_topic.items():
-            whole = self.validators[topic].parse_batch(
-                [r.value for tp in tps for r in batch[tp]]
-            )
+            try:
+                whole = self.validators[topic].parse_batch(
+                    [r.value for tp in tps for r in batch[tp]]
+                )
+            except Exception as exc:  # noqa: BLE001  # whatever it is, it must not stop the stream
+                # Each task then validates its own records and contains what raises to the one
+                # record that does (a dead letter, logged with its traceback there).
+                log.warning("validating %s's micro-batch in one call raised (%s: %s); its "
+                            "partitions validate their own", topic, type(exc).__name__, exc)
+                continue
             start = 0
             for tp in tps:
                 parsed[tp] = whole.part(start, start + len(batch[tp]))

@@ -64,6 +64,10 @@ def _poison(good: list[Message], seed: int = 11) -> list[tuple[int, Message, str
         (mid + 15, (key, variant(amount=float("nan"))), v.NOT_FINITE),
         (mid + 16, (key, variant(amount=-5.0)), v.OUT_OF_RANGE),
         (mid + 17, (key, variant(event_timestamp="yesterday")), v.BAD_TIMESTAMP),
+        # 2 KB nested 1,100 deep: json.loads raised RecursionError, which (once a micro-batch's
+        # partitions were validated in one call) escaped the task's containment.
+        (mid + 18, (key, variant(country=...)[:-1] + b', "country": ' + b"[" * 1_100
+                    + b"]" * 1_100 + b"}"), v.MALFORMED_JSON),
         # Two hours behind what its partition has seen by then: late.
         (len(good) - 5, (key, variant(event_timestamp="2026-03-01T00:00:01+00:00")), v.LATE),
     ]
@@ -166,4 +170,31 @@ def test_a_failed_worker_logs_the_error_and_checkpoints_nothing_unfinished(
     assert "rebalance callback" not in caplog.text
     monkeypatch.undo()
     run.run_to_end()
+    assert_same_results(run, baseline)
+
+
+def test_a_validation_that_raises_is_contained_to_the_message(
+    tmp_path, kafka_bootstrap, good, baseline, monkeypatch, caplog
+) -> None:
+    """The worker validates a micro-batch's source partitions in one call; whatever that call
+    raises (a validator bug a message triggers) must end as one `internal_error` dead letter,
+    not a crashed worker: each partition then validates its own records, contained."""
+    trigger = b'{"trigger": "validator bug"}'
+    parse_batch = v.EventValidator.parse_batch
+
+    def raises_on_the_trigger(self, messages):
+        if trigger in messages:
+            raise RuntimeError("validator bug")
+        return parse_batch(self, messages)
+
+    monkeypatch.setattr(v.EventValidator, "parse_batch", raises_on_the_trigger)
+    key = good[len(good) // 2][0]
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    _send(run, [*good[: len(good) // 2], (key, trigger), *good[len(good) // 2 :]])
+    with caplog.at_level(logging.WARNING, "featurestore.stream"):
+        run.run_to_end()
+    assert "validating" in caplog.text and "RuntimeError: validator bug" in caplog.text
+    [letter] = run.dead_letters(1)
+    assert letter.value == trigger
+    assert dict(letter.headers)["reason"] == v.INTERNAL_ERROR.encode()
     assert_same_results(run, baseline)

@@ -315,3 +315,16 @@ def test_a_part_of_a_parsed_batch_equals_parsing_the_part_alone(messages, cuts) 
         assert _parsed_as_lists(whole.part(start, stop)) == _parsed_as_lists(
             validator.parse_batch(messages[start:stop])
         )
+
+
+@pytest.mark.parametrize("depth", [1_100, 100_000])
+def test_brackets_nested_past_the_recursion_limit_are_malformed_not_raised(depth) -> None:
+    """Defect: 2 KB of nested brackets made json.loads raise RecursionError out of the
+    validator (and, validated in one call per micro-batch, out of the worker)."""
+    validator = v.EventValidator(SCHEMA, max_bytes=1_000_000)
+    message = b'{"country": ' + b"[" * depth + b"]" * depth + b"}"
+    verdict = validator.parse(message)
+    assert isinstance(verdict, v.Rejected) and verdict.reason == v.MALFORMED_JSON
+    assert "nested too deeply" in verdict.detail
+    parsed = validator.parse_batch([message, _with()])
+    assert [i for i, _ in parsed.rejected] == [0] and parsed.accepted.tolist() == [1]
