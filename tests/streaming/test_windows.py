@@ -184,7 +184,8 @@ def _oracle_rows(events: list[tuple[int, int, float, int]]) -> dict[tuple[int, i
     return rows
 
 
-def _streamed_rows(state: WindowState, events: list, cuts: list[int]) -> dict:
+def _streamed_rows(state: WindowState, events: list, cuts: list[int], text: bool = False) -> dict:
+    """`text`: string entity keys and string merchants (object arrays), as a user's repo has."""
     got: dict[tuple[int, int], dict] = {}
     begin = 0
     for size in [*cuts, len(events)]:
@@ -193,10 +194,15 @@ def _streamed_rows(state: WindowState, events: list, cuts: list[int]) -> dict:
         if not chunk:
             continue
         keys, ts, amounts, merchants = (np.array(c) for c in zip(*chunk))
-        rows = state.apply(keys.astype(np.int64), ts.astype(np.int64),
+        keys = keys.astype(np.int64)
+        if text:
+            keys = np.array([f"key-{k}" for k in keys], dtype=object)
+            merchants = np.array([f"m{m}" for m in merchants], dtype=object)
+        rows = state.apply(keys, ts.astype(np.int64),
                            {"amount": amounts.astype(float), "merchant_id": merchants})
         for i in range(len(rows)):
-            got[int(rows.keys[i]), int(rows.ts[i])] = {
+            key = int(rows.keys[i][4:]) if text else int(rows.keys[i])
+            got[key, int(rows.ts[i])] = {
                 name: values[i].item() for name, values in rows.features.items()
             }
     return got
@@ -257,3 +263,14 @@ def test_the_runs_of_a_batchs_keys_are_exactly_their_positions_in_the_state(stat
     codes = np.sort(np.array(state, dtype=np.int64))
     wanted = np.unique(np.array(batch, dtype=np.int64))
     assert _runs(codes, wanted).tolist() == np.flatnonzero(np.isin(codes, wanted)).tolist()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(events=_EVENTS, cuts=st.lists(st.integers(1, 40), max_size=5))
+def test_windows_on_text_keys_equal_the_oracle(events, cuts) -> None:
+    """String keys go through the state's key codes, string values through object arrays."""
+    state = WindowState(_AGGREGATIONS[:6] + _AGGREGATIONS[6:12], lateness=timedelta(minutes=5))
+    ordered = sorted(events, key=lambda e: e[1])
+    expected = _oracle_rows(ordered)
+    expected = {at: {n: row[n] for n in row if not n.endswith("_all")} for at, row in expected.items()}
+    _assert_rows_equal(_streamed_rows(state, ordered, cuts, text=True), expected)
