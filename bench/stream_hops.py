@@ -11,7 +11,8 @@ bench/results/stream_hops.json:
                              that returned it: the sender's linger, broker append, fetch wait
     polled -> processing     time in the worker's buffer before its micro-batch is processed
     processing               the micro-batch's task.process up to this partition's step
-    processed -> online      forward sends, then the online write of the whole batch
+    processed -> online      forward sends, the online write of the whole batch, and the
+                             next poll, during which Redis runs it (its replies are read after)
   forward (repartition topic), per message:
     send -> acked            the forward producer's linger and the broker append
     acked -> polled          stage 2's fetch: the wait until the consumer returned it
@@ -120,8 +121,8 @@ class HopWorker(StreamWorker):
         super()._send(tp, step)
         self._task_began = now_ms()
 
-    def _write_online(self) -> None:
-        super()._write_online()
+    def _record_written(self) -> None:  # the batch's online rows landed
+        super()._record_written()
         written = now_ms()
         for tp, records in self._batch.items():
             processed = self._processed_at.pop((tp.topic, tp.partition), None)

@@ -79,6 +79,10 @@ _KAFKA_BACKOFF = kafka.Backoff(first=0.5, limit=_MAX_BACKOFF_SECONDS)
 _STATUS_SECONDS = 10.0
 _MAX_REQUEST_BYTES = 1_048_576  # kafka-python's default; dead letters are cut to fit it
 _FLUSH_TIMEOUT_SECONDS = 10.0  # two request timeouts; then the checkpoint is postponed
+# Checkpoints postponed in a row (each a flush that timed out) before the producer is replaced:
+# kafka-python 3.0.12's producer can stop delivering for good without an error (its network
+# thread dies when a connection closes under a read), which retries never end.
+_REPLACE_PRODUCER_AFTER = 3
 
 
 @dataclass
@@ -87,6 +91,7 @@ class _Pending:
 
     tp: TopicPartition
     step: Step
+    sent: bool = False  # handed to the writers on their current connections
 
 
 @dataclass
@@ -169,6 +174,7 @@ class StreamWorker:
         self._callback_error: FeatureStoreError | None = None
         self.checkpoints = CheckpointWriter(self._flush_sends)
         self.postponed: Snapshots = []  # snapshots whose sends Kafka did not acknowledge yet
+        self.unacknowledged = 0  # checkpoints postponed in a row
         # The next offset of every partition whose log this worker appended: all are
         # committed with each checkpoint, so a failed commit is retried by the next.
         self.logged: dict[TopicPartition, int] = {}
@@ -205,6 +211,8 @@ class StreamWorker:
                 # it was busy, instead of leaving them to a batch of their own a cycle later.
                 arrived = self._poll(timeout_ms=self._poll_timeout_ms(fetched))
                 fetched += bool(arrived)
+                # The last batch's online writes ran in Redis while this poll waited.
+                self._collect_online()
                 now = time.monotonic()
                 if self.buffer.count >= self.settings.stream_batch_events or (
                     self.buffer.since is not None
@@ -215,6 +223,8 @@ class StreamWorker:
                     self._process(self.buffer.take())
                     fetched = 0
                 self._collect_checkpoint(wait=False)
+                if self.unacknowledged >= _REPLACE_PRODUCER_AFTER:
+                    self._replace_producer()
                 if (
                     now - checkpoint_at >= self.settings.stream_checkpoint_seconds
                     and not self.checkpoints.busy  # else: as soon as the one in flight is done
@@ -232,6 +242,7 @@ class StreamWorker:
                 ):
                     break
             self._process(self.buffer.take())
+            self._collect_online()
             self._checkpoint(list(self.tasks), wait=True, final=True)
         except Stopped:
             pass
@@ -449,6 +460,10 @@ class StreamWorker:
             self.buffer.drop(tp)
             self.verifying.pop(tp, None)
         try:
+            if not self._failed:
+                # Rows that landed make their partitions checkpointable; the others are
+                # dropped (no retrying here: a callback must not poll).
+                self._collect_online(retry=False)
             if self._failed:
                 self.checkpoints.close()  # the one in flight ends before the partitions move
             else:
@@ -506,10 +521,11 @@ class StreamWorker:
         return self.buffer.count - added
 
     def _poll_timeout_ms(self, fetched: int) -> int | None:
-        """How long the next poll may wait: `stream_batch_ms` for an empty buffer; for the fetch
-        in flight while records wait (the batch's second fetch); else only what arrived."""
+        """How long the next poll may wait: `stream_batch_ms` for an empty buffer (while online
+        writes run, only a fetch's wait: their replies are read after it); for the fetch in
+        flight while records wait (the batch's second fetch); else only what arrived."""
         if not self.buffer.count:
-            return None
+            return self.settings.stream_fetch_max_wait_ms if self.unwritten else None
         if fetched >= 2 or self.buffer.since is None:
             return 0
         left_ms = self.settings.stream_batch_ms - (time.monotonic() - self.buffer.since) * 1000
@@ -556,7 +572,7 @@ class StreamWorker:
             # Pending before sending: a send that raises leaves the partition uncheckpointed.
             self.unwritten.append(_Pending(tp, step))
             self._send(tp, step)
-        self._write_online()
+        self._send_online()
 
     def _validated(self, batch: dict[TopicPartition, list]) -> dict[TopicPartition, ParsedBatch]:
         """The source partitions' messages, validated in one call per source topic (a call
@@ -612,18 +628,31 @@ class StreamWorker:
             self.writers[view.name] = writer_for(self.settings, self.store, view)
         return self.writers[view.name]
 
-    def _write_online(self) -> None:
-        """Write every unwritten row; while the store is down, pause and keep retrying."""
+    def _send_online(self) -> None:
+        """Send the rows not sent yet without waiting for Redis: the loop polls while the writes
+        run, and `_collect_online` reads their replies. A failure is left to it."""
+        try:
+            self._write_rows([p for p in self.unwritten if not p.sent])
+        except _ONLINE_ERRORS:
+            self._drop_writers()
+
+    def _collect_online(self, retry: bool = True) -> None:
+        """Wait for every unwritten row to land; while the store is down, pause and keep
+        rewriting them (`retry`), or leave them unwritten (their partitions uncheckpointed)."""
         delay = 0.5
         paused = False
         while self.unwritten:
             try:
-                self._write_unwritten()
+                self._write_rows([p for p in self.unwritten if not p.sent])
+                for writer in self.writers.values():
+                    writer.flush()
             except _ONLINE_ERRORS as exc:
                 self.metrics.outages.labels("online_store").inc()
+                self._drop_writers()
+                if not retry:
+                    return
                 log.warning("online store unavailable (%s); consumption paused, retrying in "
                             "%.1f s", exc, delay)
-                self._drop_writers()
                 if not paused:
                     self._consumer.pause(*self._consumer.assignment())
                     paused = True
@@ -636,18 +665,18 @@ class StreamWorker:
             log.info("online store back; consumption resumed")
             self._consumer.resume(*self._consumer.assignment())
 
-    def _write_unwritten(self) -> None:
-        """One write per view for every unwritten row: a write's encoding costs a fixed amount
+    def _write_rows(self, pending: list[_Pending]) -> None:
+        """One write per view for `pending`'s rows: a write's encoding costs a fixed amount
         per column, paid once per micro-batch rather than once per partition. Rows of several
         partitions or batches may hold one entity twice: the never-older rule keeps its newest."""
         per_view: dict[str, tuple[ViewDefinition, list[pa.Table]]] = {}
-        for pending in self.unwritten:
-            for view, rows in pending.step.online:
+        for item in pending:
+            for view, rows in item.step.online:
                 per_view.setdefault(view.name, (view, []))[1].append(rows)
         for view, tables in per_view.values():
             self._writer(view).write(tables[0] if len(tables) == 1 else pa.concat_tables(tables))
-        for writer in self.writers.values():
-            writer.flush()
+        for item in pending:
+            item.sent = True
 
     def _wait_in_group(self, seconds: float, outage: Exception) -> None:
         """Wait `seconds` with every partition paused, polling to keep the group membership (a
@@ -674,10 +703,13 @@ class StreamWorker:
                 self.metrics.observe_freshness(now_ms - pending.step.applied_timestamps_ms)
 
     def _drop_writers(self) -> None:
+        """Close the writers; what they had sent and not seen acknowledged is sent again."""
         for writer in self.writers.values():
             with contextlib.suppress(Exception):  # the store is down; the connection goes anyway
                 writer.close()
         self.writers.clear()
+        for item in self.unwritten:
+            item.sent = False
 
     def _checkpoint(
         self, tps: list[TopicPartition], wait: bool = False, final: bool = False
@@ -722,6 +754,7 @@ class StreamWorker:
         try:
             written = self.checkpoints.collect(wait)
         except Postponed as postponed:
+            self.unacknowledged += 1
             log.warning("Kafka did not acknowledge sends (%s); checkpoint postponed",
                         postponed.__cause__)
             self.postponed = postponed.snapshots + self.postponed
@@ -738,6 +771,7 @@ class StreamWorker:
             ) from exc
         if written is None:
             return
+        self.unacknowledged = 0
         self._fenced(written.fenced)
         self.metrics.checkpoints.inc(len(written.offsets))
         self.logged.update(written.offsets)
@@ -774,6 +808,22 @@ class StreamWorker:
                 log.warning("%s-%d: its log moved under this worker (%s); rebuilding it from "
                             "the log", tp.topic, tp.partition, exc)
                 self.assign([tp])
+
+    def _replace_producer(self) -> None:
+        """A new producer for one that acknowledged nothing through `_REPLACE_PRODUCER_AFTER`
+        checkpoints; every partition is rewound to its last checkpoint, so what the old one
+        held is produced again (the next stage drops what it applied already)."""
+        log.warning("Kafka acknowledged none of the worker's sends through %d checkpoints in a "
+                    "row; replacing its producer and rewinding every partition to its last "
+                    "checkpoint", self.unacknowledged)
+        self._collect_checkpoint(wait=True)  # the writer's thread flushes the old one
+        self.unacknowledged = 0
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):  # it is broken: nothing of it is kept
+                old.close(timeout=0)
+        self.producer = self._retrying("producer", self._new_producer)
+        self._rewind()
 
     def _rewind(self) -> None:
         self.unwritten = []

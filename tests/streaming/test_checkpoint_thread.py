@@ -182,3 +182,54 @@ def test_offline_files_that_cannot_be_written_stop_the_worker_naming_why(
     run.send(events[:50])
     with pytest.raises(CheckpointFailed, match="writing a checkpoint failed .*Error"):
         run.run_to_end()
+
+
+class _SilentProducer:
+    """A producer that takes every send and delivers none, without an error: what kafka-python
+    3.0.12's does once its network thread died (a connection closed under a read)."""
+
+    def __init__(self) -> None:
+        from kafka.producer.future import FutureRecordMetadata, FutureProduceResult
+
+        self._future = lambda: FutureRecordMetadata(
+            FutureProduceResult(None), 0, 0, 0, 0, 0, 0)
+        self.flushes = 0
+
+    def send(self, *args, **kwargs):
+        return self._future()  # never resolved
+
+    def flush(self, timeout=None) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        self.flushes += 1
+        raise KafkaTimeoutError("Timeout after waiting for the flush")
+
+    def close(self, timeout=None) -> None:
+        pass
+
+
+def test_a_producer_that_delivers_nothing_is_replaced_and_nothing_is_lost(
+    tmp_path, kafka_bootstrap, events, baseline, caplog
+) -> None:
+    """Defect: a worker whose producer stopped delivering (the repartition poison test, at load
+    7) postponed its checkpoints for good, and its forwards never reached the next stage."""
+    from streaming.worker import StreamWorker
+
+    silent = _SilentProducer()
+    made = []
+
+    class Worker(StreamWorker):
+        def _new_producer(self):
+            made.append(None)
+            return silent if len(made) == 1 else super()._new_producer()
+
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    with run.settings() as settings:
+        from featurestore.feast_config import feature_store
+
+        worker = Worker(settings, feature_store(settings))
+    run.send(events)
+    run.run_to_end(worker)
+    assert len(made) == 2 and silent.flushes >= 3
+    assert "replacing its producer" in caplog.text
+    assert_same_results(run, baseline)
