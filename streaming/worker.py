@@ -436,9 +436,6 @@ class StreamWorker:
         fails: the offsets are committed asynchronously (the partition log is the truth).
         """
         mine = [tp for tp in revoked if tp in self.tasks]
-        for tp in mine:
-            self.buffer.drop(tp)
-            self.verifying.pop(tp, None)
         try:
             if self._failed:
                 self.checkpoints.close()  # the one in flight ends before the partitions move
@@ -454,11 +451,22 @@ class StreamWorker:
             log.exception("checkpointing revoked partitions failed; their next owner replays "
                           "them from the last checkpoint")
         finally:
-            for tp in mine:
-                del self.tasks[tp]
-                self.logged.pop(tp, None)
-            self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
-            self.postponed = [(tp, s) for tp, s in self.postponed if tp in self.tasks]
+            # A checkpoint fenced meanwhile has forgotten some of them already.
+            self._forget(mine)
+
+    def _forget(self, tps: list[TopicPartition]) -> dict[TopicPartition, PartitionTask]:
+        """Drop every trace of the partitions `tps`: their tasks, buffered records, pending
+        check of the resumed record, logged offsets, unwritten rows and postponed snapshots;
+        returns the tasks there were (a partition already forgotten is no error)."""
+        gone = set(tps)
+        tasks = {tp: self.tasks.pop(tp) for tp in tps if tp in self.tasks}
+        for tp in gone:
+            self.buffer.drop(tp)
+            self.verifying.pop(tp, None)
+            self.logged.pop(tp, None)
+        self.unwritten = [p for p in self.unwritten if p.tp not in gone]
+        self.postponed = [(tp, s) for tp, s in self.postponed if tp not in gone]
+        return tasks
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -693,13 +701,9 @@ class StreamWorker:
     def _fenced(self, fenced: dict[TopicPartition, fencing.Fenced]) -> None:
         """Forget the partitions a checkpoint was fenced from; rebuild those still ours."""
         self.metrics.fenced.inc(len(fenced))
+        tasks = self._forget(list(fenced))
         for tp, exc in fenced.items():
-            task = self.tasks.pop(tp, None)
-            self.buffer.drop(tp)
-            self.verifying.pop(tp, None)
-            self.logged.pop(tp, None)
-            self.unwritten = [p for p in self.unwritten if p.tp != tp]
-            self.postponed = [(t, s) for t, s in self.postponed if t != tp]
+            task = tasks.get(tp)
             if task is None:
                 continue
             if fencing.newest(task.log.directory) != task.log.epoch:
