@@ -263,7 +263,12 @@ class StreamWorker:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
         if self.producer is not None:
-            self.producer.close(timeout=5)
+            kafka.close_producer(
+                self.producer, 5.0,
+                unsent="the worker's unacknowledged forwards to repartition topics and dead "
+                       "letters are not delivered; their partitions resume from their last "
+                       "checkpoint, which produces them again",
+            )
         if self.capture is not None:
             self.capture.close()
         for writer in self.writers.values():
