@@ -3,9 +3,10 @@ and retries while the broker is away.
 
 Every client gets its connection settings from `connection(settings)` (today the bootstrap
 servers; security settings, once `Settings` has any, belong there and nowhere else). The callers
-choose the rest: `producer` defaults to ordered, acknowledged sends (the settings of the event
-producer, which the stream worker adds to), `consumer` defaults to manual commits, and
-`admin` is a context manager that closes its client.
+choose the rest: `producer` defaults to ordered, acknowledged sends, to which each producer adds
+its delivery rule (`RESILIENT_SENDS` for the stream worker's, `EVENT_SENDS` for the event
+producer's), `consumer` defaults to manual commits, and `admin` is a context manager that closes
+its client. `close_producer` closes a producer without raising while the broker is away.
 
 `retrying` is the one backoff loop: bounded exponential backoff with jitter (`Backoff`),
 interruptible by a stop event, one log line per failure naming the error's class (a broker's
