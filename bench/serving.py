@@ -30,6 +30,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -129,29 +130,49 @@ def bodies(path: Path, entities: int, cards: int, merchants: int, seed: int) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_server(command: list[str], url: str, cwd: Path | None = None) -> subprocess.Popen:
+def start_server(command: list[str], url: str, cwd: Path | None = None,
+                 timeout: float = 300.0) -> subprocess.Popen:
+    """Start `command` in a process group of its own and wait up to `timeout` s until `url`
+    answers; on any failure to start (it exited, it never answered, an interrupt) the whole
+    group is stopped first: a server left behind would load the machine under every later case."""
     server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"server {command[:3]} exited with {server.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return server
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server {command[:3]} did not start") from None
-            time.sleep(0.5)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"server {command[:3]} exited with {server.returncode}")
+            try:
+                httpx.get(url, timeout=1)
+                return server
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"server {command[:3]} did not answer {url} within {timeout:.0f} s "
+                        "(--start-timeout)"
+                    ) from None
+                time.sleep(0.5)
+    except BaseException:
+        stop(server, grace=5)
+        raise
 
 
 def ours_command(port: int, workers: int) -> list[str]:
     return [str(BIN / "featurestore"), "serve", "--port", str(port), "--workers", str(workers)]
 
 
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, 15)
-    server.wait(timeout=60)
+def stop(server: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL after `grace` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:  # the whole group is gone already
+            pass
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def wrk(url: str, body_file: Path, script: Path, seconds: int, headers: dict[str, str]) -> dict:
@@ -295,6 +316,9 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--redis", default=DEFAULT_REDIS_URL,
                         help="Redis URL with its db, flushed before and after the run")
+    parser.add_argument("--start-timeout", type=float, default=300.0,
+                        help="seconds each server may take to answer (a loaded machine needs "
+                             "minutes for feast serve's workers)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (Debian/Ubuntu: apt-get install wrk)")
@@ -336,11 +360,12 @@ def main() -> int:
                           {}, None),
             }
             for name, (command, path, headers, cwd) in servers.items():
-                server = start_server(command, f"{base}/docs", cwd)
+                server = start_server(command, f"{base}/docs", cwd, args.start_timeout)
                 try:
                     if name == "feast":
                         ours = start_server(ours_command(port + 1, 1),
-                                            f"http://127.0.0.1:{port + 1}/docs")
+                                            f"http://127.0.0.1:{port + 1}/docs",
+                                            timeout=args.start_timeout)
                         try:
                             compare(f"http://127.0.0.1:{port + 1}/v1/online-features",
                                     f"{base}{path}", body_files[100], token)

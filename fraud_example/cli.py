@@ -99,7 +99,7 @@ def produce(
     from featurestore.progress import row_progress
     from featurestore.settings import get_settings
     from fraud_example.generator import GeneratorConfig, transactions
-    from streaming.cli import event_producer
+    from streaming.cli import close_events_producer, event_producer
     from streaming.producer import send_events
 
     settings = get_settings()
@@ -114,17 +114,19 @@ def produce(
     view = select_views(feature_store(settings), None, aggregated_only=True)[0]
     assert view.topic and view.message_key  # every aggregated view has both
     producer = event_producer(settings)
-    with row_progress(f"producing to {view.topic}") as advance:
-        sent = send_events(
-            producer,
-            view.topic,
-            transactions(config, from_day.date() if from_day else None),
-            view.message_key,
-            rate=rate,
-            limit=limit,
-            progress=advance,
-        )
-    producer.close()
+    try:
+        with row_progress(f"producing to {view.topic}") as advance:
+            sent = send_events(
+                producer,
+                view.topic,
+                transactions(config, from_day.date() if from_day else None),
+                view.message_key,
+                rate=rate,
+                limit=limit,
+                progress=advance,
+            )
+    finally:
+        close_events_producer(producer, f"the generated transactions to {view.topic}")
     console.print(f"sent {sent:,} events to {view.topic}")
 
 

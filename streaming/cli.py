@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from featurestore.settings import Settings
 
 
+EVENT_PRODUCER_ID = "featurestore-produce"
+
+
 def event_producer(settings: Settings) -> KafkaProducer:
     """A producer of source events; an unreachable broker is a clear error."""
     from kafka.errors import KafkaError
@@ -25,11 +28,23 @@ def event_producer(settings: Settings) -> KafkaProducer:
     from streaming import kafka
 
     try:
-        return kafka.producer(settings)
+        return kafka.producer(settings, client_id=EVENT_PRODUCER_ID, **kafka.EVENT_SENDS)
     except KafkaError as exc:
         raise FeatureStoreError(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
         ) from exc
+
+
+def close_events_producer(producer: KafkaProducer, what: str) -> None:
+    """Close an event producer; when a send failed or was interrupted, its unacknowledged
+    events are named in a warning instead of a second error masking the first."""
+    from streaming import kafka
+
+    kafka.close_producer(
+        producer, 10.0,
+        unsent=f"events of {what} that Kafka did not acknowledge may not have been delivered "
+               "(the topic holds those it did; sending the file again duplicates them)",
+    )
 
 
 @clear_errors
@@ -65,9 +80,11 @@ def stream_produce(
     source = chosen.stages[chosen.source_topic]
     replayed = replay.replay(from_file, chosen, source.key, settings.stream_max_message_bytes)
     producer = event_producer(settings)
-    with row_progress(f"producing to {replayed.topic}") as advance:
-        sent = replay.send(producer, replayed, rate=rate, progress=advance)
-    producer.close()
+    try:
+        with row_progress(f"producing to {replayed.topic}") as advance:
+            sent = replay.send(producer, replayed, rate=rate, progress=advance)
+    finally:
+        close_events_producer(producer, f"{from_file} to {replayed.topic}")
     console.print(f"sent {sent:,} events from {from_file} to {replayed.topic}", highlight=False)
 
 

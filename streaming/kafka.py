@@ -3,9 +3,10 @@ and retries while the broker is away.
 
 Every client gets its connection settings from `connection(settings)` (today the bootstrap
 servers; security settings, once `Settings` has any, belong there and nowhere else). The callers
-choose the rest: `producer` defaults to ordered, acknowledged sends (the settings of the event
-producer, which the stream worker adds to), `consumer` defaults to manual commits, and
-`admin` is a context manager that closes its client.
+choose the rest: `producer` defaults to ordered, acknowledged sends, to which each producer adds
+its delivery rule (`RESILIENT_SENDS` for the stream worker's, `EVENT_SENDS` for the event
+producer's), `consumer` defaults to manual commits, and `admin` is a context manager that closes
+its client. `close_producer` closes a producer without raising while the broker is away.
 
 `retrying` is the one backoff loop: bounded exponential backoff with jitter (`Backoff`),
 interruptible by a stop event, one log line per failure naming the error's class (a broker's
@@ -18,13 +19,18 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
 
 from featurestore.settings import Settings
 
@@ -52,6 +58,16 @@ RESILIENT_SENDS: dict[str, int | bool] = {
     "delivery_timeout_ms": 3_600_000,
     "enable_idempotence": False,
 }
+
+
+# The event producer's (`stream produce`, the example's `produce`): RESILIENT_SENDS' request
+# timeout, reconnect backoff and delivery timeout, so a broker that drops its connections or
+# stops answering costs seconds, and one away for a while is waited for. Idempotent, unlike
+# RESILIENT_SENDS: its batches go to source topics, where a batch appended twice is every one
+# of its events counted twice. kafka-python's idempotent producer wedges only once a batch it
+# had sent expires, which takes the hour of the delivery timeout; the producer's owner then
+# fails the run anyway (`close_producer` says what was not delivered).
+EVENT_SENDS: dict[str, int | bool] = {**RESILIENT_SENDS, "enable_idempotence": True}
 
 
 class Stopped(Exception):
@@ -88,6 +104,28 @@ def consumer(settings: Settings, *, client_id: str, **overrides: Any) -> KafkaCo
         "bootstrap_timeout_ms": _BOOTSTRAP_TIMEOUT_MS,
     }
     return KafkaConsumer(**{**config, **overrides})
+
+
+def close_producer(producer: KafkaProducer, timeout: float, *, unsent: str) -> bool:
+    """Close `producer` after waiting up to `timeout` s for its sends to be acknowledged;
+    returns whether they all were. Never raises for sends still unacknowledged (the broker
+    away): logs a warning that says `unsent` (what those sends were and what becomes of them),
+    so a shutdown goes on and the error that caused it is the one reported."""
+    try:
+        producer.flush(timeout)
+    except KafkaTimeoutError:
+        log.warning("Kafka did not acknowledge every send within %.0f s: %s", timeout, unsent)
+        # kafka-python's close flushes first, raises when that times out, and leaves its
+        # sender thread running (retrying for up to the delivery timeout): stop the thread
+        # without those sends first. No public call does; its `_sender` is the one private use.
+        producer._sender.force_close()
+        delivered = False
+    else:
+        delivered = True
+    # The aborted sends fail at once, so this flush ends; bounded all the same.
+    with suppress(KafkaTimeoutError):
+        producer.close(timeout=timeout)
+    return delivered
 
 
 @contextmanager

@@ -283,7 +283,12 @@ class StreamWorker:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: its partitions move now
         if self.producer is not None:
-            self.producer.close(timeout=5)
+            kafka.close_producer(
+                self.producer, 5.0,
+                unsent="the worker's unacknowledged forwards to repartition topics and dead "
+                       "letters are not delivered; their partitions resume from their last "
+                       "checkpoint, which produces them again",
+            )
         if self.capture is not None:
             self.capture.close()
         for writer in self.writers.values():
@@ -456,9 +461,6 @@ class StreamWorker:
         fails: the offsets are committed asynchronously (the partition log is the truth).
         """
         mine = [tp for tp in revoked if tp in self.tasks]
-        for tp in mine:
-            self.buffer.drop(tp)
-            self.verifying.pop(tp, None)
         try:
             if not self._failed:
                 # Rows that landed make their partitions checkpointable; the others are
@@ -478,11 +480,22 @@ class StreamWorker:
             log.exception("checkpointing revoked partitions failed; their next owner replays "
                           "them from the last checkpoint")
         finally:
-            for tp in mine:
-                del self.tasks[tp]
-                self.logged.pop(tp, None)
-            self.unwritten = [p for p in self.unwritten if p.tp in self.tasks]
-            self.postponed = [(tp, s) for tp, s in self.postponed if tp in self.tasks]
+            # A checkpoint fenced meanwhile has forgotten some of them already.
+            self._forget(mine)
+
+    def _forget(self, tps: list[TopicPartition]) -> dict[TopicPartition, PartitionTask]:
+        """Drop every trace of the partitions `tps`: their tasks, buffered records, pending
+        check of the resumed record, logged offsets, unwritten rows and postponed snapshots;
+        returns the tasks there were (a partition already forgotten is no error)."""
+        gone = set(tps)
+        tasks = {tp: self.tasks.pop(tp) for tp in tps if tp in self.tasks}
+        for tp in gone:
+            self.buffer.drop(tp)
+            self.verifying.pop(tp, None)
+            self.logged.pop(tp, None)
+        self.unwritten = [p for p in self.unwritten if p.tp not in gone]
+        self.postponed = [(tp, s) for tp, s in self.postponed if tp not in gone]
+        return tasks
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -789,13 +802,9 @@ class StreamWorker:
     def _fenced(self, fenced: dict[TopicPartition, fencing.Fenced]) -> None:
         """Forget the partitions a checkpoint was fenced from; rebuild those still ours."""
         self.metrics.fenced.inc(len(fenced))
+        tasks = self._forget(list(fenced))
         for tp, exc in fenced.items():
-            task = self.tasks.pop(tp, None)
-            self.buffer.drop(tp)
-            self.verifying.pop(tp, None)
-            self.logged.pop(tp, None)
-            self.unwritten = [p for p in self.unwritten if p.tp != tp]
-            self.postponed = [(t, s) for t, s in self.postponed if t != tp]
+            task = tasks.get(tp)
             if task is None:
                 continue
             if fencing.newest(task.log.directory) != task.log.epoch:

@@ -1,9 +1,14 @@
 """Decoding of Feast's serialized online values without building protobuf objects.
 
-The inverse of `feast_layout.value_slots` / `timestamp_slots` for the scalar types our views use
-(a `feast.types.Value` is one tag byte and its payload); other types go through Feast's own
-protobuf conversion. A missing hash field (entity or view never written) arrives as None, a null
-value as empty bytes: both decode to None. Tests compare against Feast's decoder value by value.
+The inverse of `feast_layout.value_slots` / `timestamp_slots` for the scalar types our views use:
+a `feast.types.Value` that is exactly one field of those types, tag byte and payload and nothing
+after it (as every writer of one value serializes it), is read here. Any other bytes go through
+protobuf's parser and Feast's own conversion, so they decode as Feast decodes them: bytes holding
+several fields (concatenated messages are legal protobuf) yield the last occurrence of the oneof,
+unknown fields are skipped, and bytes protobuf rejects (cut short, invalid UTF-8 in a string, a
+varint over 10 bytes) raise protobuf's DecodeError, as Feast's decoder does. A missing hash field
+(entity or view never written) arrives as None, a null value as empty bytes: both decode to None.
+Tests compare against Feast's decoder on any concatenation of values.
 """
 
 from __future__ import annotations
@@ -44,26 +49,59 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _parsed(data: bytes) -> object:
+    """Feast's decoding: protobuf's parser (last occurrence wins), then Feast's conversion."""
+    return feast_value_type_to_python_type(Value.FromString(data))
+
+
+def _int_field(data: bytes, tag: int) -> object:
+    """An int32 or int64 field that is the whole of `data`, as protobuf reads it: a varint of
+    up to 10 bytes, its bits past 64 (int32: past 32) dropped, two's complement."""
+    if not 2 <= len(data) <= 11 or data[-1] >= 0x80:
+        return _parsed(data)  # no varint, over 10 varint bytes (rejected), or cut short
+    value, end = _varint(data, 1)
+    if end != len(data):
+        return _parsed(data)  # more than the one field
+    if tag == _TAG_INT32:
+        value &= 0xFFFF_FFFF
+        return value - (1 << 32) if value >= 1 << 31 else value
+    return _signed64(value & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _length(data: bytes) -> tuple[int, int]:
+    """The length varint after the tag and where the payload starts; (-1, 0) when cut short."""
+    try:
+        return _varint(data, 1)
+    except IndexError:
+        return -1, 0
+
+
 def decode_value(data: bytes | None) -> object:
-    """One serialized `feast.types.Value` as a Python value (None when absent or null)."""
+    """One serialized `feast.types.Value` as a Python value (None when absent or null), as
+    Feast's decoder decodes it; raises protobuf's DecodeError on bytes protobuf rejects."""
     if not data:
         return None
-    tag = data[0]
-    if tag == _TAG_DOUBLE:
+    tag, size = data[0], len(data)
+    # Each fast case checks the field ends exactly where the bytes end; anything else (another
+    # field after it, which protobuf would let win) is parsed.
+    if tag == _TAG_DOUBLE and size == 9:
         return _DOUBLE.unpack_from(data, 1)[0]
     if tag == _TAG_INT64 or tag == _TAG_INT32:
-        value = data[1]
-        if value < 0x80:
-            return value
-        return _signed64(_varint(data, 1)[0])  # negative int32s are sign-extended too
-    if tag == _TAG_STRING:
-        length, start = _varint(data, 1)
-        return data[start : start + length].decode()
-    if tag == _TAG_FLOAT:
+        if size == 2 and data[1] < 0x80:
+            return data[1]
+        return _int_field(data, tag)
+    if tag == _TAG_STRING and size > 1:
+        length, start = (data[1], 2) if data[1] < 0x80 else _length(data)
+        if start + length == size:
+            try:
+                return data[start:].decode()
+            except UnicodeDecodeError:
+                pass  # protobuf's verdict (it rejects invalid UTF-8) and its error
+    elif tag == _TAG_FLOAT and size == 5:
         return _FLOAT.unpack_from(data, 1)[0]
-    if tag == _TAG_BOOL:
+    elif tag == _TAG_BOOL and size == 2 and data[1] < 0x80:
         return data[1] != 0
-    return feast_value_type_to_python_type(Value.FromString(data))
+    return _parsed(data)
 
 
 def decode_column(raw: Sequence[bytes | None], value_type: ValueType) -> list[object]:

@@ -236,7 +236,8 @@ class CaptureLog:
         if not self._settled(message):
             return
         self._release(message)
-        self._drop(message.subject, "send_failed", message.rows)
+        # Once closing, a send fails because `close` gave up on it (or ran out of time).
+        self._drop(message.subject, "closed" if self._closed else "send_failed", message.rows)
         log.debug("capture log: a send failed: %s", exc)
 
     @property
@@ -268,21 +269,18 @@ class CaptureLog:
             self._idle.notify_all()
 
     def _finish(self, producer: KafkaProducer) -> None:
-        try:
-            producer.flush(timeout=max(0.0, self._close_by - time.monotonic()))
-        except KafkaError as exc:
-            log.warning("capture log: not every sampled row reached Kafka (%s)", exc)
-        # Time is up: what the broker has not acknowledged is dropped now, so the counts
-        # are final when `close` returns.
+        kafka.close_producer(
+            producer, max(0.0, self._close_by - time.monotonic()),
+            unsent="capture log: the sampled rows not acknowledged are dropped (counted, "
+                   "reason closed)",
+        )
+        # Time is up: what the broker has not acknowledged, and whose failure has not been
+        # reported yet, is dropped now, so the counts are final when `close` returns.
         with self._counts_lock:
             unacknowledged, self._in_flight = list(self._in_flight.values()), {}
         for message in unacknowledged:
             self._release(message)
             self._drop(message.subject, "closed", message.rows)
-        try:
-            producer.close(timeout=max(0.0, self._close_by - time.monotonic()))
-        except KafkaError as exc:  # kafka-python's close raises while sends are pending
-            log.debug("capture log: the producer closed with sends pending (%s)", exc)
 
     def _connect(self) -> KafkaProducer | None:
         """A producer, once Kafka answers (sampled rows wait in the buffer meanwhile); None
@@ -304,7 +302,6 @@ class CaptureLog:
             self._settings,
             client_id=self.client_id,
             acks=1,
-            enable_idempotence=False,  # needs acks=all; a duplicate sample is harmless
             max_in_flight_requests_per_connection=5,  # kafka-python's default: order is moot
             linger_ms=20,
             batch_size=256 * 1024,
@@ -314,8 +311,12 @@ class CaptureLog:
             max_request_size=2 * messages.MAX_MESSAGE_BYTES,
             # Sends happen on this thread only, so a wait for metadata never reaches a caller.
             max_block_ms=5_000,
-            request_timeout_ms=10_000,
-            delivery_timeout_ms=30_000,
+            # RESILIENT_SENDS' request timeout and reconnect backoff: a broker that drops its
+            # connections or stops answering is noticed and reconnected to within seconds.
+            # Unlike them, a sample is given up after 30 s (counted, reason send_failed):
+            # stale samples are worth less than the buffer they hold, which bounds what waits.
+            # Not idempotent (that needs acks=all): a duplicate sample is harmless.
+            **{**kafka.RESILIENT_SENDS, "delivery_timeout_ms": 30_000},
             bootstrap_timeout_ms=5_000,
         )
         try:

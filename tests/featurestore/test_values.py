@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -299,3 +301,151 @@ def test_remembered_event_times_are_the_decoded_ones(batches, size) -> None:
                for m in batch]
         assert times.decode(raw) == (batch, _iso(batch))
         assert len(times._known) <= max(size, widest) + 1  # and the missing field's entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Several fields in one byte string (concatenated Values are legal protobuf): the last
+# occurrence of the oneof wins, unknown fields are skipped, and bytes protobuf rejects raise its
+# DecodeError, exactly as Feast's decoder (`Value.FromString`, then Feast's conversion) does.
+
+
+def _varint_bytes(value: int, padding: int = 0) -> bytes:
+    """`value` (>= 0) as a varint, with `padding` needless continuation bytes (still one
+    varint; protobuf reads at most 10 bytes)."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value and not padding:
+            out.append(low)
+            return bytes(out)
+        if not value:
+            padding -= 1
+        out.append(low | 0x80)
+
+
+_UTF8_EDGES = [
+    b"", b"DE", "żółw ✓".encode(), "😀".encode(), b"\xef\xbf\xbf",  # valid, U+FFFF included
+    b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xff", b"\xc3",  # not
+]
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint_bytes(number << 3 | wire) + payload
+
+
+_VARINT_FIELDS = {3: "int32", 4: "int64", 7: "bool", 19: "null"}
+_UNKNOWN_NUMBERS = [9, 10, 30, 31, 49, 100, 1000, 2**29 - 1]
+_WIRE_PAYLOADS = {
+    0: st.integers(0, 2**64 - 1).map(_varint_bytes),
+    1: st.binary(min_size=8, max_size=8),
+    2: st.binary(max_size=12).map(lambda b: _varint_bytes(len(b)) + b),
+    5: st.binary(min_size=4, max_size=4),
+}
+
+
+def _piece() -> st.SearchStrategy[bytes]:
+    """One field of a Value, or a message of one: every scalar type (edges, NaN, inf, 64-bit
+    extremes), lists, null, varints with needless bytes and bits past 64, strings of any
+    bytes (lone surrogates, overlong forms), unknown field numbers, known numbers with
+    another wire type, and nothing."""
+    field_values = [
+        st.tuples(st.just(field), values) for field, values in SCALARS.values()
+    ] + [st.tuples(st.just(SCALARS[t][0]), st.sampled_from(_EDGES[t])) for t in _COLUMN_TYPES]
+    scalars = st.one_of(*field_values).map(lambda fv: Value(**{fv[0]: fv[1]}).SerializeToString())
+    lists = st.one_of(
+        st.lists(_INT64, max_size=4).map(lambda v: Value(int64_list_val={"val": v})),
+        st.lists(st.text(max_size=5), max_size=3).map(lambda v: Value(string_list_val={"val": v})),
+        st.lists(st.floats(), max_size=3).map(lambda v: Value(double_list_val={"val": v})),
+        st.just(Value(null_val=0)),
+    ).map(lambda m: m.SerializeToString())
+    padded = st.builds(
+        lambda number, value, padding: _field(number, 0, _varint_bytes(value, padding)),
+        st.sampled_from(list(_VARINT_FIELDS)),
+        st.one_of(st.integers(0, 2**64 - 1), st.integers(2**64, 2**70 - 1), st.integers(0, 3)),
+        st.integers(0, 10),
+    )
+    strings = st.one_of(st.sampled_from(_UTF8_EDGES), st.binary(max_size=8)).map(
+        lambda b: _field(2, 2, _varint_bytes(len(b)) + b)
+    )
+    unknown = st.sampled_from(sorted(_WIRE_PAYLOADS)).flatmap(lambda wire: st.builds(
+        _field, st.sampled_from(_UNKNOWN_NUMBERS), st.just(wire), _WIRE_PAYLOADS[wire]))
+    wrong_wire = st.builds(  # a double's number as a varint, an int's number as fixed32...
+        _field, st.sampled_from([2, 3, 4, 5, 6, 7]), st.sampled_from([0, 1, 5]),
+        st.sampled_from([b"\x01", b"\x00" * 8, b"\x00" * 4]),
+    )
+    return st.one_of(scalars, scalars, lists, padded, strings, unknown, wrong_wire, st.just(b""))
+
+
+def _feasts_or_error(raw: bytes | None) -> tuple[str, object]:
+    try:
+        return "value", _feast(raw)
+    except DecodeError:
+        return "rejected", None
+
+
+def _ours_or_error(decode, raw) -> tuple[str, object]:
+    try:
+        return "value", decode(raw)
+    except DecodeError:
+        return "rejected", None
+
+
+def _agree(ours: tuple[str, object], feasts: tuple[str, object]) -> bool:
+    return ours[0] == feasts[0] and _same([ours[1]], [feasts[1]])
+
+
+_CONCATENATED = st.lists(_piece(), min_size=1, max_size=5).map(b"".join)
+# ... and cut anywhere: what protobuf rejects (or, cut at a field's end, accepts) either way.
+_ANY_BYTES = st.one_of(
+    _CONCATENATED, _CONCATENATED,
+    _CONCATENATED.flatmap(lambda r: st.integers(0, len(r)).map(lambda n, r=r: r[:n])),
+)
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(raw=_ANY_BYTES)
+def test_any_concatenation_of_values_decodes_as_feasts_decoder_decodes_it(raw) -> None:
+    assert _agree(_ours_or_error(decode_value, raw), _feasts_or_error(raw))
+
+
+@pytest.mark.parametrize("value_type", [*_COLUMN_TYPES, ValueType.STRING], ids=lambda t: t.name)
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_a_column_of_concatenations_decodes_as_feasts_decoder_decodes_it(value_type, data) -> None:
+    """A column mixing plain values of its type (so the column parse is tried) with
+    concatenations: each decoded as Feast decodes it, or DecodeError if Feast rejects one."""
+    field, values = SCALARS[value_type]
+    plain = values.map(lambda v: Value(**{field: v}).SerializeToString())
+    raw = data.draw(st.lists(st.one_of(plain, plain, _ANY_BYTES, st.none()), min_size=1,
+                             max_size=12))
+    feasts = [_feasts_or_error(r) for r in raw]
+    if any(kind == "rejected" for kind, _ in feasts):
+        with pytest.raises(DecodeError):
+            decode_column(raw, value_type)
+    else:
+        assert _same(decode_column(raw, value_type), [value for _, value in feasts])
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"\x20\x05\x20\x06", 6),  # two int64s: the last
+    (b"\x20\x05\x29" + struct.pack("<d", 1.5), 1.5),  # an int64, then a double: the double
+    (b"\x29" + struct.pack("<d", 1.5) + b"\x12\x02DE", "DE"),
+    (b"\x12\x02DE\x38\x01", True),
+    (b"\x20\x05\x78\x01", 5),  # an unknown field (15) after the value is skipped
+    (b"\x18" + b"\xff" * 4 + b"\x7f", -1),  # an int32 varint past 32 bits: its low 32
+    (b"\x20" + b"\xff" * 9 + b"\x7f", -1),  # a 10th varint byte's bits past 64 are dropped
+])
+def test_the_last_field_wins_as_in_feasts_decoder(raw, expected) -> None:
+    assert _feast(raw) == expected
+    assert decode_value(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x20", b"\x29\x00", b"\x12\x03ab", b"\x12\x80", b"\x12\x03\xed\xa0\x80",
+    b"\x20" + b"\xff" * 10 + b"\x01",  # an 11-byte varint
+])
+def test_bytes_feast_rejects_raise_its_decode_error(raw) -> None:
+    with pytest.raises(DecodeError):
+        _feast(raw)
+    with pytest.raises(DecodeError):
+        decode_value(raw)

@@ -15,16 +15,12 @@ stage must drop what it already applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import date
 
 import pytest
 
 from fraud_example.generator import GeneratorConfig
-from streaming.broker import local_broker
 from tests.conftest import REDIS_URL
-from tests.servers import free_port
-from tests.streaming.dropping_proxy import DroppingProxy
 from tests.streaming.harness import StreamRun, assert_same_results, generated_messages
 
 pytestmark = [pytest.mark.heavy, pytest.mark.kafka, pytest.mark.redis]
@@ -33,17 +29,6 @@ pytestmark = [pytest.mark.heavy, pytest.mark.kafka, pytest.mark.redis]
 # below the three 30 s request timeouts of kafka-python's defaults.
 _RECOVERY_SECONDS = 60
 _SILENT_CONNECTIONS = 3
-
-
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[DroppingProxy]:
-    """A broker of the module's own, which every client reaches through the proxy."""
-    listener = f"127.0.0.1:{free_port()}"
-    host, port = listener.split(":")
-    proxy = DroppingProxy((host, int(port)))
-    with local_broker(address=listener, advertised=proxy.address):
-        yield proxy
-    proxy.close()
 
 
 @pytest.fixture(scope="module")

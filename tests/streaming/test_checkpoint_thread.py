@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fraud_example.generator import GeneratorConfig
+from streaming import fencing
 from streaming.worker import CheckpointFailed
 from tests.conftest import REDIS_URL
 from tests.servers import wait_for
@@ -153,6 +154,57 @@ def test_a_revoke_waits_for_the_checkpoint_in_flight(
         worker.stop()
         thread.join(timeout=60)
         assert not thread.is_alive()
+    assert_same_results(run, baseline)
+
+
+def test_a_revoke_whose_checkpoint_is_fenced_forgets_the_partitions_without_error(
+    tmp_path, kafka_bootstrap, events, baseline, caplog
+) -> None:
+    """The checkpoint a revoke waits for is fenced (another owner took every partition's epoch
+    meanwhile): the fenced partitions are forgotten there, and the revoke's own forgetting
+    of them is no error (it raised KeyError, and kafka-python failed the poll with it)."""
+    run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
+    first, hold = _held_worker(run)
+    revoking = threading.Event()
+    revoke = first.revoke
+
+    def revoke_once_held(tps) -> None:
+        if hold.held.is_set():
+            revoking.set()
+        revoke(tps)
+
+    first.revoke = revoke_once_held  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            first.run()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            failures.append(exc)
+
+    first_thread = threading.Thread(target=run_first, daemon=True)
+    first_thread.start()
+    try:
+        run.send(events[: len(events) // 2])
+        wait_for(hold.held.is_set, 120, "a checkpoint to be held")
+        for task in list(first.tasks.values()):
+            fencing.take(task.log.directory, "another worker")
+        second, second_thread = run.start()  # a rebalance: the first worker revokes
+        wait_for(revoking.is_set, 120, "the revoke")
+    finally:
+        hold.release.set()
+    wait_for(lambda: (first.tasks and second.tasks) or not first_thread.is_alive(), 120,
+             "both workers to hold partitions")
+    assert first_thread.is_alive(), failures
+    run.send(events[len(events) // 2:])
+    run.wait_checkpointed(first)
+    for worker, thread in ((second, second_thread), (first, first_thread)):
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert failures == []
+    assert "rebalance listener" not in caplog.text
+    assert "moved to another worker" in caplog.text  # the revoke's checkpoint was fenced
     assert_same_results(run, baseline)
 
 
