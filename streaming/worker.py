@@ -830,7 +830,7 @@ class StreamWorker:
         old, self.producer = self.producer, None
         if old is not None:
             with contextlib.suppress(Exception):  # it is broken: nothing of it is kept
-                old.close(timeout=0)
+                kafka.close_producer(old, 0.0, unsent="the rewind produces them again")
         self.producer = self._retrying("producer", self._new_producer)
         self._rewind()
 

@@ -241,7 +241,7 @@ class _SilentProducer:
     3.0.12's does once its network thread died (a connection closed under a read)."""
 
     def __init__(self) -> None:
-        from kafka.producer.future import FutureRecordMetadata, FutureProduceResult
+        from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 
         self._future = lambda: FutureRecordMetadata(
             FutureProduceResult(None), 0, 0, 0, 0, 0, 0)
@@ -257,7 +257,14 @@ class _SilentProducer:
         raise KafkaTimeoutError("Timeout after waiting for the flush")
 
     def close(self, timeout=None) -> None:
-        pass
+        self.closed = True
+
+    @property
+    def _sender(self):  # what kafka.close_producer stops when sends are unacknowledged
+        return self
+
+    def force_close(self) -> None:
+        self.forced = True
 
 
 def test_a_producer_that_delivers_nothing_is_replaced_and_nothing_is_lost(
@@ -282,6 +289,6 @@ def test_a_producer_that_delivers_nothing_is_replaced_and_nothing_is_lost(
         worker = Worker(settings, feature_store(settings))
     run.send(events)
     run.run_to_end(worker)
-    assert len(made) == 2 and silent.flushes >= 3
+    assert len(made) == 2 and silent.flushes >= 3 and silent.forced and silent.closed
     assert "replacing its producer" in caplog.text
     assert_same_results(run, baseline)
