@@ -11,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -107,3 +109,24 @@ def print_cases(
             mark,
         )
     console.print(table)
+
+
+@contextmanager
+def redis_cluster(directory: Path) -> Iterator[Any]:
+    """A 3-master Redis Cluster on free ports for the run (the tests' own starter,
+    tests/servers.py `RedisCluster`: no replicas, no persistence), stopped at the end."""
+    import shutil
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        raise BenchmarkError("the Redis Cluster case needs redis-server and redis-cli on PATH")
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.append(root)  # the repo's tests package, beside the bench scripts
+    from tests.servers import RedisCluster
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cluster = RedisCluster(directory)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

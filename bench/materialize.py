@@ -11,12 +11,16 @@ runs at --rows only (it needs ~11 GiB there). Cases (written to bench/results/ma
   1. throughput at --rows, ours vs Feast, rows/s;
   2. throughput of ours vs the ceiling at each size (target >= 0.8x);
   3. throughput at --big-rows, flat vs --rows;
-  4. peak RSS at --rows, ours vs Feast; at the other sizes vs --rows (flat: <= 1.2x).
+  4. peak RSS at --rows, ours vs Feast; at the other sizes vs --rows (flat: <= 1.2x);
+  5. at --rows, `materialize --engine spark` (Spark tasks on this machine's cores, each with its
+     own writer) vs ours in one process, into the same Redis (--skip-spark leaves it out);
+  6. at --rows, ours into a 3-master Redis Cluster the run starts (tests/servers.py's starter)
+     vs ours into one Redis (--skip-cluster leaves it out).
 Each child's line also gives Redis's `INFO commandstats` time per row of each command and the
 peak RSS after each stage of ours (set-up, first batch, last batch, end).
 
-The run fails loudly unless ours, Feast and the ceiling hold byte-identical Redis hashes for a
-sample of entities and Feast's `get_online_features` reads back the Parquet values from what we
+The run fails loudly unless ours, Feast, the ceiling, ours with Spark and ours on the cluster
+hold byte-identical Redis hashes for a sample of entities and Feast's `get_online_features` reads back the Parquet values from what we
 wrote.
 
 The view is a plain `FeatureView`, not a `StreamFeatureView` with aggregations: Feast's local
@@ -26,6 +30,8 @@ both sides can materialize.
     .venv/bin/python bench/materialize.py      # full run: ~6.5 min, ~11 GiB RAM for Feast
     .venv/bin/python bench/materialize.py --rows 50000 --big-rows 200000 --skip-feast \
         --redis redis://127.0.0.1:6394                                          # quick trial
+    .venv/bin/python bench/materialize.py --small-rows 0 --rows 50000 --big-rows 0 \
+        --skip-feast --skip-cluster                    # ours --engine spark vs local only
 """
 
 from __future__ import annotations
@@ -37,8 +43,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,7 +56,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from common import BenchmarkError, own_peak_rss_mib, print_cases, run_main, write_results
+from common import (
+    BenchmarkError,
+    own_peak_rss_mib,
+    print_cases,
+    redis_cluster,
+    run_main,
+    write_results,
+)
 from common import run_child as common_run_child
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -56,7 +72,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "materialize.json"
 
 REDIS_URL = "redis://127.0.0.1:6379"
-OURS_DB, FEAST_DB = 13, 12  # the ceiling run writes into FEAST_DB after Feast's run is checked
+# The ceiling and Spark runs write into FEAST_DB after Feast's run is checked.
+OURS_DB, FEAST_DB = 13, 12
+CLUSTER = "cluster"  # the target of the Redis Cluster run, instead of a db
 PROJECT = "bench"
 VIEW = "bench_features"
 DAY = date(2025, 6, 2)
@@ -94,6 +112,15 @@ class Workspace:
     root: Path
     rows: int
     redis_url: str
+    cluster_url: str | None = None  # redis://h1:p1,h2:p2,... of the cluster case's masters
+
+    def servers(self, target: int | str) -> list[str]:
+        """The Redis servers a run into `target` (a db, or CLUSTER) writes to."""
+        if target == CLUSTER:
+            assert self.cluster_url is not None
+            return [f"redis://{node}" for node in self.cluster_url.removeprefix("redis://")
+                    .split(",")]  # fmt: skip
+        return [self.redis_url]
 
     @property
     def offline_table(self) -> Path:
@@ -103,17 +130,23 @@ class Workspace:
     def repo(self) -> Path:
         return self.root / "repo"
 
-    def settings(self, db: int):
+    def settings(self, target: int | str):
         from featurestore.settings import Settings
 
-        # A registry per store keeps the two runs' materialization records apart.
+        # A registry per store keeps the runs' materialization records apart.
+        name = CLUSTER if target == CLUSTER else f"db{target}"
+        redis = (
+            {"redis_url": self.cluster_url, "redis_type": "redis_cluster"}
+            if target == CLUSTER
+            else {"redis_url": f"{self.redis_url}/{target}"}
+        )
         return Settings(
             profile="services",
             project=PROJECT,
-            data_dir=self.root / f"data-db{db}",
+            data_dir=self.root / f"data-{name}",
             feature_repo=self.repo,
-            redis_url=f"{self.redis_url}/{db}",
-            registry_url=f"sqlite:///{self.root / f'registry-db{db}.db'}",
+            registry_url=f"sqlite:///{self.root / f'registry-{name}.db'}",
+            **redis,
         )
 
 
@@ -204,10 +237,12 @@ def write_offline(table_dir: Path, rows: int) -> Path:
     return path
 
 
-def prepare(root: Path, rows: int, redis_url: str, dbs: list[int]) -> Workspace:
+def prepare(
+    root: Path, rows: int, redis_url: str, targets: list[int | str], cluster_url: str | None
+) -> Workspace:
     from featurestore.feast_config import feature_store
 
-    workspace = Workspace(root, rows, redis_url)
+    workspace = Workspace(root, rows, redis_url, cluster_url)
     workspace.repo.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     path = write_offline(workspace.offline_table, rows)
@@ -216,8 +251,8 @@ def prepare(root: Path, rows: int, redis_url: str, dbs: list[int]) -> Workspace:
         f"  offline table: {metadata.num_rows:,} rows, {metadata.num_row_groups} row groups, "
         f"{path.stat().st_size / 2**20:.0f} MiB ({time.perf_counter() - started:.1f} s)"
     )
-    for db in dbs:
-        feature_store(workspace.settings(db)).apply(feast_objects(workspace.offline_table))
+    for target in targets:
+        feature_store(workspace.settings(target)).apply(feast_objects(workspace.offline_table))
     return workspace
 
 
@@ -235,12 +270,12 @@ def current_rss_mib() -> float:
 class CpuMeter:
     """CPU seconds of this process and of the Redis server over a block: where the time goes."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+    def __init__(self, redis_urls: list[str]) -> None:
+        self.clients = [redis.Redis.from_url(url) for url in redis_urls]
 
     def _redis_cpu(self) -> float:
-        cpu = self.client.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        cpu = [client.info("cpu") for client in self.clients]
+        return sum(float(c["used_cpu_user"]) + float(c["used_cpu_sys"]) for c in cpu)
 
     @staticmethod
     def _own_cpu() -> float:
@@ -265,21 +300,32 @@ class CpuMeter:
         }
 
 
-def child_ours(workspace: Workspace) -> dict[str, Any]:
+def child_ours(
+    workspace: Workspace, engine: str = "local", target: int | str = OURS_DB
+) -> dict[str, Any]:
+    """Ours into `target`; with engine "spark" the peak RSS is the driver's (this process):
+    the tasks run in Spark's JVM and its Python workers (one task per row group of ROW_GROUP
+    rows, at most two per core)."""
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
     from featurestore.materialize import materialize
     from featurestore.progress import row_progress
 
-    settings = workspace.settings(OURS_DB)
+    settings = workspace.settings(target)
     store = feature_store(settings)
     [view] = select_views(store, [VIEW])
+    if engine == "spark":
+        from featurestore.batch.spark import spark_session
+
+        # The JVM's start outside the timed part, as the registry read is; the executors'
+        # Python workers start inside it (the first job of a session pays for them).
+        spark_session(settings)
     rss_before = current_rss_mib()
     # Peak RSS after each stage: a growth shows whether it is set-up, the batches or the end.
     peaks = {"set-up": own_peak_rss_mib()}
     with (
-        row_progress("ours: materialize", total=workspace.rows) as advance,
-        CpuMeter(workspace.redis_url) as meter,
+        row_progress(f"ours ({engine}): materialize", total=workspace.rows) as advance,
+        CpuMeter(workspace.servers(target)) as meter,
     ):
 
         def advance_and_watch(rows: int) -> None:
@@ -287,7 +333,10 @@ def child_ours(workspace: Workspace) -> dict[str, Any]:
             peaks.setdefault("first batch", own_peak_rss_mib())
             peaks["last batch"] = own_peak_rss_mib()
 
-        [result] = materialize(settings, store, [(view, START, END)], progress=advance_and_watch)
+        [result] = materialize(
+            settings, store, [(view, START, END)], progress=advance_and_watch,
+            engine=engine,  # type: ignore[arg-type]
+        )
     peaks["end"] = own_peak_rss_mib()
     return {
         **meter.figures(),
@@ -305,7 +354,7 @@ def child_feast(workspace: Workspace) -> dict[str, Any]:
     store = feature_store(workspace.settings(FEAST_DB))
     store.get_feature_view(VIEW)  # registry read outside the timed part, as ours does
     rss_before = current_rss_mib()
-    with CpuMeter(workspace.redis_url) as meter:
+    with CpuMeter(workspace.servers(FEAST_DB)) as meter:
         # What `feast materialize START END --views bench_features` runs.
         store.materialize(START, END, feature_views=[VIEW])
     return {**meter.figures(), "rss_before_mib": rss_before}
@@ -347,7 +396,7 @@ def child_ceiling(workspace: Workspace) -> dict[str, Any]:
     connection = redis.Redis.from_url(f"{workspace.redis_url}/{FEAST_DB}").connection_pool
     connection = connection.get_connection()
     rss_before = current_rss_mib()
-    with CpuMeter(workspace.redis_url) as meter:
+    with CpuMeter(workspace.servers(FEAST_DB)) as meter:
         files = offline_files(view, START, END)
         outstanding = 0
         for batch in offline_batches(view, files, START, END, settings.materialize_batch_size):
@@ -361,17 +410,25 @@ def child_ceiling(workspace: Workspace) -> dict[str, Any]:
     return {**meter.figures(), "rss_before_mib": rss_before}
 
 
-CHILDREN = {"ours": child_ours, "feast": child_feast, "ceiling": child_ceiling}
+CHILDREN = {
+    "ours": child_ours,
+    "ours-spark": partial(child_ours, engine="spark", target=FEAST_DB),
+    "ours-cluster": partial(child_ours, target=CLUSTER),
+    "feast": child_feast,
+    "ceiling": child_ceiling,
+}
 
 
-def redis_usec_per_row(stats: dict[str, dict[str, float]], rows: int) -> dict[str, float]:
-    """Microseconds Redis spent per row in each command (`INFO commandstats`; commands a
-    script calls are counted on their own too, and inside the script's figure)."""
-    return {
-        name.removeprefix("cmdstat_"): round(stat["usec"] / rows, 2)
-        for name, stat in stats.items()
-        if stat["usec"] / rows >= 0.01
-    }
+def redis_usec_per_row(stats: list[dict[str, dict[str, float]]], rows: int) -> dict[str, float]:
+    """Microseconds the Redis servers spent per row in each command (`INFO commandstats`,
+    summed over servers; commands a script calls are counted on their own too, and inside the
+    script's figure)."""
+    usec: dict[str, float] = {}
+    for server in stats:
+        for name, stat in server.items():
+            command = name.removeprefix("cmdstat_")
+            usec[command] = usec.get(command, 0.0) + stat["usec"]
+    return {name: round(total / rows, 2) for name, total in usec.items() if total / rows >= 0.01}
 
 
 def describe(who: str, rows: int, result: dict[str, Any]) -> str:
@@ -392,25 +449,29 @@ def describe(who: str, rows: int, result: dict[str, Any]) -> str:
     )
 
 
-def run_child(role: str, workspace: Workspace) -> dict[str, Any]:
-    stats = redis.Redis.from_url(workspace.redis_url)
-    stats.config_resetstat()
+def run_child(role: str, workspace: Workspace, target: int | str = OURS_DB) -> dict[str, Any]:
+    stats = [redis.Redis.from_url(url) for url in workspace.servers(target)]
+    for server in stats:
+        server.config_resetstat()
     started = time.perf_counter()
+    cluster = ["--cluster-url", workspace.cluster_url] if workspace.cluster_url else []
     result = common_run_child(
         __file__, role, workspace.root / f"result-{role}.json",
         [
             "--workdir", str(workspace.root), "--rows", str(workspace.rows),
-            "--redis", workspace.redis_url,
+            "--redis", workspace.redis_url, *cluster,
         ],
     )  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
-    result["redis_usec"] = redis_usec_per_row(stats.info("commandstats"), workspace.rows)
+    result["redis_usec"] = redis_usec_per_row(
+        [server.info("commandstats") for server in stats], workspace.rows
+    )
     console.print(describe(f"{role:<7}", workspace.rows, result))
     return result
 
 
 def child_main(args: argparse.Namespace) -> None:
-    workspace = Workspace(Path(args.workdir), args.rows, args.redis)
+    workspace = Workspace(Path(args.workdir), args.rows, args.redis, args.cluster_url)
     result = CHILDREN[args.child](workspace)
     result["peak_rss_mib"] = own_peak_rss_mib()
     Path(args.result).write_text(json.dumps(result))
@@ -437,31 +498,50 @@ def redis_key(card_id: int) -> bytes:
     return _redis_key(PROJECT, key, entity_key_serialization_version=3)
 
 
-def check_key_count(client: redis.Redis, rows: int, who: str) -> None:
-    found = client.dbsize()
+def check_key_count(clients: list[redis.Redis], rows: int, who: str) -> None:
+    found = sum(client.dbsize() for client in clients)
     if found != rows:
         raise BenchmarkError(f"{who}: Redis db holds {found:,} keys, expected {rows:,}")
 
 
-def check_same_hashes(ours: redis.Redis, feast: redis.Redis, ids: np.ndarray, who: str) -> None:
-    keys = [redis_key(int(i)) for i in ids]
-    ours_pipe, feast_pipe = ours.pipeline(transaction=False), feast.pipeline(transaction=False)
+def hashes(client: redis.Redis, keys: list[bytes]) -> list[dict]:
+    pipe = client.pipeline(transaction=False)
     for key in keys:
-        ours_pipe.hgetall(key)
-        feast_pipe.hgetall(key)
+        pipe.hgetall(key)
+    return pipe.execute()
+
+
+def cluster_hashes(cluster_url: str, keys: list[bytes]) -> list[dict]:
+    """Each key's hash from the master its slot is on (redis-py's cluster client routes)."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    host, port = cluster_url.removeprefix("redis://").split(",")[0].split(":")
+    client = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+    try:
+        return [client.hgetall(key) for key in keys]
+    finally:
+        client.close()
+
+
+def check_same_hashes(
+    ours: redis.Redis, read: Callable[[list[bytes]], list[dict]], ids: np.ndarray, who: str,
+    where: str = f"db {FEAST_DB}",
+) -> None:
+    """Our hashes in db OURS_DB against what `read` finds in `where` (`who` wrote them)."""
+    keys = [redis_key(int(i)) for i in ids]
     mismatches = []
-    for card_id, ours_hash, feast_hash in zip(ids, ours_pipe.execute(), feast_pipe.execute()):
+    for card_id, ours_hash, feast_hash in zip(ids, hashes(ours, keys), read(keys)):
         if not ours_hash or ours_hash != feast_hash:
             mismatches.append((int(card_id), ours_hash, feast_hash))
     if mismatches:
         card_id, ours_hash, feast_hash = mismatches[0]
         raise BenchmarkError(
             f"{len(mismatches)} of {len(ids)} sampled entities differ between ours (db "
-            f"{OURS_DB}) and {who} (db {FEAST_DB}); first: card_id={card_id}\n"
+            f"{OURS_DB}) and {who} ({where}); first: card_id={card_id}\n"
             f"  ours:  {ours_hash!r}\n  {who}: {feast_hash!r}"
         )
     console.print(
-        f"  [green]ok[/] HGETALL byte-identical in db {OURS_DB} (ours) and db {FEAST_DB} ({who}) "
+        f"  [green]ok[/] HGETALL byte-identical in db {OURS_DB} (ours) and {where} ({who}) "
         f"for {len(ids):,} sampled entities"
     )
 
@@ -554,7 +634,8 @@ def case(
 def build_cases(
     main_rows: int, runs: dict[int, dict[str, dict]]
 ) -> tuple[list[dict], list[bool | None]]:
-    """`runs[rows][role]`: the children's results per size ("ours", "ceiling", "feast")."""
+    """`runs[rows][role]`: the children's results per size ("ours", "ceiling", "feast",
+    "ours-spark", "ours-cluster")."""
     cases: list[dict] = []
     verdicts: list[bool | None] = []
     main = runs[main_rows]
@@ -582,6 +663,27 @@ def build_cases(
                      f"flat vs {rows_label(main_rows)} (>= {BIG_THROUGHPUT_TARGET:g}x its rows/s)")
             )  # fmt: skip
             verdicts.append(rate >= BIG_THROUGHPUT_TARGET * main_rate)
+
+    for role, metric, anchor_name in (
+        ("ours-spark", "throughput, --engine spark", "ours --engine local (one process)"),
+        ("ours-cluster", "throughput into a 3-master Redis Cluster", "ours into one Redis"),
+    ):
+        if role in main:
+            # Informative on one machine: the tasks (or masters) share its cores with Redis.
+            rate = main_rows / main[role]["seconds"]
+            cases.append(
+                case(main_rows, metric, "rows/s", round(rate), round(main_rate), anchor_name,
+                     ratio(rate, main_rate), "-")
+            )  # fmt: skip
+            verdicts.append(None)
+    if "ours-spark" in main:
+        driver_rss = main["ours-spark"]["peak_rss_mib"]
+        cases.append(
+            case(main_rows, "peak RSS of the driver, --engine spark", "MiB", round(driver_rss, 1),
+                 round(main["ours"]["peak_rss_mib"], 1), "ours --engine local (one process)",
+                 ratio(main["ours"]["peak_rss_mib"], driver_rss), "-")
+        )  # fmt: skip
+        verdicts.append(None)
 
     main_rss = main["ours"]["peak_rss_mib"]
     for rows, run in runs.items():
@@ -620,26 +722,51 @@ def flush(redis_url: str, db: int) -> redis.Redis:
     return client
 
 
-def run_size(root: Path, rows: int, args: argparse.Namespace, with_feast: bool) -> dict:
-    """Ours, then Feast (when asked), then the ceiling, on one freshly generated table."""
+def run_size(
+    root: Path, rows: int, args: argparse.Namespace, main: bool, cluster: Any | None
+) -> dict:
+    """Ours, then at --rows (`main`) ours with Spark, ours on the cluster and Feast (unless
+    skipped), then the ceiling, on one freshly generated table."""
     console.rule(f"[bold]{rows_label(rows)} entities x {len(FEATURES)} features")
     ours_client = flush(args.redis, OURS_DB)
     other_client = flush(args.redis, FEAST_DB)
-    workspace = prepare(root, rows, args.redis, [OURS_DB, FEAST_DB] if with_feast else [OURS_DB])
+    with_feast, with_spark = main and not args.skip_feast, main and not args.skip_spark
+    with_cluster = main and cluster is not None
+    targets: list[int | str] = [OURS_DB]
+    targets += [FEAST_DB] if with_feast or with_spark else []
+    targets += [CLUSTER] if with_cluster else []
+    workspace = prepare(root, rows, args.redis, targets, cluster.url if cluster else None)
     ids = sample_ids(rows)
     results = {"ours": run_child("ours", workspace)}
     if results["ours"]["rows_written"] != rows:
         raise BenchmarkError(f"ours wrote {results['ours']['rows_written']:,} rows of {rows:,}")
-    check_key_count(ours_client, rows, "ours")
+    check_key_count([ours_client], rows, "ours")
     check_online_values(workspace, OURS_DB, ids)
+    same_db = partial(hashes, other_client)
+    if with_spark:
+        results["ours-spark"] = run_child("ours-spark", workspace, FEAST_DB)
+        if results["ours-spark"]["rows_read"] != rows:
+            raise BenchmarkError(f"ours with Spark read {results['ours-spark']['rows_read']:,} "
+                                 f"rows of {rows:,}")  # fmt: skip
+        check_key_count([other_client], rows, "ours --engine spark")
+        check_same_hashes(ours_client, same_db, ids, "ours --engine spark")
+        flush(args.redis, FEAST_DB)
+    if with_cluster:
+        cluster.flush()
+        results["ours-cluster"] = run_child("ours-cluster", workspace, CLUSTER)
+        nodes = [cluster.node(port) for port in cluster.ports]
+        check_key_count(nodes, rows, "ours on the cluster")
+        check_same_hashes(ours_client, partial(cluster_hashes, cluster.url), ids,
+                          "ours on the cluster", f"the {len(nodes)}-master cluster")  # fmt: skip
+        cluster.flush()
     if with_feast:
         results["feast"] = run_child("feast", workspace)
-        check_key_count(other_client, rows, "feast")
-        check_same_hashes(ours_client, other_client, ids, "feast")
+        check_key_count([other_client], rows, "feast")
+        check_same_hashes(ours_client, same_db, ids, "feast")
         flush(args.redis, FEAST_DB)
     results["ceiling"] = run_child("ceiling", workspace)
-    check_key_count(other_client, rows, "ceiling")
-    check_same_hashes(ours_client, other_client, ids, "ceiling")
+    check_key_count([other_client], rows, "ceiling")
+    check_same_hashes(ours_client, same_db, ids, "ceiling")
     shutil.rmtree(root, ignore_errors=True)  # the 4M table needs the disk the 1M one held
     return results
 
@@ -649,10 +776,14 @@ def run(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-materialize-"))
     sizes = sorted({rows for rows in (args.small_rows, args.rows, args.big_rows) if rows})
     try:
-        runs = {
-            rows: run_size(root / str(rows), rows, args, rows == args.rows and not args.skip_feast)
-            for rows in sizes
-        }
+        with ExitStack() as stack:
+            cluster = (
+                None if args.skip_cluster else stack.enter_context(redis_cluster(root / CLUSTER))
+            )
+            runs = {
+                rows: run_size(root / str(rows), rows, args, rows == args.rows, cluster)
+                for rows in sizes
+            }
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if not args.keep_redis:
@@ -677,7 +808,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--big-rows", type=int, default=4_000_000, help="entities in the memory case (0 skips it)"
     )
-    parser.add_argument("--skip-feast", action="store_true", help="measure ours only")
+    parser.add_argument("--skip-feast", action="store_true", help="leave Feast out")
+    parser.add_argument(
+        "--skip-spark", action="store_true", help="leave out ours with --engine spark"
+    )
+    parser.add_argument(
+        "--skip-cluster", action="store_true", help="leave out ours into a 3-master Redis Cluster"
+    )
     parser.add_argument(
         "--redis",
         default=REDIS_URL,
@@ -691,6 +828,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rows <= 0 or args.big_rows < 0 or args.small_rows < 0:
         parser.error("--rows must be positive, --small-rows and --big-rows non-negative")

@@ -14,6 +14,10 @@ for each batch size (1, 10 and 100 entities per request):
 Then ours and Feast, 1 entity per request, at a fixed rate (open loop, bench/openloop.py in its
 own process: latency from each request's scheduled send, so a stall is never hidden).
 
+With `--cluster`, the data is also materialized into a 3-master Redis Cluster the run starts
+(tests/servers.py's starter) and ours serves from it under the same load, after ours from one
+Redis: the cluster's answer to a 100-entity request must equal the single Redis's.
+
 Before the load, ours (both shapes) and Feast answer the same 100-entity request; the run fails
 unless every value agrees.
 
@@ -35,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import redis
-from common import write_results
+from common import redis_cluster, write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -130,13 +135,30 @@ def bodies(path: Path, entities: int, cards: int, merchants: int, seed: int) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
+def materialize_into_cluster(cluster_url: str) -> None:
+    """The prepared data materialized again, into the cluster."""
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.materialize import materialize
+    from featurestore.settings import get_settings
+
+    settings = get_settings().model_copy(
+        update={"redis_url": cluster_url, "redis_type": "redis_cluster"}
+    )
+    store = feature_store(settings)
+    start = datetime.combine(START, datetime.min.time(), UTC)
+    end = start + timedelta(days=DAYS)
+    materialize(settings, store, [(v, start, end) for v in select_views(store, None)])
+
+
 def start_server(command: list[str], url: str, cwd: Path | None = None,
-                 timeout: float = 300.0) -> subprocess.Popen:
+                 timeout: float = 300.0, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `command` in a process group of its own and wait up to `timeout` s until `url`
     answers; on any failure to start (it exited, it never answered, an interrupt) the whole
     group is stopped first: a server left behind would load the machine under every later case."""
     server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -276,6 +298,15 @@ def closed_loop_cases(results: dict, anchor_name: str) -> list[dict]:
     return cases
 
 
+def cluster_cases(results: dict) -> list[dict]:
+    return [{
+        "case": f"{entities_case(n)}, {SERVICE}, from a 3-master Redis Cluster, 8 connections",
+        "metric": "throughput", "unit": "req/s", "ours": results[("cluster", n)]["rps"],
+        "anchor": results[("ours", n)]["rps"], "anchor_name": "ours from one Redis",
+        "ratio": results[("cluster", n)]["rps"] / results[("ours", n)]["rps"], "target": "-",
+    } for n in SIZES if ("cluster", n) in results]
+
+
 def open_loop_cases(results: dict, anchor_name: str, rate: float, seconds: int) -> list[dict]:
     ours, feast = results["ours"], results["feast"]
     cases = []
@@ -319,6 +350,8 @@ def main() -> int:
     parser.add_argument("--start-timeout", type=float, default=300.0,
                         help="seconds each server may take to answer (a loaded machine needs "
                              "minutes for feast serve's workers)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also serve from a 3-master Redis Cluster the run starts")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (Debian/Ubuntu: apt-get install wrk)")
@@ -327,11 +360,15 @@ def main() -> int:
     results: dict[tuple[str, int], dict] = {}
     open_results: dict[str, dict] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, ExitStack() as stack:
             root = Path(tmp)
             configure(root, args.redis)
             console.print(f"preparing {args.cards:,} cards: generate, Spark backfill, materialize")
             prepare(args.cards, args.merchants)
+            cluster = None
+            if args.cluster:
+                cluster = stack.enter_context(redis_cluster(root / "cluster"))
+                materialize_into_cluster(cluster.url)
             from featurestore.apikeys import create_key
             from featurestore.db import engine
             from featurestore.settings import get_settings
@@ -359,9 +396,23 @@ def main() -> int:
                            "--max-requests", "0"], "/get-online-features",
                           {}, None),
             }
+            env: dict[str, dict[str, str]] = {}
+            if cluster is not None:
+                servers["cluster"] = servers["ours"]
+                env["cluster"] = {"FEATURESTORE_REDIS_URL": cluster.url,
+                                  "FEATURESTORE_REDIS_TYPE": "redis_cluster"}
+            answers: dict[str, dict] = {}
             for name, (command, path, headers, cwd) in servers.items():
-                server = start_server(command, f"{base}/docs", cwd, args.start_timeout)
+                server = start_server(command, f"{base}/docs", cwd, args.start_timeout,
+                                      env.get(name))
                 try:
+                    if name in ("ours", "cluster"):
+                        body = json.loads(body_files[100].read_text().splitlines()[0])
+                        answers[name] = httpx.post(f"{base}{path}", json=body,
+                                                   headers=ours_headers).json()
+                        if name == "cluster" and answers["cluster"] != answers["ours"]:
+                            raise SystemExit("ours from the cluster answers a 100-entity "
+                                             "request unlike ours from one Redis")
                     if name == "feast":
                         ours = start_server(ours_command(port + 1, 1),
                                             f"http://127.0.0.1:{port + 1}/docs",
@@ -402,7 +453,7 @@ def main() -> int:
     if bad:
         raise SystemExit(f"error responses under load: {bad}")
     anchor_name = f"feast serve ({args.workers} workers)"
-    cases = closed_loop_cases(results, anchor_name)
+    cases = closed_loop_cases(results, anchor_name) + cluster_cases(results)
     cases += open_loop_cases(open_results, anchor_name, args.open_rate, args.open_seconds)
     write_results(args.output, "serving", cases)
     table = Table("case", "ours", "anchor", "ratio", "target")

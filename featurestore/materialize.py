@@ -5,16 +5,19 @@ the table), keeps each batch's latest row per entity (event time, then created t
 it in Feast's online layout. Offline tables are sorted by entity within each day, so an entity
 meets the writer about once per day; across batches the writer's never-older rule keeps the
 newest row. The interval is then recorded in the registry, as `feast materialize` does.
+
+The Spark engine (`materialize_spark`) runs the same reader and writer in Spark tasks, a share
+of the row groups each; the same never-older rule makes their order irrelevant.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -27,7 +30,7 @@ from feast.types import from_feast_to_pyarrow_type
 
 from featurestore import offline
 from featurestore.definitions import ViewDefinition
-from featurestore.errors import RangeError
+from featurestore.errors import FeatureStoreError, RangeError
 from featurestore.online.cluster_writer import ClusterFeatureWriter
 from featurestore.online.feast_layout import RedisLayout
 from featurestore.online.feast_writer import FeastFeatureWriter
@@ -61,23 +64,25 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def writer_for(settings: Settings, store: FeatureStore, view: ViewDefinition) -> FeatureWriter:
-    if settings.online_store_kind == "redis" and settings.redis_type == "redis_cluster":
+    if settings.online_store_kind == "redis":
+        return redis_writer(settings, RedisLayout(view, store.config))
+    return FeastFeatureWriter(store, view)
+
+
+def redis_writer(settings: Settings, layout: RedisLayout) -> FeatureWriter:
+    """The never-older writer of `layout`'s view on the Redis (or Redis Cluster) of `settings`:
+    needs no FeatureStore, so a Spark executor builds one from what its task was sent."""
+    if settings.redis_type == "redis_cluster":
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         return ClusterFeatureWriter(
             redis_nodes(settings.redis_url),
-            RedisLayout(view, store.config),
+            layout,
             settings.redis_key_ttl_seconds,
             password=password,
             tls=urlsplit(settings.redis_url).scheme == "rediss",
             timeout=settings.redis_timeout_seconds,
         )
-    if settings.online_store_kind == "redis":
-        return RedisFeatureWriter(
-            redis_client(settings),
-            RedisLayout(view, store.config),
-            settings.redis_key_ttl_seconds,
-        )
-    return FeastFeatureWriter(store, view)
+    return RedisFeatureWriter(redis_client(settings), layout, settings.redis_key_ttl_seconds)
 
 
 def required_schema(view: ViewDefinition) -> pa.Schema:
@@ -118,29 +123,75 @@ def offline_batches(
     view: ViewDefinition, files: list[Path], start: datetime, end: datetime, batch_size: int
 ) -> Iterator[pa.Table]:
     """Record batches of the view's offline rows with event time in [start, end)."""
+    for row_group in offline_row_groups(view, files, start, end):
+        yield from row_group_batches(view, row_group, start, end, batch_size)
+
+
+def _in_range(view: ViewDefinition, start: datetime, end: datetime) -> ds.Expression:
+    ts = ds.field(view.offline.timestamp_field)
+    return (ts >= pa.scalar(start, pa.timestamp("us", tz="UTC"))) & (
+        ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+    )
+
+
+def offline_row_groups(
+    view: ViewDefinition, files: list[Path], start: datetime, end: datetime
+) -> Iterator[ds.ParquetFileFragment]:
+    """The row groups of `files` (one fragment each, in file order) whose statistics do not rule
+    out event times in [start, end): only footers are read."""
+    in_range = _in_range(view, start, end)
+    dataset = ds.dataset([str(f) for f in files], format="parquet")
+    for fragment in dataset.get_fragments(filter=in_range):
+        yield from fragment.split_by_row_group(filter=in_range)
+
+
+def row_group_batches(
+    view: ViewDefinition,
+    row_group: ds.ParquetFileFragment,
+    start: datetime,
+    end: datetime,
+    batch_size: int,
+) -> Iterator[pa.Table]:
+    """Record batches of one row group's rows with event time in [start, end)."""
     columns = [k.name for k in view.join_keys] + [view.offline.timestamp_field]
     if view.offline.created_timestamp_column:
         columns.append(view.offline.created_timestamp_column)
     columns += [f.name for f in view.features if f.name not in columns]
-    ts = ds.field(view.offline.timestamp_field)
-    in_range = (ts >= pa.scalar(start, pa.timestamp("us", tz="UTC"))) & (
-        ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))
-    )
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
     # One row group at a time, no read-ahead: a whole-file scan lets Arrow buffer most of the
     # file ahead of a slower consumer, so memory would grow with the file instead of the batch.
-    for fragment in dataset.get_fragments(filter=in_range):
-        for row_group in fragment.split_by_row_group(filter=in_range):
-            for batch in row_group.to_batches(
-                columns=columns,
-                filter=in_range,
-                batch_size=batch_size,
-                batch_readahead=0,
-                fragment_readahead=0,
-                use_threads=False,
-            ):
-                if batch.num_rows:
-                    yield pa.Table.from_batches([batch])
+    for batch in row_group.to_batches(
+        columns=columns,
+        filter=_in_range(view, start, end),
+        batch_size=batch_size,
+        batch_readahead=0,
+        fragment_readahead=0,
+        use_threads=False,
+    ):
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
+
+
+def write_latest(
+    writer: FeatureWriter, view: ViewDefinition, batches: Iterable[pa.Table],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Each batch's latest row per entity through `writer`, then flushed and closed; returns
+    (rows read, rows written). Both engines write through this (Spark: in each task)."""
+    rows_read = rows_written = 0
+    try:
+        for batch in batches:
+            rows_read += batch.num_rows
+            rows_written += writer.write(latest_per_entity(batch, view))
+            if progress:
+                progress(batch.num_rows)
+        rows_written += writer.flush()
+    finally:
+        writer.close()
+    return rows_read, rows_written
+
+
+Engine = Literal["local", "spark"]
+ENGINES: tuple[Engine, ...] = ("local", "spark")
 
 
 def materialize_view(
@@ -151,19 +202,18 @@ def materialize_view(
     start: datetime,
     end: datetime,
     progress: Callable[[int], None] | None = None,
+    engine: Engine = "local",
 ) -> MaterializeResult:
     began = time.perf_counter()
-    writer = writer_for(settings, store, view)
-    rows_read = rows_written = 0
-    try:
-        for batch in offline_batches(view, files, start, end, settings.materialize_batch_size):
-            rows_read += batch.num_rows
-            rows_written += writer.write(latest_per_entity(batch, view))
-            if progress:
-                progress(batch.num_rows)
-        rows_written += writer.flush()
-    finally:
-        writer.close()
+    if engine == "spark":
+        from featurestore.materialize_spark import write_with_spark
+
+        layout = RedisLayout(view, store.config)
+        rows_read, rows_written = write_with_spark(settings, layout, files, start, end, progress)
+    else:
+        batches = offline_batches(view, files, start, end, settings.materialize_batch_size)
+        writer = writer_for(settings, store, view)
+        rows_read, rows_written = write_latest(writer, view, batches, progress)
     store.registry.apply_materialization(view.feast_view, settings.project, start, end)
     return MaterializeResult(view.name, rows_read, rows_written, time.perf_counter() - began)
 
@@ -175,12 +225,15 @@ def materialize(
     progress: Callable[[int], None] | None = None,
     *,
     incremental: bool = False,
+    engine: Engine = "local",
 ) -> list[MaterializeResult]:
     """Materialize each (view, start, end); every input is validated before anything is written.
 
     `incremental` runs are scheduled, so a view with nothing new since its last run is skipped
-    (result with 0 rows) instead of being an error.
+    (result with 0 rows) instead of being an error. `engine` "spark" reads and writes in Spark
+    tasks (`materialize_spark`), into Redis only.
     """
+    check_engine(settings, engine)
     if incremental:
         ranges = [(v, start, end) for v, start, end in ranges if to_utc(start) < to_utc(end)]
     checked = [(view, *check_range(start, end)) for view, start, end in ranges]
@@ -189,11 +242,23 @@ def materialize(
         for view, start, end in checked
     ]
     return [
-        materialize_view(settings, store, view, files, start, end, progress)
+        materialize_view(settings, store, view, files, start, end, progress, engine)
         if files
         else MaterializeResult(view.name, 0, 0, 0.0)
         for view, files, start, end in inputs
     ]
+
+
+def check_engine(settings: Settings, engine: str) -> None:
+    if engine not in ENGINES:
+        raise FeatureStoreError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    # Spark tasks write concurrently: only Redis's atomic never-older check keeps that right
+    # (Feast's own stores are read, then written, by the writer: not atomic).
+    if engine == "spark" and settings.online_store_kind != "redis":
+        raise FeatureStoreError(
+            "materialize --engine spark writes to Redis; this profile's online store is "
+            f"{settings.online_store_kind!r} (use --engine local, or the services profile)"
+        )
 
 
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import traceback
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -30,10 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REDIS_URL
+from tests.ride_repo import ride_env
 from tests.servers import free_port, wait_for
 from tests.streaming.harness import FAST_WORKER, StreamRun, create_topic
 
-REPO = Path(__file__).parent / "repos" / "ride_hailing"
 HISTORY = [date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 4)]
 LIVE_DAY = date(2026, 11, 5)  # replayed through the stream
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -109,18 +107,11 @@ def _window(trips: pa.Table, rider: str, moment: datetime) -> pa.Table:
 @pytest.fixture
 def repo_env(tmp_path: Path, kafka_bootstrap: str, redis_client) -> dict[str, str]:
     """The settings of one run: the ride-hailing repo (a copy: `apply` renders into it)."""
-    uid = uuid.uuid4().hex[:8]
-    repo = tmp_path / "ride_hailing"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    env = ride_env(tmp_path)
+    uid = env["FEATURESTORE_PROJECT"].removeprefix("ride")
     return {
         **os.environ,
-        "FEATURESTORE_FEATURE_REPO": str(repo),
-        "FEATURESTORE_PROJECT": f"ride{uid}",
-        "FEATURESTORE_DATA_DIR": str(tmp_path / "data"),
-        "FEATURESTORE_CONFIG": str(tmp_path / "absent.yaml"),
-        "FEATURESTORE_PROFILE": "services",
-        "FEATURESTORE_REDIS_URL": REDIS_URL,
-        "FEATURESTORE_REGISTRY_URL": f"sqlite:///{tmp_path}/registry.db",
+        **env,
         "FEATURESTORE_DATABASE_URL": f"sqlite:///{tmp_path}/featurestore.db",
         "FEATURESTORE_STREAM_GROUP": f"g-{uid}",
         "FEATURESTORE_DEAD_LETTER_TOPIC": f"dlq-{uid}",

@@ -67,6 +67,11 @@ def materialize(
         bool, typer.Option(help="Start each view where its last materialization ended.")
     ] = False,
     view: Views = None,
+    engine: Annotated[
+        str,
+        typer.Option(help="local (this process) or spark (Spark tasks read the offline row "
+                          "groups and write Redis in parallel; docs/spark-cluster.md)."),
+    ] = "local",
 ) -> None:
     """Load the latest offline row per entity into the online store."""
     from featurestore.definitions import select_views
@@ -91,7 +96,8 @@ def materialize(
     ]
     with row_progress("materializing rows") as advance:
         results = run_materialize(
-            settings, store, ranges, progress=advance, incremental=incremental
+            settings, store, ranges, progress=advance, incremental=incremental,
+            engine=engine,  # type: ignore[arg-type]  # materialize names a wrong one
         )
     for r in results:
         rate = r.rows_read / r.seconds if r.seconds else 0.0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import wait_for
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -29,6 +31,11 @@ def _alive(group: int) -> list[int]:
     return alive
 
 
+def _gone(group: int) -> None:
+    """Every process of `group` ends (signalled already; dying takes a moment under load)."""
+    wait_for(lambda: _alive(group) == [], 30, f"process group {group} to end")
+
+
 @pytest.fixture
 def serving(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # the bench scripts import `common` as a sibling
@@ -37,23 +44,36 @@ def serving(monkeypatch):
     return serving
 
 
-def test_a_server_that_never_answers_is_stopped_with_its_whole_group(serving, tmp_path) -> None:
-    pidfile = tmp_path / "pid"
+@pytest.fixture
+def started(serving, monkeypatch) -> list:
+    """Each server process `start_server` starts (its pid is its group's: a session of its
+    own), recorded as it is made, so no test waits on the server to say who it is."""
+    made = []
+    popen = serving.subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        made.append(popen(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(serving.subprocess, "Popen", recorded)
+    return made
+
+
+def test_a_server_that_never_answers_is_stopped_with_its_whole_group(serving, started) -> None:
     # A "master" that forks a "worker" and never listens.
-    command = ["sh", "-c", f"echo $$ > {pidfile}; sleep 600 & sleep 600; wait"]
+    command = ["sh", "-c", "sleep 600 & sleep 600; wait"]
     with pytest.raises(SystemExit, match="did not answer .* within 1 s"):
         serving.start_server(command, "http://127.0.0.1:9/docs", timeout=1)
-    group = int(pidfile.read_text())
-    assert _alive(group) == []
+    [server] = started
+    _gone(server.pid)
 
 
-def test_a_server_that_exits_leaves_no_worker_behind(serving, tmp_path) -> None:
-    pidfile = tmp_path / "pid"
+def test_a_server_that_exits_leaves_no_worker_behind(serving, started) -> None:
+    # It exits only once its "worker" runs.
     command = [sys.executable, "-c", (
-        "import os, subprocess, sys, time; "
-        f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
-        "subprocess.Popen(['sleep', '600']); time.sleep(0.5); sys.exit(3)")]
+        "import subprocess, sys; subprocess.Popen(['sleep', '600']); sys.exit(3)")]
     with pytest.raises(SystemExit, match="exited with 3"):
         serving.start_server(command, "http://127.0.0.1:9/docs")
-    assert _alive(int(pidfile.read_text())) == []
-    assert os.getpgid(0) != int(pidfile.read_text())  # it had a group of its own
+    [server] = started
+    _gone(server.pid)
+    assert os.getpgid(0) != server.pid  # it had a group of its own

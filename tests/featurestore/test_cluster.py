@@ -81,14 +81,15 @@ def _moment(day) -> datetime:
     return datetime.combine(day, time(), UTC)
 
 
-def _materialize(settings) -> None:
+def _materialize(settings, engine: str = "local") -> None:
     from featurestore.definitions import select_views
     from featurestore.feast_config import feature_store
     from featurestore.materialize import materialize
 
     store = feature_store(settings)
     start, end = _moment(pipeline.START), _moment(pipeline.END)
-    materialize(settings, store, [(v, start, end) for v in select_views(store, None)])
+    ranges = [(v, start, end) for v in select_views(store, None)]
+    materialize(settings, store, ranges, engine=engine)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,26 @@ def test_feast_reads_from_the_cluster_what_a_single_redis_holds(
         read = on_cluster.get_online_features(features=refs, entity_rows=rows).to_dict()
         assert read == on_single.get_online_features(features=refs, entity_rows=rows).to_dict()
         assert all(v is not None for v in read[view.features[0].name]), view.name
+
+
+def test_the_spark_engine_writes_the_local_engines_hashes_into_the_cluster(
+    clustered, redis_cluster
+) -> None:
+    """Spark tasks, each with its own cluster writer, leave every master holding the hashes
+    the local engine left (the `clustered` fixture's), key by key and field by field."""
+
+    def dump() -> dict[int, dict]:
+        return {
+            port: {key: node.hgetall(key) for key in node.scan_iter(count=10_000)}
+            for port in redis_cluster.ports
+            for node in [redis_cluster.node(port)]
+        }
+
+    local = dump()
+    assert all(local.values())  # rows on every master
+    redis_cluster.flush()
+    _materialize(clustered, engine="spark")
+    assert dump() == local
 
 
 def test_the_apis_answers_equal_feasts_on_the_cluster(clustered, client) -> None:

@@ -108,3 +108,30 @@ def test_export_on_the_cluster_writes_the_local_file_without_collecting(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["cluster.parquet", "entities.parquet", "local.parquet"]
     )  # no staging file left behind
+
+
+def test_materialize_on_the_cluster_writes_the_local_engines_hashes(
+    settings, built, spark_master, redis_client
+) -> None:
+    """`materialize --engine spark` with its tasks in the cluster's executors leaves Redis
+    holding what the local engine wrote, key by key and field by field."""
+    from datetime import UTC, datetime, time
+
+    from featurestore.definitions import select_views
+    from featurestore.feast_config import feature_store
+    from featurestore.materialize import materialize
+
+    def dump() -> dict:
+        return {key: redis_client.hgetall(key) for key in redis_client.scan_iter(count=10_000)}
+
+    start, end = (datetime.combine(day, time(), UTC) for day in (pipeline.START, pipeline.END))
+    store = feature_store(settings)
+    materialize(settings, store, [(v, start, end) for v in select_views(store, None)])
+    local = dump()
+    assert len(local) > 120  # the cards, merchants and profiles
+    redis_client.flushdb()
+    _on_cluster(
+        built, spark_master, "materialize", "--start", start.isoformat(),
+        "--end", end.isoformat(), "--engine", "spark",
+    )  # fmt: skip
+    assert dump() == local
