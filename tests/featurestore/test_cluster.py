@@ -188,6 +188,7 @@ def test_feast_reads_from_the_cluster_what_a_single_redis_holds(
         assert all(v is not None for v in read[view.features[0].name]), view.name
 
 
+@pytest.mark.heavy  # ~29 s: the executors' Python workers import Feast
 def test_the_spark_engine_writes_the_local_engines_hashes_into_the_cluster(
     clustered, redis_cluster
 ) -> None:

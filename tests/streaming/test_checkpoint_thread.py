@@ -267,6 +267,7 @@ class _SilentProducer:
         self.forced = True
 
 
+@pytest.mark.heavy  # ~28 s: three checkpoints postponed, then the whole run again
 def test_a_producer_that_delivers_nothing_is_replaced_and_nothing_is_lost(
     tmp_path, kafka_bootstrap, events, baseline, caplog
 ) -> None:

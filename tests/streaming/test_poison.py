@@ -173,6 +173,7 @@ def test_a_failed_worker_logs_the_error_and_checkpoints_nothing_unfinished(
     assert_same_results(run, baseline)
 
 
+@pytest.mark.heavy  # ~20 s: a whole run of its own
 def test_a_validation_that_raises_is_contained_to_the_message(
     tmp_path, kafka_bootstrap, good, baseline, monkeypatch, caplog
 ) -> None:
