@@ -24,6 +24,9 @@ class FeastFeatureWriter:
     def write(self, table: pa.Table) -> int:
         if not table.num_rows:
             return 0
+        # Feast's converter reads a table's first record batch only: one chunk, or rows go
+        # unwritten without a word.
+        table = table.combine_chunks()
         rows = _convert_arrow_to_proto(table, self.view.feast_view, self.join_keys)
         stored = self.provider.online_read(
             self.store.config,
