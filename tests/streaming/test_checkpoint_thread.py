@@ -68,6 +68,20 @@ def _held_worker(run: StreamRun) -> tuple[object, Hold]:
     return worker, hold
 
 
+def _revoking_while_held(worker, hold: Hold) -> threading.Event:
+    """Set once `worker` begins a revoke while its checkpoint is held."""
+    revoking = threading.Event()
+    revoke = worker.revoke
+
+    def revoke_once_held(tps) -> None:
+        if hold.held.is_set():
+            revoking.set()
+        revoke(tps)
+
+    worker.revoke = revoke_once_held
+    return revoking
+
+
 def _checkpoints(worker) -> float:
     return worker.metrics.registry.get_sample_value("featurestore_stream_checkpoints_total") or 0
 
@@ -128,15 +142,7 @@ def test_a_revoke_waits_for_the_checkpoint_in_flight(
 ) -> None:
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     first, hold = _held_worker(run)
-    revoking = threading.Event()
-    revoke = first.revoke
-
-    def revoke_once_held(tps) -> None:
-        if hold.held.is_set():
-            revoking.set()
-        revoke(tps)
-
-    first.revoke = revoke_once_held  # type: ignore[method-assign]
+    revoking = _revoking_while_held(first, hold)
     first_thread = threading.Thread(target=first.run, daemon=True)
     first_thread.start()
     try:
@@ -165,15 +171,7 @@ def test_a_revoke_whose_checkpoint_is_fenced_forgets_the_partitions_without_erro
     of them is no error (it raised KeyError, and kafka-python failed the poll with it)."""
     run = StreamRun.create(tmp_path, kafka_bootstrap, REDIS_URL)
     first, hold = _held_worker(run)
-    revoking = threading.Event()
-    revoke = first.revoke
-
-    def revoke_once_held(tps) -> None:
-        if hold.held.is_set():
-            revoking.set()
-        revoke(tps)
-
-    first.revoke = revoke_once_held  # type: ignore[method-assign]
+    revoking = _revoking_while_held(first, hold)
     failures: list[BaseException] = []
 
     def run_first() -> None:
